@@ -1,0 +1,435 @@
+/**
+ * Block devices as IPA reports them (`hardware.list_all_block_devices`), the device allow-list,
+ * and root-device / skip-list hint matching.
+ *
+ * The allow-list is applied here and only here for listing: if `deviceAllowlist` is non-empty the
+ * agent sees only those devices and their partitions; everything else is invisible. Destructive
+ * code double-checks each target with assertDeviceAllowed() so no caller can bypass it.
+ *
+ * Parsers are pure functions over tool output; the I/O functions are thin wrappers around them.
+ */
+import {existsSync, realpathSync} from 'node:fs'
+import {readFile, readdir, realpath} from 'node:fs/promises'
+import path from 'node:path'
+import {run, ToolMissingError} from '../../common/exec.js'
+import {BlockDeviceEraseError} from '../errors.js'
+import type {Logger} from '../log.js'
+import type {BlockDevice} from './types.js'
+
+/** Columns asked of lsblk (all accepted by util-linux 2.38, Debian bookworm). */
+export const LSBLK_COLUMNS = ['KNAME', 'PKNAME', 'MODEL', 'SIZE', 'ROTA', 'TYPE', 'UUID', 'PARTUUID', 'SERIAL', 'WWN', 'LOG-SEC', 'PHY-SEC', 'TRAN', 'RO'] as const
+
+/** One row of `lsblk --json --list`. */
+export interface LsblkRow {
+  kname: string
+  pkname: string | null
+  model: string | null
+  size: number
+  rotational: boolean
+  type: string
+  uuid: string | null
+  partuuid: string | null
+  serial: string | null
+  wwn: string | null
+  logicalSectors: number | null
+  physicalSectors: number | null
+  tran: string | null
+  readOnly: boolean
+}
+
+const SYS_CLASS_BLOCK = '/sys/class/block'
+const GIB = 1024 ** 3
+
+function str(v: unknown): string | null {
+  if (v === null || v === undefined) return null
+  const s = String(v).trim()
+  return s === '' ? null : s
+}
+
+function int(v: unknown): number | null {
+  if (v === null || v === undefined || v === '') return null
+  const n = typeof v === 'number' ? v : Number(String(v).trim())
+  return Number.isFinite(n) ? Math.trunc(n) : null
+}
+
+function bool(v: unknown): boolean {
+  if (typeof v === 'boolean') return v
+  if (typeof v === 'number') return v !== 0
+  const s = String(v ?? '').trim().toLowerCase()
+  return s === '1' || s === 'true' || s === 'yes'
+}
+
+/**
+ * Parse `lsblk --json` output (list or tree form; lsblk < 2.33 printed every value as a string,
+ * newer ones use numbers and booleans). Children are flattened, duplicates (a device listed under
+ * several parents) are dropped, and `pkname` is taken from the tree when the column is missing.
+ */
+export function parseLsblkJson(text: string): LsblkRow[] {
+  const data = JSON.parse(text) as {blockdevices?: unknown[]}
+  const out: LsblkRow[] = []
+  const seen = new Set<string>()
+  const walk = (nodes: unknown[] | undefined, parent: string | null): void => {
+    for (const raw of nodes ?? []) {
+      if (!raw || typeof raw !== 'object') continue
+      const d = raw as Record<string, unknown>
+      const kname = str(d.kname ?? d.name)
+      if (!kname) continue
+      if (!seen.has(kname)) {
+        seen.add(kname)
+        out.push({
+          kname,
+          pkname: str(d.pkname) ?? parent,
+          model: str(d.model),
+          size: int(d.size) ?? 0,
+          rotational: bool(d.rota),
+          type: str(d.type) ?? '',
+          uuid: str(d.uuid),
+          partuuid: str(d.partuuid),
+          serial: str(d.serial),
+          wwn: str(d.wwn),
+          logicalSectors: int(d['log-sec']),
+          physicalSectors: int(d['phy-sec']),
+          tran: str(d.tran),
+          readOnly: bool(d.ro),
+        })
+      }
+      walk(d.children as unknown[] | undefined, kname)
+    }
+  }
+  walk(data.blockdevices, null)
+  return out
+}
+
+/** Parse `udevadm info --query=property` output (KEY=value lines). */
+export function parseUdevProperties(text: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const line of text.split('\n')) {
+    const eq = line.indexOf('=')
+    if (eq <= 0) continue
+    out[line.slice(0, eq).trim()] = line.slice(eq + 1).trim()
+  }
+  return out
+}
+
+/** `/dev/x` or a symlink to it → kernel name `x` (unresolvable paths keep their basename). */
+export function kernelName(device: string): string {
+  let p = device
+  try {
+    p = realpathSync(device)
+  } catch {
+    // not present (yet): compare by name
+  }
+  return path.basename(p)
+}
+
+/** Kernel names of the allow-list entries (symlinks such as /dev/disk/by-path/... resolved). */
+export function resolveAllowlist(allowlist: readonly string[]): Set<string> {
+  return new Set(allowlist.map(kernelName))
+}
+
+/** Is a device (or a partition of `parent`) visible under the allow-list? Empty list: everything is. */
+export function isAllowed(kname: string, parent: string | null, allowed: ReadonlySet<string>): boolean {
+  if (allowed.size === 0) return true
+  return allowed.has(kname) || (parent !== null && allowed.has(parent))
+}
+
+/** The whole disk a partition belongs to (from sysfs), or null for a whole disk. */
+export function parentDiskOf(kname: string, sysClassBlock = SYS_CLASS_BLOCK): string | null {
+  const dir = path.join(sysClassBlock, kname)
+  if (!existsSync(path.join(dir, 'partition'))) return null
+  try {
+    return path.basename(path.dirname(realpathSync(dir)))
+  } catch {
+    return null
+  }
+}
+
+/** Throw unless `device` (a disk or partition) is visible under the allow-list. */
+export function assertDeviceAllowed(device: string, allowlist: readonly string[]): void {
+  if (allowlist.length === 0) return
+  const allowed = resolveAllowlist(allowlist)
+  const kname = kernelName(device)
+  if (!isAllowed(kname, parentDiskOf(kname), allowed)) {
+    throw new BlockDeviceEraseError(`Refusing to touch ${device}: it is not in the agent's device allow-list (${allowlist.join(', ')})`)
+  }
+}
+
+export interface SelectOptions {
+  /** Kernel names from resolveAllowlist(); empty means no allow-list. */
+  allowed: ReadonlySet<string>
+  /** 'disk' (IPA's default), 'part' (partitions), 'raid' or 'md'. */
+  blockType?: 'disk' | 'part' | 'raid' | 'md'
+  /** Keep devices whose size is 0 (IPA's ignore_empty=False). */
+  keepEmpty?: boolean
+}
+
+/**
+ * Which lsblk rows IPA would report, in lsblk order. Disks are TYPE disk, any RAID level (`raid1`…)
+ * and multipath maps; partitions are TYPE part (and md, partitions on software RAID). RAM, zRAM and
+ * floppy devices, empty devices, CD-ROMs, unattached loops and multipath members are left out.
+ * With an allow-list only listed devices (and their partitions) remain, and listed loop devices count
+ * as disks.
+ */
+export function selectBlockDevices(rows: readonly LsblkRow[], opts: SelectOptions): LsblkRow[] {
+  const blockType = opts.blockType ?? 'disk'
+  const mpathMembers = new Set(rows.filter((r) => r.type === 'mpath' && r.pkname).map((r) => r.pkname as string))
+  const out: LsblkRow[] = []
+  for (const r of rows) {
+    if (!isAllowed(r.kname, r.pkname, opts.allowed)) continue
+    const listed = opts.allowed.size > 0 && opts.allowed.has(r.kname)
+    if (/^(ram|zram|fd)\d*/.test(r.kname)) continue
+    if (!opts.keepEmpty && !r.size) continue
+    let matches: boolean
+    switch (blockType) {
+      case 'disk':
+        matches = r.type === 'disk' || r.type.includes('raid') || r.type === 'mpath' || (r.type === 'loop' && listed)
+        if (r.type === 'disk' && mpathMembers.has(r.kname)) matches = false
+        break
+      case 'part':
+        matches = r.type === 'part' || (r.type === 'md' && r.pkname !== null)
+        break
+      case 'raid':
+        matches = r.type.includes('raid')
+        break
+      case 'md':
+        matches = r.type === 'md'
+        break
+    }
+    if (matches) out.push(r)
+  }
+  return out
+}
+
+/** Map of resolved device path → /dev/disk/by-path link pointing at it. */
+export async function byPathMapping(dir = '/dev/disk/by-path'): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  let names: string[]
+  try {
+    names = await readdir(dir)
+  } catch {
+    return out
+  }
+  await Promise.all(
+    names.map(async (n) => {
+      const link = path.join(dir, n)
+      try {
+        out.set(await realpath(link), link)
+      } catch {
+        // dangling link
+      }
+    }),
+  )
+  return out
+}
+
+async function readTrimmed(file: string): Promise<string | null> {
+  try {
+    const s = (await readFile(file, 'utf8')).trim()
+    return s === '' ? null : s
+  } catch {
+    return null
+  }
+}
+
+/** Run lsblk once over every block device. */
+export async function runLsblk(): Promise<LsblkRow[]> {
+  const {stdout} = await run('lsblk', ['-bia', '--json', '--list', `-o${LSBLK_COLUMNS.join(',')}`])
+  return parseLsblkJson(stdout)
+}
+
+/** Wait for udev to settle (IPA does so before listing); harmless where udevd is not running. */
+export async function udevSettle(log?: Logger): Promise<void> {
+  try {
+    await run('udevadm', ['settle', '--timeout=30'], {timeoutMs: 35_000})
+  } catch (err) {
+    log?.debug('udevadm settle failed', {err})
+  }
+}
+
+class UdevState {
+  missing = false
+}
+
+async function udevOf(dev: string, state: UdevState, log?: Logger): Promise<Record<string, string>> {
+  if (state.missing) return {}
+  try {
+    const {stdout} = await run('udevadm', ['info', '--query=property', `--name=${dev}`], {timeoutMs: 10_000})
+    return parseUdevProperties(stdout)
+  } catch (err) {
+    if (err instanceof ToolMissingError) {
+      state.missing = true
+      log?.warn('udevadm is not installed: disk serial numbers and WWNs come from lsblk only', {package: err.debianPackage})
+    } else {
+      log?.debug('udevadm info failed', {device: dev, err})
+    }
+    return {}
+  }
+}
+
+/** Turn one lsblk row into IPA's BlockDevice, reading udev properties and sysfs. */
+async function toBlockDevice(r: LsblkRow, byPath: Map<string, string>, udevState: UdevState, log?: Logger): Promise<BlockDevice> {
+  const name = `/dev/${r.kname}`
+  const [udev, hctl, vendor] = await Promise.all([
+    udevOf(name, udevState, log),
+    readdir(`/sys/block/${r.kname}/device/scsi_device`).then((e) => e[0] ?? null, () => null),
+    readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/vendor`),
+  ])
+  // Device-mapper devices (multipath) carry their identifiers as DM_* properties.
+  const u = (key: string): string | null => str(udev[`ID_${key}`]) ?? (r.kname.startsWith('dm-') ? str(udev[`DM_${key}`]) : null)
+  return {
+    name,
+    model: r.model ?? '',
+    size: r.size,
+    rotational: r.rotational,
+    wwn: u('WWN') ?? r.wwn,
+    serial: u('SERIAL_SHORT') ?? u('SERIAL') ?? r.serial,
+    vendor,
+    wwn_with_extension: u('WWN_WITH_EXTENSION'),
+    wwn_vendor_extension: u('WWN_VENDOR_EXTENSION'),
+    hctl,
+    by_path: byPath.get(name) ?? null,
+    logical_sectors: r.logicalSectors,
+    physical_sectors: r.physicalSectors,
+    tran: r.tran,
+  }
+}
+
+export interface ListBlockDevicesOptions {
+  /** config.deviceAllowlist (/dev paths). */
+  allowlist: readonly string[]
+  includePartitions?: boolean
+  log?: Logger
+}
+
+/**
+ * Disks (then, optionally, partitions) as IPA's GenericHardwareManager.list_block_devices reports
+ * them, with the allow-list applied.
+ */
+export async function listBlockDevices(opts: ListBlockDevicesOptions): Promise<BlockDevice[]> {
+  await udevSettle(opts.log)
+  const [rows, byPath] = await Promise.all([runLsblk(), byPathMapping()])
+  const allowed = resolveAllowlist(opts.allowlist)
+  const chosen = selectBlockDevices(rows, {allowed, blockType: 'disk'})
+  if (opts.includePartitions) chosen.push(...selectBlockDevices(rows, {allowed, blockType: 'part'}))
+  const state = new UdevState()
+  return Promise.all(chosen.map((r) => toBlockDevice(r, byPath, state, opts.log)))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Device hints (root device hints and node.properties.skip_block_devices), a subset of ironic-lib's
+// match_root_device_hints: equality by default, `s==`/`s!=`/`<in>`/`<or>` for strings, numeric
+// operators for size (GiB).
+
+const STRING_HINTS = new Set(['model', 'vendor', 'serial', 'wwn', 'wwn_with_extension', 'wwn_vendor_extension', 'hctl', 'by_path', 'name'])
+
+function matchString(actual: string | null, hint: unknown, key: string): boolean {
+  if (actual === null) return false
+  const norm = (s: string): string => {
+    const t = s.trim()
+    if (key === 'name' || key === 'by_path') return t.startsWith('/dev/') || t === '' ? t : `/dev/${t}`
+    return t.toLowerCase()
+  }
+  const a = norm(actual)
+  const h = String(hint).trim()
+  const m = /^(s==|s!=|<in>|<or>)\s*(.*)$/s.exec(h)
+  if (!m) return a === norm(h)
+  const [, op, rest] = m as unknown as [string, string, string]
+  switch (op) {
+    case 's==':
+      return a === norm(rest)
+    case 's!=':
+      return a !== norm(rest)
+    case '<in>':
+      return a.includes(key === 'name' || key === 'by_path' ? rest.trim() : rest.trim().toLowerCase())
+    case '<or>':
+      return rest.split(/\s*<or>\s*/).some((alt) => a === norm(alt))
+  }
+  return false
+}
+
+function matchNumber(actual: number, hint: unknown): boolean {
+  const h = String(hint).trim()
+  const m = /^(==|!=|>=|<=|>|<|<or>)?\s*(.*)$/s.exec(h)
+  const op = m?.[1] ?? '=='
+  const rest = m?.[2] ?? h
+  if (op === '<or>') return rest.split(/\s*<or>\s*/).some((v) => Number(v) === actual)
+  const v = Number(rest)
+  if (!Number.isFinite(v)) return false
+  switch (op) {
+    case '==':
+      return actual === v
+    case '!=':
+      return actual !== v
+    case '>=':
+      return actual >= v
+    case '<=':
+      return actual <= v
+    case '>':
+      return actual > v
+    case '<':
+      return actual < v
+  }
+  return false
+}
+
+/** Does `dev` satisfy every hint in `hints`? Unknown hint keys never match. */
+export function matchDeviceHints(dev: BlockDevice, hints: Record<string, unknown>): boolean {
+  const keys = Object.keys(hints)
+  if (keys.length === 0) return false
+  for (const key of keys) {
+    const hint = hints[key]
+    if (key === 'size') {
+      if (!matchNumber(Math.floor(dev.size / GIB), hint)) return false
+    } else if (key === 'rotational') {
+      if (dev.rotational !== bool(hint)) return false
+    } else if (STRING_HINTS.has(key)) {
+      const actual = (dev as unknown as Record<string, unknown>)[key]
+      if (!matchString(actual === null || actual === undefined ? null : String(actual), hint, key)) return false
+    } else {
+      return false
+    }
+  }
+  return true
+}
+
+/** IPA's guess_root_disk: the smallest device of at least `minGiB` GiB (ties broken by name). */
+export function guessRootDisk(devices: readonly BlockDevice[], minGiB = 4): BlockDevice | undefined {
+  const sorted = [...devices].sort((a, b) => a.size - b.size || a.name.localeCompare(b.name))
+  return sorted.find((d) => d.size >= minGiB * GIB)
+}
+
+/** Volume name of a software RAID device (`mdadm --detail --export` MD_NAME, without the host part). */
+export async function mdVolumeName(dev: string): Promise<string | null> {
+  try {
+    const {stdout} = await run('mdadm', ['--detail', '--export', dev], {timeoutMs: 10_000})
+    const name = parseUdevProperties(stdout).MD_NAME
+    if (!name) return null
+    const colon = name.indexOf(':')
+    return colon >= 0 ? name.slice(colon + 1) : name
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Names of devices that node.properties.skip_block_devices excludes from erasure: device hints
+ * matched against `devices`, and `volume_name` hints matched against software RAID volume names.
+ */
+export async function skipListFromNode(properties: Record<string, unknown> | undefined, devices: readonly BlockDevice[]): Promise<Set<string>> {
+  const out = new Set<string>()
+  const hints = properties?.skip_block_devices
+  if (!Array.isArray(hints)) return out
+  for (const raw of hints) {
+    if (!raw || typeof raw !== 'object') continue
+    const hint = raw as Record<string, unknown>
+    if ('volume_name' in hint) {
+      for (const d of devices) {
+        if (!path.basename(d.name).startsWith('md')) continue
+        if ((await mdVolumeName(d.name)) === String(hint.volume_name)) out.add(d.name)
+      }
+      continue
+    }
+    for (const d of devices) if (matchDeviceHints(d, hint)) out.add(d.name)
+  }
+  return out
+}

@@ -1,0 +1,75 @@
+/**
+ * Inspection before lookup (IPA's inspector.py): collect data with the configured collectors and
+ * POST it to ironic-inspector's /v1/continue or Ironic's /v1/continue_inspection. Returns the node
+ * UUID from the answer (passed to lookup), or undefined.
+ */
+import type {IronicClient} from './ironic-client.js'
+import {errorText, sleep} from './ironic-client.js'
+import type {BlockDevice, Inventory} from './hardware/types.js'
+import {recentLogLines} from './log.js'
+import type {AgentRuntime} from './runtime.js'
+import {tarGz} from './extensions/log.js'
+
+const GiB = 1024 ** 3
+
+/** IPA's root disk guess: the smallest disk of at least 4 GiB (ties by name). */
+export function guessRootDisk(disks: BlockDevice[]): BlockDevice | null {
+  const big = disks.filter((d) => d.size >= 4 * GiB).sort((a, b) => a.size - b.size || a.name.localeCompare(b.name))
+  return big[0] ?? null
+}
+
+export async function collectInspectionData(rt: AgentRuntime): Promise<Record<string, unknown>> {
+  const data: Record<string, unknown> = {}
+  const errors: string[] = []
+  const collectors = rt.config.inspectionCollectors
+  for (const name of collectors) {
+    try {
+      if (name === 'default') {
+        const inventory = (await rt.registry.dispatchToManagers('list_hardware_info')) as Inventory
+        data.inventory = inventory
+        data.root_disk = guessRootDisk(inventory.disks)
+        data.boot_interface = inventory.boot.pxe_interface
+        data.configuration = {
+          collectors,
+          managers: rt.registry.managers.map((m) => m.get_version()),
+        }
+      } else if (name === 'logs') {
+        data.logs = (await tarGz({'agent.log': Buffer.from(recentLogLines().join('\n') + '\n')})).toString('base64')
+      } else {
+        const extra = await rt.registry.dispatchToManagers(`collect_${name.replace(/-/g, '_')}`, data)
+        if (extra && typeof extra === 'object') Object.assign(data, extra)
+      }
+    } catch (err) {
+      rt.log.error('inspection collector failed', {collector: name, err})
+      errors.push(`collector ${name} failed: ${(err as Error).message}`)
+    }
+  }
+  data.error = errors.length ? errors.join('; ') : null
+  return data
+}
+
+export async function runInspection(rt: AgentRuntime, client: IronicClient, url: string): Promise<string | undefined> {
+  const data = await collectInspectionData(rt)
+  let delay = 5000
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    try {
+      const res = await client.postInspection(url, data)
+      if (res.status >= 200 && res.status < 300) {
+        const uuid = (res.json() as {uuid?: string}).uuid
+        rt.log.info('inspection data posted', {url, node: uuid})
+        return uuid
+      }
+      if (res.status < 500 && res.status !== 409) {
+        rt.log.error('inspection rejected; continuing to lookup', {status: res.status, error: errorText(res)})
+        return undefined
+      }
+      rt.log.warn('inspection endpoint busy or failing; retrying', {status: res.status})
+    } catch (err) {
+      rt.log.warn('inspection endpoint unreachable; retrying', {err})
+    }
+    await sleep(delay)
+    delay = Math.min(30_000, delay * 1.5)
+  }
+  rt.log.error('inspection data could not be posted; continuing to lookup')
+  return undefined
+}
