@@ -34,6 +34,16 @@ async function hasNoPartitionTable(device: string): Promise<boolean> {
   return r.exitCode === 2 && r.stdout.trim() === ''
 }
 
+async function waitForDii(ironic: Ironic, uuid: string, ok: (d: Record<string, unknown>) => boolean, timeoutMs = 120_000): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const node = await ironic.getNode(uuid)
+    if (ok(node.driver_internal_info)) return node.driver_internal_info
+    if (Date.now() > deadline) throw new Error(`driver_internal_info never matched: ${JSON.stringify(node.driver_internal_info)}\n${await ironic.logTail(60)}`)
+    await new Promise((r) => setTimeout(r, 250))
+  }
+}
+
 describe('agent driven by a real Ironic', () => {
   let dir: string
   let ironic: Ironic
@@ -78,15 +88,19 @@ describe('agent driven by a real Ironic', () => {
       ],
     })
 
+    // While cleaning runs Ironic has recorded our callback: auto-TLS means https, and it keeps the
+    // certificate we sent (agent_verify_ca) to verify us with.
+    const during = await waitForDii(ironic, node.uuid, (d) => typeof d.agent_url === 'string')
+    expect(during.agent_url).toBe(`https://127.0.0.1:${listenPort}`)
+    expect(String(during.agent_verify_ca)).toMatch(/BEGIN CERTIFICATE|\.crt$|\.pem$/)
+    expect(during.agent_version).toBe(RDK_VERSION)
+
     const clean1 = await ironic.waitForProvisionState(node.uuid, ['available'], {timeoutMs: 240_000})
     expect(clean1.last_error).toBeNull()
-    const dii = clean1.driver_internal_info
-    expect(dii.agent_version).toBe(RDK_VERSION)
-    // Auto-TLS: Ironic talked to us over https and stored the certificate we sent.
-    expect(dii.agent_url).toBe(`https://127.0.0.1:${listenPort}`)
-    expect(typeof dii.agent_verify_ca).toBe('string')
-    // Ironic wiped the token when it powered the node off at the end of cleaning.
-    expect(dii.agent_secret_token).toBeUndefined()
+    // Ironic wiped token, URL and certificate when it powered the node off at the end of cleaning.
+    expect(clean1.driver_internal_info.agent_secret_token).toBeUndefined()
+    expect(clean1.driver_internal_info.agent_url).toBeUndefined()
+    expect(clean1.driver_internal_info.clean_steps ?? null).toBeNull()
     for (const l of loops) {
       expect(await sha256OfDevice(l.device)).toBe(sha256OfZeroes(l.size))
       expect(await hasNoPartitionTable(l.device)).toBe(true)

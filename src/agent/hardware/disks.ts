@@ -23,6 +23,8 @@ export const LSBLK_COLUMNS = ['KNAME', 'PKNAME', 'MODEL', 'SIZE', 'ROTA', 'TYPE'
 export interface LsblkRow {
   kname: string
   pkname: string | null
+  /** Every parent the device was listed under (an md array or multipath map has several). */
+  parents: string[]
   model: string | null
   size: number
   rotational: boolean
@@ -61,24 +63,29 @@ function bool(v: unknown): boolean {
 
 /**
  * Parse `lsblk --json` output (list or tree form; lsblk < 2.33 printed every value as a string,
- * newer ones use numbers and booleans). Children are flattened, duplicates (a device listed under
- * several parents) are dropped, and `pkname` is taken from the tree when the column is missing.
+ * newer ones use numbers and booleans). Children are flattened; a device listed under several
+ * parents (md array, multipath map) is kept once with all its parents; `pkname` is taken from the
+ * tree when the column is missing.
  */
 export function parseLsblkJson(text: string): LsblkRow[] {
   const data = JSON.parse(text) as {blockdevices?: unknown[]}
   const out: LsblkRow[] = []
-  const seen = new Set<string>()
+  const seen = new Map<string, LsblkRow>()
   const walk = (nodes: unknown[] | undefined, parent: string | null): void => {
     for (const raw of nodes ?? []) {
       if (!raw || typeof raw !== 'object') continue
       const d = raw as Record<string, unknown>
       const kname = str(d.kname ?? d.name)
       if (!kname) continue
-      if (!seen.has(kname)) {
-        seen.add(kname)
-        out.push({
+      const pk = str(d.pkname) ?? parent
+      const known = seen.get(kname)
+      if (known) {
+        if (pk && !known.parents.includes(pk)) known.parents.push(pk)
+      } else {
+        const row: LsblkRow = {
           kname,
-          pkname: str(d.pkname) ?? parent,
+          pkname: pk,
+          parents: pk ? [pk] : [],
           model: str(d.model),
           size: int(d.size) ?? 0,
           rotational: bool(d.rota),
@@ -91,7 +98,9 @@ export function parseLsblkJson(text: string): LsblkRow[] {
           physicalSectors: int(d['phy-sec']),
           tran: str(d.tran),
           readOnly: bool(d.ro),
-        })
+        }
+        seen.set(kname, row)
+        out.push(row)
       }
       walk(d.children as unknown[] | undefined, kname)
     }
@@ -172,7 +181,7 @@ export interface SelectOptions {
  */
 export function selectBlockDevices(rows: readonly LsblkRow[], opts: SelectOptions): LsblkRow[] {
   const blockType = opts.blockType ?? 'disk'
-  const mpathMembers = new Set(rows.filter((r) => r.type === 'mpath' && r.pkname).map((r) => r.pkname as string))
+  const mpathMembers = new Set(rows.filter((r) => r.type === 'mpath').flatMap((r) => r.parents))
   const out: LsblkRow[] = []
   for (const r of rows) {
     if (!isAllowed(r.kname, r.pkname, opts.allowed)) continue

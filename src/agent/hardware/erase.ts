@@ -355,7 +355,7 @@ async function smartctlSecurityCheck(dev: string, log?: Logger): Promise<boolean
 export async function ataSecureErase(dev: string, allowlist: readonly string[], log?: Logger): Promise<boolean> {
   assertDeviceAllowed(dev, allowlist)
   let lines = await hdparmSecurityLines(dev, log)
-  if (!lines || !(await smartctlSecurityCheck(dev, log)) || ataSecurityState(lines) === 'unsupported') return false
+  if (!lines || ataSecurityState(lines) === 'unsupported' || !(await smartctlSecurityCheck(dev, log))) return false
   if (ataSecurityState(lines) === 'frozen') throw new BlockDeviceEraseError(`Block device ${dev} is frozen and cannot be erased`)
 
   const unlock = async (): Promise<string[]> => {
