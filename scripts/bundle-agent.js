@@ -9,6 +9,8 @@ await build({
   target: 'node20',
   format: 'esm',
   minify: true,
+  // IPA's wire format carries class names (command_error.type, get_clean_steps keys): keep them.
+  keepNames: true,
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',

@@ -17,6 +17,7 @@ import {standby} from './extensions/standby.js'
 import {stepsExtension} from './extensions/steps.js'
 import {runInspection} from './inspector.js'
 import {AGENT_VERIFY_CA_MIN, cmpVersion, IronicClient, sleep, type LookupResult} from './ironic-client.js'
+import {GenericHardwareManager} from './hardware/generic.js'
 import {loadManagers} from './hardware/loader.js'
 import {ManagerRegistry} from './hardware/manager.js'
 import type {HardwareManager} from './hardware/manager.js'
@@ -53,7 +54,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
 
   const registry = new ManagerRegistry()
   const managers = [...(await loadManagers(config.hardwareManagersDir, log)), ...(opts.managers ?? [])]
-  await registry.load(managers, {config, log})
+  await registry.load(managers, {config, log, registry})
   log.info('hardware managers ready', {versions: registry.currentVersions()})
   if (config.hardwareInitializationDelay > 0) await sleep(config.hardwareInitializationDelay * 1000)
 
@@ -147,6 +148,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     }
     for (const m of registry.managers) {
       if ('skipBmcDetect' in m) (m as {skipBmcDetect?: boolean}).skipBmcDetect = Boolean(result.config.agent_skip_bmc_detect)
+      if ('cachedNode' in m || m instanceof GenericHardwareManager) (m as {cachedNode?: NodeInfo}).cachedNode = state.node
     }
     return true
   }

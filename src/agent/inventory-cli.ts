@@ -11,6 +11,6 @@ export async function collectInventory(flags: Record<string, unknown>): Promise<
     if (!line.includes('"level":"info"') && !line.includes('"level":"debug"')) process.stderr.write(line + '\n')
   })
   const registry = new ManagerRegistry()
-  await registry.load(await loadManagers(config.hardwareManagersDir, log), {config, log})
+  await registry.load(await loadManagers(config.hardwareManagersDir, log), {config, log, registry})
   return registry.dispatchToManagers('list_hardware_info')
 }

@@ -77,7 +77,8 @@ function buildArgs(opts: AgentProcessOptions, token: string): string[] {
   const given = new Set(extra.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]))
   const defaults: [string, string | undefined][] = [
     ['--standalone', undefined],
-    ['--agent-token', token],
+    // '=' form: a base64url token may start with '-', which parseArgs would take for an option
+    [`--agent-token=${token}`, undefined],
     ['--listen-host', '127.0.0.1'],
     ['--listen-port', '0'],
     ['--cmdline', ''],
@@ -85,9 +86,9 @@ function buildArgs(opts: AgentProcessOptions, token: string): string[] {
   ]
   const out: string[] = []
   for (const [flag, value] of defaults) {
-    if (given.has(flag)) continue
+    if (given.has(flag.split('=')[0])) continue
     if (flag === '--standalone' && opts.standalone === false) continue
-    if (flag === '--agent-token' && !token) continue
+    if (flag.startsWith('--agent-token') && !token) continue
     out.push(flag)
     if (value !== undefined) out.push(value)
   }
@@ -124,6 +125,7 @@ export async function startAgentProcess(opts: AgentProcessOptions = {}): Promise
       resolve()
     })
   })
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()))
   const append = (chunk: Buffer) => {
     log += chunk.toString('utf8')
     if (log.length > MAX_LOG_CHARS) log = log.slice(log.length - MAX_LOG_CHARS)
@@ -190,9 +192,12 @@ export async function startAgentProcess(opts: AgentProcessOptions = {}): Promise
         }
       }
     })
-    void exited.then(() =>
-      finish(new Error(`agent (pid ${pid}) exited (${JSON.stringify(exit)}) before listening, after ${Date.now() - started} ms; log tail:\n${tail()}`)),
-    )
+    void exited
+      // 'exit' may come before the last stderr bytes: give the pipes a moment to drain
+      .then(() => Promise.race([closed, new Promise((r) => setTimeout(r, 250))]))
+      .then(() =>
+        finish(new Error(`agent (pid ${pid}) exited (${JSON.stringify(exit)}) before listening, after ${Date.now() - started} ms; log tail:\n${tail()}`)),
+      )
   }).catch(async (err: unknown) => {
     await stop()
     throw err

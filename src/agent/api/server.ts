@@ -13,6 +13,19 @@ import type {Logger} from '../log.js'
 /** Largest request body accepted (an inline config drive may be 64 MiB before base64). */
 export const MAX_BODY_BYTES = 128 * 1024 * 1024
 
+/** werkzeug's reason phrases where node's differ. */
+const WERKZEUG_REASONS: Record<number, string> = {413: 'Request Entity Too Large'}
+
+const reason = (status: number): string => WERKZEUG_REASONS[status] ?? http.STATUS_CODES[status] ?? 'Error'
+
+/**
+ * Deepest JSON nesting accepted in a command body (Python's json, hence IPA, stops near 1000).
+ * A body of nothing but '[' costs V8 ~300 bytes per level: without this bound a 2 MiB body took
+ * 0.3 s and 340 MB to parse, and a 128 MiB one would exhaust the heap and kill the agent —
+ * before the token is even checked.
+ */
+const MAX_JSON_DEPTH = 1000
+
 const NOT_FOUND_TEXT =
   'The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.'
 
@@ -33,7 +46,7 @@ class HttpError extends Error {
     description: string,
     readonly headers: Record<string, string> = {},
   ) {
-    super(`${status} ${http.STATUS_CODES[status] ?? 'Error'}: ${description}`)
+    super(`${status} ${reason(status)}: ${description}`)
   }
 }
 
@@ -54,6 +67,9 @@ export class AgentApi {
           handler,
         )
       : http.createServer(handler)
+    // An Expect other than 100-continue is ignored, as cheroot does (node would answer a bare,
+    // non-JSON 417 by itself).
+    server.on('checkExpectation', handler)
     server.headersTimeout = 60_000
     server.requestTimeout = 0 // ?wait=true may legitimately take long
     server.keepAliveTimeout = 5_000
@@ -61,9 +77,20 @@ export class AgentApi {
       this.sockets.add(s)
       s.on('close', () => this.sockets.delete(s))
     })
-    server.on('clientError', (_err, socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
-      else socket.destroy()
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      // Unparseable requests get a JSON fault too, but (as node's own handler) only when no
+      // response on this socket has started, so a pipelined answer is never corrupted.
+      const inFlight = (socket as {_httpMessage?: http.ServerResponse | null})._httpMessage
+      if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+        socket.destroy()
+        return
+      }
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
+      const text = JSON.stringify({faultcode: 'Client', faultstring: `${status} ${reason(status)}: The server could not understand the request.`})
+      socket.end(
+        `HTTP/1.1 ${status} ${reason(status)}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
+        () => socket.destroy(),
+      )
     })
     this.server = server
     await new Promise<void>((resolve, reject) => {
@@ -101,13 +128,18 @@ export class AgentApi {
       const host = req.headers.host ?? 'localhost'
       let url: URL
       try {
-        url = new URL(req.url ?? '/', `${proto}://${host}`)
+        const base = new URL(`${proto}://${host}`)
+        const target = req.url ?? '/'
+        // An origin-form target is a path even when it starts with '//': resolved against a base,
+        // '//evil.example/v1' would name another host (an open redirect, or a command run on '/v1').
+        url = target.startsWith('/') ? new URL(base.origin + target) : new URL(target, base)
       } catch {
         url = new URL(`${proto}://localhost/`)
         throw new HttpError(400, 'The browser (or proxy) sent a request that this server could not understand.')
       }
       const redirect = canonicalPath(url.pathname)
-      if (redirect !== url.pathname) {
+      // As werkzeug: redirect only to a path that routes; anything else is a plain 404.
+      if (redirect !== url.pathname && this.route(redirect).handler) {
         status = 308
         const location = `${url.origin}${redirect}${url.search}`
         send(res, 308, redirectPage(location), {'Content-Type': 'text/html; charset=utf-8', Location: location}, req.method === 'HEAD')
@@ -117,7 +149,7 @@ export class AgentApi {
       if (!handler) throw new HttpError(404, NOT_FOUND_TEXT)
       const method = req.method === 'HEAD' ? 'GET' : (req.method ?? 'GET')
       const fn = handler[method]
-      if (!fn) throw new HttpError(405, 'The method is not allowed for the requested URL.', {Allow: [...allowed, 'HEAD', 'OPTIONS'].sort().join(', ')})
+      if (!fn) throw new HttpError(405, 'The method is not allowed for the requested URL.', {Allow: [...allowed, 'HEAD'].sort().join(', ')})
       const body = method === 'POST' ? await readBody(req) : Buffer.alloc(0)
       const out = await fn(req, url, body)
       status = out.status
@@ -149,7 +181,7 @@ export class AgentApi {
     if (m) {
       return h({
         GET: async (_r, url) => {
-          const result = this.opts.processor.get(decodeURIComponent(m[1]!))
+          const result = this.opts.processor.get(decodePathSegment(m[1]!))
           if (isTrue(url.searchParams.get('wait'))) await result.done
           return {status: 200, body: result}
         },
@@ -161,6 +193,7 @@ export class AgentApi {
   private async runCommand(_req: http.IncomingMessage, url: URL, raw: Buffer): Promise<{status: number; body: CommandResult}> {
     let body: unknown
     try {
+      if (nestingExceeds(raw, MAX_JSON_DEPTH)) throw new Error(`nesting deeper than ${MAX_JSON_DEPTH} levels`)
       body = JSON.parse(raw.toString('utf8'))
     } catch (err) {
       const detail = raw.length === 0 ? 'Expecting value: line 1 column 1 (char 0)' : (err as Error).message
@@ -229,6 +262,35 @@ function canonicalPath(path: string): string {
   let p = path.replace(/\/{2,}/g, '/')
   if (p === '/v1' || p === '/v1/commands' || p === '/commands') p += '/'
   return p
+}
+
+/**
+ * Percent-decode a path segment as werkzeug does: invalid UTF-8 becomes U+FFFD instead of an
+ * error (decodeURIComponent throws URIError on '%E0%A4%A', which answered 500).
+ */
+function decodePathSegment(s: string): string {
+  // URL.pathname is ASCII (everything else is percent-encoded), so latin1 maps it to bytes 1:1.
+  return Buffer.from(s.replace(/%([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8')
+}
+
+/** Does the JSON text nest arrays/objects deeper than `limit`? (A linear byte scan; strings skipped.) */
+function nestingExceeds(raw: Buffer, limit: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]
+    if (inString) {
+      if (c === 0x5c) i++ // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) {
+      inString = true
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > limit) return true
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--
+    }
+  }
+  return false
 }
 
 function isTrue(v: string | null): boolean {

@@ -29,6 +29,7 @@ function sortKeys(v: unknown): unknown {
 function cacheNode(rt: AgentRuntime, node: unknown): NodeInfo {
   const n = (node && typeof node === 'object' ? node : {}) as NodeInfo
   rt.node = n
+  for (const m of rt.registry.managers) if ('cachedNode' in m) (m as {cachedNode?: NodeInfo}).cachedNode = n
   return n
 }
 

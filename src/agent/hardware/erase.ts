@@ -10,7 +10,7 @@
  * Every destructive function takes the allow-list and re-checks its target with assertDeviceAllowed().
  */
 import {existsSync} from 'node:fs'
-import {readFile, readdir, realpath} from 'node:fs/promises'
+import {readFile, readdir, realpath, rm} from 'node:fs/promises'
 import path from 'node:path'
 import {CommandFailedError, run, ToolMissingError} from '../../common/exec.js'
 import {BlockDeviceEraseError, ProtectedDeviceError} from '../errors.js'
@@ -444,4 +444,20 @@ export async function nvmeSecureErase(dev: string, allowlist: readonly string[],
 /** IPA's test for an NVMe device: the name. */
 export function isNvme(dev: string): boolean {
   return dev.startsWith('/dev/nvme')
+}
+
+// ------------------------------------------------------------------------------------------------
+// pstore
+
+/** Where pstore is mounted, from /proc/mounts text (pure); null when it is not. */
+export function pstoreMountPoint(mounts: string): string | null {
+  const m = /^pstore (\S+) pstore /m.exec(mounts)
+  return m ? m[1]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) : null
+}
+
+/** Remove everything inside `dir` (not `dir` itself). */
+export async function clearDirectory(dir: string): Promise<number> {
+  const entries = await readdir(dir)
+  for (const e of entries) await rm(path.join(dir, e), {recursive: true, force: true})
+  return entries.length
 }

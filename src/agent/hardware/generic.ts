@@ -9,18 +9,18 @@
  * Implemented: inventory, erase_devices, erase_devices_metadata, erase_devices_express,
  * erase_pstore, erase_block_device. Every other IPA step exists and fails with NotImplementedYet.
  */
-import {readFile, readdir, rm} from 'node:fs/promises'
+import {readFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import os from 'node:os'
-import path from 'node:path'
 import {performance} from 'node:perf_hooks'
 import {run, ToolMissingError} from '../../common/exec.js'
-import {BlockDeviceEraseError, DeviceNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
+import {BlockDeviceEraseError, DeviceNotFound, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
 import {assertDeviceAllowed, guessRootDisk, kernelName, listBlockDevices, matchDeviceHints, parentDiskOf, skipListFromNode} from './disks.js'
 import {
   assertNoSpecialFilesystems,
   assertNotInUse,
   ataSecureErase,
+  clearDirectory,
   destroyDiskMetadata,
   devicesInUse,
   isLinuxRaidMember,
@@ -29,6 +29,7 @@ import {
   isVirtualMediaDevice,
   nvmeSecureErase,
   probeDevice,
+  pstoreMountPoint,
   shredDevice,
 } from './erase.js'
 import {
@@ -157,24 +158,44 @@ export class GenericHardwareManager extends HardwareManager {
   skipBmcDetect = false
   /** The node last received from Ironic (root device hints, skip list); set by the agent. */
   cachedNode?: NodeInfo
-  /** When set, erase_devices dispatches erase_block_device through it (so a more specific manager may override). */
+  /**
+   * When set (or given as `registry` in the manager context), list_hardware_info's pieces and
+   * erase_devices' erase_block_device are dispatched through it, so a higher-ranked manager that
+   * implements just one of them wins.
+   */
   registry?: ManagerRegistry
 
-  private bmc?: Promise<BmcInfo>
+  private _bmc?: Promise<BmcInfo>
+
+  /** The registry to dispatch through: set directly, or carried by the manager context. */
+  private get _dispatcher(): ManagerRegistry | undefined {
+    return this.registry ?? (this.ctx as {registry?: ManagerRegistry}).registry
+  }
+
+  /**
+   * Call an inventory piece through the registry when there is one (so a higher-ranked manager that
+   * implements just that piece wins, falling back to this one), else on this manager.
+   */
+  private async _piece<T>(method: string, ...args: unknown[]): Promise<T> {
+    const registry = this._dispatcher
+    if (registry) return (await registry.dispatchToManagers(method, ...args)) as T
+    const fn = (this as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!
+    return (await fn.apply(this, args)) as T
+  }
 
   evaluate_hardware_support(): number {
     return HardwareSupport.GENERIC
   }
 
   override async initialize(): Promise<void> {
-    await Promise.all([this.skipBmcDetect ? undefined : this.load_ipmi_modules(), this.wait_for_disks()])
+    await Promise.all([this.skipBmcDetect ? undefined : this._load_ipmi_modules(), this.wait_for_disks()])
   }
 
   // ---------------------------------------------------------------------------------------------
   // Start-up
 
   /** IPA loads the IPMI drivers once so /dev/ipmi0 exists for ipmitool. Failures are fine. */
-  async load_ipmi_modules(): Promise<void> {
+  async _load_ipmi_modules(): Promise<void> {
     for (const mod of ['ipmi_msghandler', 'ipmi_devintf', 'ipmi_si']) {
       try {
         await run('modprobe', [mod], {allowFailure: true, timeoutMs: 15_000})
@@ -212,18 +233,19 @@ export class GenericHardwareManager extends HardwareManager {
     const start = performance.now()
     this.ctx.log.info('collecting full inventory')
     const [interfaces, cpu, disks, memory, bmc_address, bmc_v6address, system_vendor, boot, bmcMac] = await Promise.all([
-      this.list_network_interfaces(),
-      this.get_cpus(),
-      this.list_block_devices(),
-      this.get_memory(),
-      this.get_bmc_address(),
-      this.get_bmc_v6address(),
-      this.get_system_vendor_info(),
-      this.get_boot_info(),
-      this.get_bmc_mac().then(
+      this._piece<NetworkInterface[]>('list_network_interfaces'),
+      this._piece<CPU>('get_cpus'),
+      this._piece<BlockDevice[]>('list_block_devices'),
+      this._piece<Memory>('get_memory'),
+      this._piece<string | null>('get_bmc_address'),
+      this._piece<string | null>('get_bmc_v6address'),
+      this._piece<SystemVendor>('get_system_vendor_info'),
+      this._piece<BootInfo>('get_boot_info'),
+      this._piece<string | null>('get_bmc_mac').then(
         (mac) => ({mac}),
         (err: unknown) => {
-          if (err instanceof IncompatibleHardwareMethodError) return undefined
+          // No manager could tell the BMC's MAC: leave the key out, as IPA does.
+          if (err instanceof IncompatibleHardwareMethodError || err instanceof HardwareManagerMethodNotFound) return undefined
           throw err
         },
       ),
@@ -286,29 +308,38 @@ export class GenericHardwareManager extends HardwareManager {
     return infos.filter((i): i is NetworkInterface => i !== null)
   }
 
+  /** One interface (IPA's get_interface_info); IncompatibleHardwareMethodError when it has no MAC. */
+  async get_interface_info(interface_name: string): Promise<NetworkInterface> {
+    const addrs = await interfaceAddresses(this.ctx.log)
+    const lldp = this.ctx.config.collectLldp ? new Map(Object.entries(await this.collect_lldp_data([interface_name]))) : undefined
+    const info = await interfaceInfo(interface_name, addrs, {log: this.ctx.log, lldp})
+    if (!info) throw new IncompatibleHardwareMethodError(`interface ${interface_name} has no MAC address`)
+    return info
+  }
+
   /** Raw LLDP TLVs per interface ([type, hex] pairs); null for interfaces where capture failed. */
   async collect_lldp_data(interface_names: string[]): Promise<Record<string, [number, string][] | null>> {
     const map = await collectLldp(interface_names, this.ctx.config.lldpTimeout, {log: this.ctx.log})
     return Object.fromEntries(map)
   }
 
-  private bmcInfo(): Promise<BmcInfo> {
+  private _bmcInfo(): Promise<BmcInfo> {
     if (this.skipBmcDetect) return Promise.resolve({address: null, v6address: null, mac: null})
-    this.bmc ??= detectBmc(this.ctx.log)
-    return this.bmc
+    this._bmc ??= detectBmc(this.ctx.log)
+    return this._bmc
   }
 
   async get_bmc_address(): Promise<string | null> {
-    return (await this.bmcInfo()).address
+    return (await this._bmcInfo()).address
   }
 
   async get_bmc_v6address(): Promise<string | null> {
-    return (await this.bmcInfo()).v6address
+    return (await this._bmcInfo()).v6address
   }
 
   /** null without an IPMI device; IncompatibleHardwareMethodError when the BMC reports no MAC (IPA). */
   async get_bmc_mac(): Promise<string | null> {
-    const info = await this.bmcInfo()
+    const info = await this._bmcInfo()
     if (info.address === null) return null
     if (info.mac === null) throw new IncompatibleHardwareMethodError('no BMC MAC address found')
     return info.mac
@@ -395,11 +426,11 @@ export class GenericHardwareManager extends HardwareManager {
   // ---------------------------------------------------------------------------------------------
   // Cleaning
 
-  private get allowlist(): readonly string[] {
+  private get _allowlist(): readonly string[] {
     return this.ctx.config.deviceAllowlist
   }
 
-  private guardSpecial(node: NodeInfo | undefined): boolean {
+  private _guardSpecial(node: NodeInfo | undefined): boolean {
     if (!this.ctx.config.guardSpecialFilesystems) return false
     const allowed = flag(node?.driver_internal_info?.wipe_special_filesystems, false) || flag(node?.driver_info?.wipe_special_filesystems, false)
     return !allowed
@@ -409,7 +440,7 @@ export class GenericHardwareManager extends HardwareManager {
    * Why IPA would leave a device alone (virtual media, RAID member), or null. Read-only is handled
    * by the callers, which differ.
    */
-  private async skipReason(dev: string): Promise<string | null> {
+  private async _skipReason(dev: string): Promise<string | null> {
     const probe = await probeDevice(dev)
     if (await isVirtualMediaDevice(dev, probe)) return 'virtual media device'
     if (await isLinuxRaidMember(dev, probe)) return 'RAID member device'
@@ -417,22 +448,22 @@ export class GenericHardwareManager extends HardwareManager {
   }
 
   /** The safety guard: refuse (ProtectedDeviceError) devices in use or holding special filesystems. */
-  private async guard(node: NodeInfo | undefined, devices: readonly string[], inUse?: Map<string, string>): Promise<void> {
+  private async _guard(node: NodeInfo | undefined, devices: readonly string[], inUse?: Map<string, string>): Promise<void> {
     const used = inUse ?? (await devicesInUse())
     for (const dev of devices) {
-      assertDeviceAllowed(dev, this.allowlist)
+      assertDeviceAllowed(dev, this._allowlist)
       await assertNotInUse(dev, used)
-      if (this.guardSpecial(node)) await assertNoSpecialFilesystems(dev)
+      if (this._guardSpecial(node)) await assertNoSpecialFilesystems(dev)
     }
   }
 
   /** Devices the metadata-style steps work on, partitions first (IPA's _list_erasable_devices). */
-  private async erasableDevices(node: NodeInfo, step: string): Promise<BlockDevice[]> {
+  private async _erasableDevices(node: NodeInfo, step: string): Promise<BlockDevice[]> {
     const devices = await this.list_block_devices_check_skip_list(node, true)
     devices.sort((a, b) => (a.name < b.name ? 1 : a.name > b.name ? -1 : 0))
     const out: BlockDevice[] = []
     for (const d of devices) {
-      const why = (await this.skipReason(d.name)) ?? ((await isReadOnlyDevice(d.name, this.ctx.log)) ? 'read-only device' : null)
+      const why = (await this._skipReason(d.name)) ?? ((await isReadOnlyDevice(d.name, this.ctx.log)) ? 'read-only device' : null)
       if (why) {
         this.ctx.log.info(`skipping ${step} of ${why}`, {device: d.name})
         continue
@@ -444,12 +475,12 @@ export class GenericHardwareManager extends HardwareManager {
 
   /** Clean step: wipe signatures and partition tables of every disk and partition. */
   async erase_devices_metadata(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
-    const devices = await this.erasableDevices(node, 'metadata erase')
-    await this.guard(node, devices.map((d) => d.name))
+    const devices = await this._erasableDevices(node, 'metadata erase')
+    await this._guard(node, devices.map((d) => d.name))
     const errors: [string, string][] = []
     for (const d of devices) {
       try {
-        await destroyDiskMetadata(d.name, this.allowlist, this.ctx.log)
+        await destroyDiskMetadata(d.name, this._allowlist, this.ctx.log)
       } catch (err) {
         this.ctx.log.error('failed to erase the metadata on a device', {device: d.name, err})
         errors.push([d.name, (err as Error).message])
@@ -463,26 +494,26 @@ export class GenericHardwareManager extends HardwareManager {
 
   /** Clean step: NVMe secure erase where possible, metadata erase everywhere else. */
   async erase_devices_express(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
-    const devices = await this.erasableDevices(node, 'express erase')
+    const devices = await this._erasableDevices(node, 'express erase')
     if (devices.length === 0) {
       this.ctx.log.debug('no erasable devices found')
       return null
     }
-    await this.guard(node, devices.map((d) => d.name))
+    await this._guard(node, devices.map((d) => d.name))
     const info = node.driver_internal_info ?? {}
     const errors: [string, string][] = []
     for (const d of devices) {
       const whole = parentDiskOf(kernelName(d.name)) === null
       if (whole && isNvme(d.name) && flag(info.agent_enable_nvme_secure_erase, true)) {
         try {
-          if (await nvmeSecureErase(d.name, this.allowlist, this.ctx.log)) continue
+          if (await nvmeSecureErase(d.name, this._allowlist, this.ctx.log)) continue
         } catch (err) {
           if (!(err instanceof BlockDeviceEraseError)) throw err
           this.ctx.log.debug('NVMe secure erase failed, falling back to metadata erase', {device: d.name, err: err.message})
         }
       }
       try {
-        await destroyDiskMetadata(d.name, this.allowlist, this.ctx.log)
+        await destroyDiskMetadata(d.name, this._allowlist, this.ctx.log)
       } catch (err) {
         this.ctx.log.error('failed to erase a device', {device: d.name, err})
         errors.push([d.name, (err as Error).message])
@@ -504,12 +535,11 @@ export class GenericHardwareManager extends HardwareManager {
     // Refuse before touching anything if any device that would be erased is protected.
     const inUse = await devicesInUse()
     const toGuard: string[] = []
-    for (const d of devices) if (!(await this.skipReason(d.name))) toGuard.push(d.name)
-    await this.guard(node, toGuard, inUse)
+    for (const d of devices) if (!(await this._skipReason(d.name))) toGuard.push(d.name)
+    await this._guard(node, toGuard, inUse)
 
     const concurrency = Math.max(1, intOf(node.driver_internal_info?.disk_erasure_concurrency, 1))
-    const eraseOne = (d: BlockDevice): Promise<unknown> =>
-      this.registry ? this.registry.dispatchToManagers('erase_block_device', node, d) : this.erase_block_device(node, d)
+    const eraseOne = (d: BlockDevice): Promise<unknown> => this._piece('erase_block_device', node, d)
     const settled = await settleLimited(devices, concurrency, eraseOne)
     const results: Record<string, unknown> = {}
     devices.forEach((d, i) => {
@@ -523,13 +553,13 @@ export class GenericHardwareManager extends HardwareManager {
   /** Erase one device the best way it supports (IPA's erase_block_device). */
   async erase_block_device(node: NodeInfo, block_device: BlockDevice | string): Promise<null> {
     const dev = typeof block_device === 'string' ? block_device : block_device.name
-    assertDeviceAllowed(dev, this.allowlist)
-    const why = await this.skipReason(dev)
+    assertDeviceAllowed(dev, this._allowlist)
+    const why = await this._skipReason(dev)
     if (why) {
       this.ctx.log.info(`skipping erase of ${why}`, {device: dev})
       return null
     }
-    await this.guard(node, [dev])
+    await this._guard(node, [dev])
     const info = node.driver_internal_info ?? {}
     if (await isReadOnlyDevice(dev, this.ctx.log)) {
       if (flag(info.agent_erase_skip_read_only, false)) {
@@ -544,8 +574,8 @@ export class GenericHardwareManager extends HardwareManager {
 
     try {
       if (isNvme(dev)) {
-        if (flag(info.agent_enable_nvme_secure_erase, true) && (await nvmeSecureErase(dev, this.allowlist, this.ctx.log))) return null
-      } else if (flag(info.agent_enable_ata_secure_erase, true) && (await ataSecureErase(dev, this.allowlist, this.ctx.log))) {
+        if (flag(info.agent_enable_nvme_secure_erase, true) && (await nvmeSecureErase(dev, this._allowlist, this.ctx.log))) return null
+      } else if (flag(info.agent_enable_ata_secure_erase, true) && (await ataSecureErase(dev, this._allowlist, this.ctx.log))) {
         return null
       }
     } catch (err) {
@@ -567,7 +597,7 @@ export class GenericHardwareManager extends HardwareManager {
       return null
     }
     try {
-      await shredDevice(dev, {iterations, zeroize}, this.allowlist, this.ctx.log)
+      await shredDevice(dev, {iterations, zeroize}, this._allowlist, this.ctx.log)
       return null
     } catch (err) {
       if (err instanceof ToolMissingError) throw err
@@ -578,59 +608,57 @@ export class GenericHardwareManager extends HardwareManager {
 
   /** Clean step: empty the kernel's persistent-store (pstore) crash records, if pstore is mounted. */
   async erase_pstore(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
-    const mounts = await readFile('/proc/mounts', 'utf8').catch(() => '')
-    const m = /^pstore (\S+) pstore/m.exec(mounts)
-    if (!m) {
+    const dir = pstoreMountPoint(await readFile('/proc/mounts', 'utf8').catch(() => ''))
+    if (!dir) {
       this.ctx.log.debug('no pstore found')
       return null
     }
-    const dir = m[1]!
-    this.ctx.log.info('cleaning up pstore', {path: dir})
-    for (const entry of await readdir(dir)) await rm(path.join(dir, entry), {recursive: true, force: true})
+    const removed = await clearDirectory(dir)
+    this.ctx.log.info('cleaned up pstore', {path: dir, entries: removed})
     return null
   }
 
   // ---------------------------------------------------------------------------------------------
   // Steps that exist in IPA but come later in rdk: they fail clearly.
 
-  private notYet(name: string): never {
+  private _notYet(name: string): never {
     throw new NotImplementedYet(name, NOT_YET_ISSUE[name] ?? 'a later issue')
   }
 
   async clean_uefi_nvram(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('clean_uefi_nvram')
+    this._notYet('clean_uefi_nvram')
   }
   async delete_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('delete_configuration')
+    this._notYet('delete_configuration')
   }
   async create_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('create_configuration')
+    this._notYet('create_configuration')
   }
   async apply_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('apply_configuration')
+    this._notYet('apply_configuration')
   }
   async burnin_cpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('burnin_cpu')
+    this._notYet('burnin_cpu')
   }
   async burnin_disk(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('burnin_disk')
+    this._notYet('burnin_disk')
   }
   async burnin_memory(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('burnin_memory')
+    this._notYet('burnin_memory')
   }
   async burnin_network(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('burnin_network')
+    this._notYet('burnin_network')
   }
   async burnin_gpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('burnin_gpu')
+    this._notYet('burnin_gpu')
   }
   async write_image(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('write_image')
+    this._notYet('write_image')
   }
   async inject_files(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('inject_files')
+    this._notYet('inject_files')
   }
   async execute_bootc_install(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this.notYet('execute_bootc_install')
+    this._notYet('execute_bootc_install')
   }
 }

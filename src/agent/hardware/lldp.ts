@@ -111,6 +111,8 @@ export async function captureLldp(iface: string, timeoutS: number, opts: Capture
   const r = await runBuffer(file!, args, {allowFailure: true, timeoutMs: Math.max(1, Math.round(timeoutS * 1000))})
   if (r.stdout.length < 24) {
     if (/not found|No such file/i.test(r.stderr) && /tcpdump/.test(r.stderr)) throw new ToolMissingError('tcpdump')
+    // A link that is down cannot receive anything: like IPA's raw socket, it just sees no frame.
+    if (/not up/i.test(r.stderr)) return []
     throw new Error(`tcpdump on ${iface} failed (exit ${r.exitCode}): ${r.stderr.trim().slice(-500)}`)
   }
   return lldpFromPcap(r.stdout, opts.log)

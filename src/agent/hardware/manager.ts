@@ -19,6 +19,8 @@ import {HardwareSupport, type NodeInfo, type Port, type Step} from './types.js'
 export interface ManagerContext {
   config: AgentConfig
   log: Logger
+  /** The registry the manager is part of (dispatch inventory pieces through it). */
+  registry?: ManagerRegistry
 }
 
 export abstract class HardwareManager {
