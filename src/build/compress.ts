@@ -1,0 +1,89 @@
+/**
+ * Initramfs compression, reproducible: the same input gives the same bytes every time.
+ *
+ * - gzip: node:zlib, level 9, header fixed (no name, mtime 0, OS = Unix). No host tool needed.
+ * - xz:   the `xz` program, `--check=crc32` (the kernel's XZ decoder rejects CRC64/SHA-256),
+ *         `--threads=1` (multi-threaded xz splits blocks differently), preset 9 (the kernel's
+ *         initramfs unpacker allocates the 64 MiB dictionary once at boot).
+ * - zstd: the `zstd` program, `-19 --single-thread` (no worker threads, no job splitting).
+ * - none: the cpio archive as is.
+ *
+ * Output bytes depend on the compressor's version (zlib in Node, xz-utils, zstd), so "same input ⇒
+ * same output" holds for one rdk install; the build manifest records the versions.
+ */
+import {createReadStream, createWriteStream} from 'node:fs'
+import {writeFile} from 'node:fs/promises'
+import {Readable, Transform, type Writable} from 'node:stream'
+import {pipeline} from 'node:stream/promises'
+import {constants, createGzip} from 'node:zlib'
+import {run, runBuffer} from '../common/exec.js'
+
+export const COMPRESSIONS = ['gzip', 'xz', 'zstd', 'none'] as const
+export type Compression = (typeof COMPRESSIONS)[number]
+
+/** Host program a compression needs (undefined: none). */
+export function compressionTool(kind: Compression): string | undefined {
+  return kind === 'xz' ? 'xz' : kind === 'zstd' ? 'zstd' : undefined
+}
+
+/** Pin gzip's header: no FNAME, MTIME 0, XFL 2 (max compression), OS 3 (Unix) whatever the platform. */
+function fixGzipHeader(): Transform {
+  let done = false
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      if (!done) {
+        if (chunk.length < 10) return cb(new Error('gzip: short header chunk'))
+        chunk = Buffer.from(chunk)
+        chunk.writeUInt32LE(0, 4)
+        chunk[8] = 2
+        chunk[9] = 3
+        done = true
+      }
+      cb(null, chunk)
+    },
+  })
+}
+
+export function gzipStream(): Transform {
+  return createGzip({level: 9, memLevel: 9, strategy: constants.Z_DEFAULT_STRATEGY, chunkSize: 1 << 20})
+}
+
+/** Stream `source` through gzip into `dest`. */
+export async function gzipTo(source: Readable | AsyncIterable<Buffer>, dest: string | Writable): Promise<void> {
+  const out = typeof dest === 'string' ? createWriteStream(dest, {mode: 0o644}) : dest
+  await pipeline(source instanceof Readable ? source : Readable.from(source), gzipStream(), fixGzipHeader(), out)
+}
+
+/**
+ * Compress the file `input` into `output`; `input` is left in place. xz and zstd go through
+ * runBuffer() (a missing program names its Debian package) and write to stdout, so only this
+ * process ever creates `output`: an interrupted build can always remove it.
+ */
+export async function compressFile(kind: Compression, input: string, output: string): Promise<void> {
+  switch (kind) {
+    case 'none':
+      await pipeline(createReadStream(input, {highWaterMark: 1 << 20}), createWriteStream(output, {mode: 0o644}))
+      return
+    case 'gzip':
+      await gzipTo(createReadStream(input, {highWaterMark: 1 << 20}), output)
+      return
+    case 'zstd': {
+      const r = await runBuffer('zstd', ['-19', '--single-thread', '--no-progress', '-q', '-c', '--', input])
+      await writeFile(output, r.stdout, {mode: 0o644})
+      return
+    }
+    case 'xz': {
+      const r = await runBuffer('xz', ['--compress', '--stdout', '--check=crc32', '--threads=1', '-9', '--', input])
+      await writeFile(output, r.stdout, {mode: 0o644})
+      return
+    }
+  }
+}
+
+/** Version line of the tool behind a compression (for the manifest). */
+export async function compressorVersion(kind: Compression): Promise<string> {
+  if (kind === 'gzip') return `zlib ${process.versions.zlib}`
+  if (kind === 'none') return 'none'
+  const r = await run(kind, ['--version'], {allowFailure: true})
+  return (r.stdout || r.stderr).split('\n')[0]!.trim()
+}

@@ -1,0 +1,216 @@
+/**
+ * Running a build: spec → stages → artefacts.
+ *
+ * - One progress line per stage on stderr (`[3/9] assemble-tree  212 entries  0.04s`), timings kept
+ *   for the --json result.
+ * - Artefacts are written to temporary files in the output directory and renamed into place by
+ *   the last stage only; a failing stage, SIGINT or SIGTERM leaves no partial file behind (a build
+ *   killed with SIGKILL leaves its temporary files, which the next build there removes).
+ * - The scratch directory (staged trees, the uncompressed cpio) is removed in every case.
+ */
+import {mkdtempSync, rmSync} from 'node:fs'
+import {mkdir} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {BuildCache} from './cache.js'
+import {Outputs, type BuildContext} from './context.js'
+import {BuildError, BuildInterruptedError, isUserError} from './errors.js'
+import {defaultRegistry, loadFlavorModules} from './flavors.js'
+import type {StageRegistry} from './registry.js'
+import type {BuildSpec, Format} from './spec.js'
+import {FileTree} from './tree.js'
+
+export interface BuildOptions {
+  /** Stage registry (default: rdk's, with the flavor's module loaded). */
+  registry?: StageRegistry
+  /** Import src/flavors/<flavor>/index.js (default: true for the default registry). */
+  loadPlugins?: boolean
+  /** Where progress lines go (default: stderr, prefixed with "rdk build: "). */
+  log?: (line: string) => void
+  /** Clean up and exit on SIGINT/SIGTERM (default true; tests running in-process turn it off). */
+  handleSignals?: boolean
+}
+
+export interface StageTiming {
+  name: string
+  ms: number
+  note?: string
+}
+
+export interface BuildResult {
+  name: string
+  flavor: string
+  output: string
+  artefacts: {kind: string; file: string; path: string; size: number; sha256: string}[]
+  stages: StageTiming[]
+  elements: {name: string; dir: string; origin: 'built-in' | 'user'; files: number; bytes: number}[]
+  sizes: {source: string; entries: number; files: number; bytes: number}[]
+  treeDigest: string
+  cache: {dir: string; hits: number; misses: number}
+  durationMs: number
+}
+
+/** A stage failed; `cause` is the original error, `stage` its name. */
+export class StageFailedError extends BuildError {
+  readonly stage: string
+  override readonly cause: unknown
+  constructor(stage: string, cause: unknown) {
+    super(`stage ${stage}: ${cause instanceof Error ? cause.message : String(cause)}`)
+    this.name = 'StageFailedError'
+    this.stage = stage
+    this.cause = cause
+  }
+
+  /** Whether the message says it all (no stack trace needed). */
+  get userFacing(): boolean {
+    return isUserError(this.cause)
+  }
+}
+
+/** Formats that build today; a request for another one fails before any work is done. */
+export function checkSupported(spec: BuildSpec, registry: StageRegistry): void {
+  const flavor = registry.flavor(spec.flavor)
+  if (!flavor) throw new BuildError(`unknown flavor '${spec.flavor}' (known: ${registry.flavorNames().join(', ')})`)
+  const working = registry.flavorNames().filter((n) => registry.flavor(n)!.implemented)
+  if (!flavor.implemented) throw new BuildError(`flavor '${spec.flavor}' is not implemented yet; flavors that build today: ${working.join(', ')}`)
+  const produced = registry.formats(spec.flavor)
+  const missing = spec.formats.filter((f) => !produced.has(f))
+  if (missing.length) {
+    throw new BuildError(
+      `format${missing.length === 1 ? '' : 's'} ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not implemented yet for flavor '${spec.flavor}'; formats that build today: ${[...produced].join(', ')}`,
+    )
+  }
+}
+
+function needs(spec: BuildSpec, what: 'kernel' | 'initramfs'): boolean {
+  // Every boot format (iso, pxe, ipxe, tar, zip) bundles both.
+  const only: Format = what === 'kernel' ? 'initramfs' : 'kernel'
+  return spec.formats.some((f) => f !== only)
+}
+
+const stderrLog = (line: string) => process.stderr.write(`rdk build: ${line}\n`)
+
+/** Run every stage of the spec's flavor. Throws StageFailedError (or BuildError before the first stage). */
+export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promise<BuildResult> {
+  const registry = opts.registry ?? defaultRegistry
+  const log = opts.log ?? stderrLog
+  if (opts.loadPlugins ?? registry === defaultRegistry) await loadFlavorModules(registry, spec.flavor)
+  checkSupported(spec, registry)
+  const started = Date.now()
+
+  await mkdir(spec.output, {recursive: true})
+  const stale = Outputs.sweepStale(spec.output)
+  if (stale.length) log(`removed ${stale.length} temporary file(s) left by an interrupted build: ${stale.join(', ')}`)
+  const outputs = new Outputs(spec.output)
+  const workDir = mkdtempSync(join(tmpdir(), 'rdk-build-'))
+  const controller = new AbortController()
+  const tree = new FileTree()
+  tree.source = 'build'
+  const cache = new BuildCache(spec.cacheDir)
+  const staleCache = cache.sweepStale()
+  if (staleCache.length) log(`removed ${staleCache.length} half-written cache entr${staleCache.length === 1 ? 'y' : 'ies'} left by an interrupted build`)
+
+  const cleanup = () => {
+    outputs.cleanupSync()
+    cache.cleanupSync()
+    rmSync(workDir, {recursive: true, force: true})
+  }
+  const onSignal = (sig: NodeJS.Signals) => {
+    controller.abort(new BuildInterruptedError(sig))
+    cleanup()
+    log(`interrupted by ${sig}: removed temporary outputs, nothing was written to ${spec.output}`)
+    // Exiting runs execa's exit hook, which stops any tool still running.
+    process.exit(sig === 'SIGINT' ? 130 : 143)
+  }
+  const handleSignals = opts.handleSignals ?? true
+  if (handleSignals) {
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+  }
+
+  let current = ''
+  const ctx: BuildContext = {
+    spec,
+    flavor: registry.flavor(spec.flavor)!,
+    registry,
+    elements: [],
+    tree,
+    cache,
+    workDir,
+    outputs,
+    packages: [],
+    data: new Map(),
+    manifestExtra: {},
+    signal: controller.signal,
+    log: (line) => log(`  ${current}: ${line}`),
+    packageRequests() {
+      const seen = new Set<string>()
+      const out: ReturnType<BuildContext['packageRequests']> = []
+      for (const el of ctx.elements) {
+        for (const p of el.manifest.packages) {
+          if (seen.has(p.name)) continue
+          seen.add(p.name)
+          out.push({...p, element: el.name})
+        }
+      }
+      return out
+    },
+    hookEnv() {
+      return {
+        SOURCE_DATE_EPOCH: String(spec.sourceDateEpoch),
+        RDK_FLAVOR: spec.flavor,
+        RDK_BUILD_NAME: spec.name,
+        RDK_CACHE_DIR: spec.cacheDir,
+        RDK_WORK_DIR: workDir,
+        DIB_RELEASE: spec.debianSuite,
+        RDK_DEBIAN_MIRROR: spec.debianMirror,
+      }
+    },
+    needs: (what) => needs(spec, what),
+  }
+
+  const stages = registry.stages(spec.flavor)
+  const timings: StageTiming[] = []
+  try {
+    for (const [i, stage] of stages.entries()) {
+      if (controller.signal.aborted) throw controller.signal.reason
+      current = stage.name
+      const t0 = process.hrtime.bigint()
+      let note: string | void
+      try {
+        note = await stage.run(ctx)
+      } catch (err) {
+        throw new StageFailedError(stage.name, err)
+      }
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6
+      timings.push({name: stage.name, ms: Math.round(ms * 10) / 10, ...(note ? {note} : {})})
+      log(`[${i + 1}/${stages.length}] ${stage.name}${note ? `  ${note}` : ''}  (${(ms / 1000).toFixed(2)}s)`)
+    }
+  } catch (err) {
+    cleanup()
+    throw err
+  } finally {
+    if (handleSignals) {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+    rmSync(workDir, {recursive: true, force: true})
+  }
+
+  const sizes = tree.sizeBySource()
+  return {
+    name: spec.name,
+    flavor: spec.flavor,
+    output: spec.output,
+    artefacts: outputs.all().map((a) => ({kind: a.kind, file: a.file, path: a.path, size: a.size ?? 0, sha256: a.sha256 ?? ''})),
+    stages: timings,
+    elements: ctx.elements.map((e) => {
+      const s = sizes.find((x) => x.source === e.name)
+      return {name: e.name, dir: e.dir, origin: e.builtin ? 'built-in' : 'user', files: s?.files ?? 0, bytes: s?.bytes ?? 0}
+    }),
+    sizes,
+    treeDigest: tree.digest(),
+    cache: {dir: cache.dir, hits: cache.stats.hits, misses: cache.stats.misses},
+    durationMs: Date.now() - started,
+  }
+}

@@ -1,0 +1,54 @@
+import {Command, Flags} from '@oclif/core'
+import {stringify} from 'yaml'
+import {buildFlagTable, resolveSpec} from '../build/spec.js'
+import {runBuild, StageFailedError} from '../build/pipeline.js'
+import {isUserError} from '../build/errors.js'
+
+const specFlags = Object.fromEntries(
+  buildFlagTable().map((f) => [f.name, f.multiple ? Flags.string({description: f.help, multiple: true}) : Flags.string({description: f.help})]),
+)
+
+const mb = (n: number) => `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} MB`
+
+export default class Build extends Command {
+  static override summary = 'Build a deploy ramdisk (kernel + initramfs) from elements'
+  static override description =
+    'Settings come from --config FILE (else ./rdk.yaml, else the built-in default config), then these flags; see docs/build.md. ' +
+    'Single-valued flags replace the config value; --element, --elements-path, --ssh-key and --hardware-manager add to it; --kernel-arg K=V sets K. ' +
+    'Progress goes to stderr; artefacts are renamed into the output directory only when the whole build succeeded.'
+  static override examples = [
+    '<%= config.bin %> build',
+    '<%= config.bin %> build --config rdk.yaml --output ./out --json',
+    '<%= config.bin %> build --element my-tools --kernel-arg console=ttyS0,115200 --ssh-key ~/.ssh/id_ed25519.pub --compress xz',
+  ]
+  static override flags = {
+    config: Flags.string({description: 'build config file (YAML) [default: ./rdk.yaml if present, else the built-in default]'}),
+    json: Flags.boolean({description: 'print a machine-readable result (artefacts, sizes, sha256, stage timings) on stdout'}),
+    'print-spec': Flags.boolean({description: 'print the resolved build spec as YAML and exit'}),
+    ...specFlags,
+  }
+
+  async run(): Promise<void> {
+    const {flags} = await this.parse(Build)
+    const {config, json, 'print-spec': printSpec, ...settings} = flags
+    try {
+      const {spec, configOrigin} = await resolveSpec({configFile: config, flags: settings})
+      if (printSpec) {
+        this.log(`# from ${configOrigin} and flags\n` + stringify(spec).trimEnd())
+        return
+      }
+      const result = await runBuild(spec)
+      if (json) {
+        this.log(JSON.stringify(result, null, 2))
+        return
+      }
+      for (const a of result.artefacts) this.log(`${a.path}  ${mb(a.size)}  sha256:${a.sha256}`)
+      const top = result.elements.filter((e) => e.bytes > 0).sort((a, b) => b.bytes - a.bytes)
+      if (top.length) this.log(`size by element: ${top.map((e) => `${e.name} ${mb(e.bytes)}`).join(', ')}`)
+    } catch (err) {
+      if (err instanceof StageFailedError && err.userFacing) this.error(err.message, {exit: 1})
+      if (isUserError(err)) this.error(err.message, {exit: err instanceof StageFailedError ? 1 : 2})
+      throw err
+    }
+  }
+}
