@@ -1,0 +1,114 @@
+/**
+ * `rdk boot`: what the command's flags mean, turned into a VM on this terminal.
+ *
+ * Artefacts are found as `rdk build` writes them (`<output>/<name>.kernel`, `<output>/<name>.initramfs`)
+ * unless --kernel/--initrd name files. The serial console is this terminal (qemu's mux: Ctrl-A x
+ * quits, Ctrl-A c is the monitor); rdk's own lines go to stderr before qemu starts.
+ */
+import {stat} from 'node:fs/promises'
+import {join, resolve} from 'node:path'
+import {
+  AGENT_PORT,
+  BootError,
+  formatCommand,
+  parsePortForward,
+  qemuArgs,
+  resolveVm,
+  startVm,
+  type Accel,
+  type DiskBus,
+  type VmOptions,
+} from './qemu.js'
+
+export interface BootCliOptions {
+  kernel?: string
+  initrd?: string
+  output: string
+  name: string
+  append?: string
+  memory: number
+  cpus: number
+  disks: string[]
+  diskSize?: string
+  diskBus: DiskBus
+  portForwards: string[]
+  mac?: string
+  serialLog?: string
+  uefi: boolean
+  firmware?: string
+  accel: Accel | 'auto'
+  pvh: boolean
+  restrictNetwork: boolean
+  reboot: boolean
+  qemuArgs: string[]
+  dryRun: boolean
+  /** Where rdk's own lines go (stderr). */
+  say: (line: string) => void
+}
+
+async function isFile(p: string): Promise<boolean> {
+  return stat(p).then((s) => s.isFile(), () => false)
+}
+
+/** Flags → VmOptions (artefact paths resolved and checked). */
+export async function vmOptionsFromCli(o: BootCliOptions): Promise<VmOptions> {
+  const kernel = resolve(o.kernel ?? join(o.output, `${o.name}.kernel`))
+  const initrd = resolve(o.initrd ?? join(o.output, `${o.name}.initramfs`))
+  if (!(await isFile(kernel))) {
+    throw new BootError(o.kernel ? `kernel ${kernel} does not exist` : `no kernel at ${kernel}: run 'rdk build' first, or give --kernel (and --initrd)`)
+  }
+  if (!(await isFile(initrd))) {
+    throw new BootError(o.initrd ? `initramfs ${initrd} does not exist` : `no initramfs at ${initrd}: run 'rdk build' first, or give --initrd`)
+  }
+  if (!Number.isInteger(o.memory) || o.memory < 64) throw new BootError(`--memory is in MiB and must be at least 64, got ${o.memory}`)
+  if (!Number.isInteger(o.cpus) || o.cpus < 1) throw new BootError(`--cpus must be at least 1, got ${o.cpus}`)
+  const forwards = o.portForwards.length ? o.portForwards.map(parsePortForward) : [{guestPort: AGENT_PORT}]
+  return {
+    kernel,
+    initrd,
+    append: o.append,
+    memoryMiB: o.memory,
+    cpus: o.cpus,
+    disks: o.disks.map((path) => ({path: resolve(path), size: o.diskSize, bus: o.diskBus})),
+    portForwards: forwards,
+    mac: o.mac,
+    serialLogFile: o.serialLog ? resolve(o.serialLog) : undefined,
+    interactive: true,
+    uefi: o.firmware ? resolve(o.firmware) : o.uefi,
+    accel: o.accel === 'auto' ? undefined : o.accel,
+    pvh: o.pvh,
+    restrictNetwork: o.restrictNetwork,
+    allowReboot: o.reboot,
+    extraArgs: o.qemuArgs,
+    onMessage: o.say,
+  }
+}
+
+/** Boot and wait for qemu to exit; returns its exit code. */
+export async function bootFromCli(o: BootCliOptions): Promise<number> {
+  const opts = await vmOptionsFromCli(o)
+  if (o.dryRun) {
+    const r = await resolveVm(opts, {dryRun: true})
+    process.stdout.write(formatCommand([r.qemu, ...qemuArgs(opts, r)]) + '\n')
+    return 0
+  }
+  const vm = await startVm({
+    ...opts,
+    onLaunch: ({argv, resolved: r}) => {
+      o.say(`rdk boot: ${opts.kernel}${r.pvh ? ' (booted uncompressed, PVH entry)' : ''} + ${opts.initrd}, ${opts.memoryMiB} MiB, ${r.accel}: ${r.accelReason}`)
+      for (const f of r.forwards) o.say(`rdk boot: guest port ${f.guestPort} → 127.0.0.1:${f.hostPort}${f.guestPort === AGENT_PORT ? ` (agent API: http://127.0.0.1:${f.hostPort}/v1/status)` : ''}`)
+      o.say('rdk boot: serial console on this terminal: Ctrl-A x quits qemu, Ctrl-A c switches to its monitor')
+      o.say(`rdk boot: ${formatCommand(argv)}`)
+    },
+  })
+  const stop = () => void vm.stop()
+  process.once('SIGTERM', stop)
+  process.once('SIGHUP', stop)
+  try {
+    const {code, signal} = await vm.exited
+    return code ?? (signal ? 128 + 15 : 1)
+  } finally {
+    process.removeListener('SIGTERM', stop)
+    process.removeListener('SIGHUP', stop)
+  }
+}
