@@ -231,7 +231,8 @@ export async function byPathMapping(dir = '/dev/disk/by-path'): Promise<Map<stri
   return out
 }
 
-async function readTrimmed(file: string): Promise<string | null> {
+/** A sysfs-style file's trimmed content, or null when absent or empty. */
+export async function readTrimmed(file: string): Promise<string | null> {
   try {
     const s = (await readFile(file, 'utf8')).trim()
     return s === '' ? null : s

@@ -12,16 +12,9 @@ import os from 'node:os'
 import path from 'node:path'
 import {run, ToolMissingError, which} from '../../common/exec.js'
 import type {Logger} from '../log.js'
+import {readTrimmed} from './disks.js'
 import type {CPU, Memory, NetworkInterface, SystemVendor} from './types.js'
 
-async function readTrimmed(file: string): Promise<string | null> {
-  try {
-    const s = (await readFile(file, 'utf8')).trim()
-    return s === '' ? null : s
-  } catch {
-    return null
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // CPU
