@@ -10,6 +10,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import {startVm} from '../src/boot/qemu.js'
+import {freePort, startIronic} from './helpers/ironic.js'
 
 const sha = async (f: string) => createHash('sha256').update(await readFile(f)).digest('hex')
 const TOKEN = 'rdk-e2e-token-0123456789abcdefghijklmnopqrstuv'
@@ -51,7 +52,7 @@ describe('tiny flavor: build from scratch and boot', () => {
       append: `ipa-standalone=1 ipa-agent-token=${TOKEN}`,
       memoryMiB: 1024,
       restrictNetwork: true,
-      disks: [{path: join(dir, 'disk0.img'), size: '64M'}],
+      disks: [{path: join(dir, 'disk0.img'), size: '5G'}],
       portForwards: [{guestPort: 9999, hostPort: 0}],
     })
     try {
@@ -65,4 +66,43 @@ describe('tiny flavor: build from scratch and boot', () => {
       await vm.stop()
     }
   }, 300_000)
+
+  it('looks up and heartbeats to a real Ironic on the host (fast track, manageable node)', async () => {
+    const ironic = await startIronic({dir: join(dir, 'ironic'), fastTrack: true, heartbeatTimeout: 30})
+    const mac = '52:54:00:12:34:56'
+    const hostPort = await freePort()
+    let vm: Awaited<ReturnType<typeof startVm>> | undefined
+    try {
+      const node = await ironic.createNode({name: 'tiny-vm'})
+      await ironic.createPort(node.uuid, mac)
+      await ironic.setProvisionState(node.uuid, 'manage')
+      await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
+      // The guest reaches the host's loopback as 10.0.2.2 (qemu user networking); Ironic reaches the
+      // agent through the 127.0.0.1 port forward the agent advertises. No host process talks to 10.0.2.2.
+      vm = await startVm({
+        kernel: join(first.out, 'rdk-tiny.kernel'),
+        initrd: join(first.out, 'rdk-tiny.initramfs'),
+        append: `ipa-api-url=http://10.0.2.2:${ironic.port} ipa-advertise-host=127.0.0.1 ipa-advertise-port=${hostPort} BOOTIF=01-${mac.replace(/:/g, '-')}`,
+        memoryMiB: 1024,
+        mac,
+        disks: [{path: join(dir, 'disk1.img'), size: '5G'}],
+        portForwards: [{guestPort: 9999, hostPort}],
+      })
+      const deadline = Date.now() + 240_000
+      let dii: Record<string, unknown> = {}
+      while (Date.now() < deadline) {
+        dii = (await ironic.getNode(node.uuid)).driver_internal_info
+        if (dii.agent_url && dii.agent_last_heartbeat) break
+        await new Promise((r) => setTimeout(r, 1000))
+      }
+      expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
+      expect(dii.agent_last_heartbeat).toBeTruthy()
+      expect(dii.agent_version).toBe(JSON.parse(await readFile('package.json', 'utf8')).version)
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- serial ---\n${vm?.serialLog().slice(-4000)}\n--- ironic ---\n${await ironic.logTail(40)}`)
+    } finally {
+      await vm?.stop()
+      await ironic.stop()
+    }
+  }, 420_000)
 })
