@@ -109,7 +109,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   let macs: string[] = []
   if (ironic || config.inspectionCallbackUrl) macs = await waitForInterfaces(registry, log)
 
-  if (config.inspectionCallbackUrl || (config.inspectionCollectors.length && ironic && config.inspectionCallbackUrl)) {
+  if (config.inspectionCallbackUrl) {
     const uuid = await runInspection(runtime, ironic ?? new IronicClient({...config, apiUrl: []}, log), config.inspectionCallbackUrl!)
     if (uuid) state.uuid = uuid
   }

@@ -318,6 +318,13 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
 
   while (queue.length && !opts.noDependencies) {
     const next: Candidate[] = []
+    /** Select a candidate for the image and queue its own dependencies; returns its name. */
+    const take = (p: Candidate): string => {
+      selected.set(p.name, p)
+      order.push(p.name)
+      next.push(p)
+      return p.name
+    }
     const groupsOf = new Map<Candidate, DepAlternative[][]>()
     for (const c of queue) {
       const field = [c.stanza['Pre-Depends'], c.stanza.Depends].filter(Boolean).join(', ')
@@ -335,10 +342,7 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
           for (const a of alts) {
             const p = await pick(a)
             if (p) {
-              selected.set(p.name, p)
-              order.push(p.name)
-              next.push(p)
-              chosen = p.name
+              chosen = take(p)
               break
             }
           }
@@ -354,10 +358,7 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
             for (const pn of provs) {
               const p = await pick({name: pn})
               if (p) {
-                selected.set(p.name, p)
-                order.push(p.name)
-                next.push(p)
-                chosen = p.name
+                chosen = take(p)
                 break
               }
             }
