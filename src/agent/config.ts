@@ -70,6 +70,7 @@ export const SETTINGS = [
   {option: 'standalone', param: 'ipa-standalone', type: 'bool', default: false, help: 'no lookup or heartbeat: serve the API only'},
   {option: 'hardware_managers_dir', param: 'ipa-hardware-managers-dir', type: 'list', default: ['/usr/share/rdk/hardware-managers', '/etc/rdk/hardware-managers'], help: 'directories whose *.js/*.mjs modules are loaded as hardware managers'},
   {option: 'device_allowlist', param: 'ipa-device-allowlist', type: 'list', default: [], help: 'if set, the only block devices the agent sees, reports and touches'},
+  {option: 'image_spool_dir', param: 'ipa-image-spool-dir', type: 'string', default: undefined, help: 'where images that cannot be streamed (vmdk, vhd…, odd qcow2 layouts) are downloaded before qemu-img converts them (default: the temp dir)'},
   {option: 'permitted_image_formats', param: 'ipa-permitted-image-formats', type: 'list', default: ['raw', 'gpt', 'qcow2'], help: 'image formats the agent will write'},
   {option: 'enable_bios_bootloader_install', param: 'ipa-enable-bios-bootloader-install', type: 'bool', default: false, help: 'install GRUB for BIOS partition images'},
   {option: 'system_actions', param: 'ipa-system-actions', type: 'string', default: 'auto', help: 'power off/reboot/NIC lockdown: real, simulate, or auto (real only when running from a ramdisk)'},

@@ -1,0 +1,267 @@
+/**
+ * Config drive and partition facts after a whole-disk image was written (IPA's
+ * partition_utils.create_config_drive_partition / get_configdrive, disk_utils helpers).
+ *
+ * The config drive (gzip + base64 ISO 9660 data, or an http(s) URL to it, at most 64 MiB
+ * uncompressed) goes into a partition at the end of the disk: a new GPT partition made with
+ * sgdisk (named config-2), or a primary MBR partition made with parted. An existing partition
+ * whose filesystem is labelled config-2 is reused. The data is written at the partition's offset
+ * on the disk itself, so nothing depends on the kernel creating partition device nodes.
+ *
+ * IPA raises ironic-lib's InstanceDeployFailure here, which reaches Ironic as a
+ * CommandExecutionError with the same text; so does rdk.
+ */
+import {randomUUID} from 'node:crypto'
+import {open} from 'node:fs/promises'
+import {gunzipSync} from 'node:zlib'
+import {run} from '../../common/exec.js'
+import {CommandExecutionError, ImageDownloadError} from '../errors.js'
+import type {Logger} from '../log.js'
+import {getWithRetries, redact, type DownloadSettings, type ImageInfo} from './download.js'
+
+export const MAX_CONFIG_DRIVE_SIZE_MB = 64
+const MIB = 1024 * 1024
+const MAX_MBR_DISK_MB = 2097152
+const ESP_GPT = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b'
+const CONFIGDRIVE_LABEL = 'config-2'
+
+export interface PartitionEntry {
+  node: string
+  start: number
+  size: number
+  type: string
+  uuid?: string
+  name?: string
+}
+
+export interface PartitionTable {
+  label: 'gpt' | 'dos' | string
+  id?: string
+  sectorsize: number
+  partitions: PartitionEntry[]
+}
+
+/** The disk's partition table (sfdisk --json), or undefined when it has none. */
+export async function partitionTable(device: string): Promise<PartitionTable | undefined> {
+  const r = await run('sfdisk', ['--json', device], {allowFailure: true})
+  if (r.exitCode !== 0) {
+    if (/does not contain a recognized partition table/i.test(r.stderr) || r.stdout.trim() === '') return undefined
+    throw new Error(r.stderr.trim() || `sfdisk --json ${device} failed with exit code ${r.exitCode}`)
+  }
+  const t = (JSON.parse(r.stdout) as {partitiontable: PartitionTable}).partitiontable
+  return {...t, sectorsize: t.sectorsize ?? 512, partitions: t.partitions ?? []}
+}
+
+/** Partition number from sfdisk's node name (/dev/sda3 → 3, /dev/nvme0n1p2 → 2). */
+function partNumber(node: string): number {
+  return Number(/(\d+)$/.exec(node)?.[1] ?? NaN)
+}
+
+/** The kernel's name for partition `n` of `device`. */
+export function partitionPath(device: string, n: number): string {
+  return /\d$/.test(device) ? `${device}p${n}` : `${device}${n}`
+}
+
+/** IPA's trigger_device_rescan: sync, settle, partprobe, settle (all best effort). */
+export async function rescanDevice(device: string, log?: Logger): Promise<void> {
+  await run('sync', [], {allowFailure: true}).catch(() => undefined)
+  await run('udevadm', ['settle', '--timeout=30'], {allowFailure: true, timeoutMs: 35_000}).catch(() => undefined)
+  const p = await run('partprobe', [device], {allowFailure: true, timeoutMs: 60_000}).catch((e: unknown) => ({exitCode: -1, stderr: String(e)}))
+  if (p.exitCode !== 0) log?.warn('partprobe failed; the partition table may be broken', {device, stderr: p.stderr.trim()})
+  await run('udevadm', ['settle', '--timeout=30'], {allowFailure: true, timeoutMs: 35_000}).catch(() => undefined)
+}
+
+/** IPA's get_disk_identifier: the MBR disk signature (bytes 440-443) as 0x%08x. */
+export async function diskIdentifier(device: string): Promise<string> {
+  const fh = await open(device, 'r')
+  try {
+    const buf = Buffer.alloc(4)
+    await fh.read(buf, 0, 4, 440)
+    return '0x' + buf.readUInt32LE(0).toString(16).padStart(8, '0')
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Filesystem facts of the partition starting at `offset` on the disk (blkid -p -O). */
+async function probeAt(device: string, offset: number): Promise<Record<string, string>> {
+  const r = await run('blkid', ['-p', '-o', 'export', '-O', String(offset), device], {allowFailure: true})
+  const out: Record<string, string> = {}
+  for (const line of r.stdout.split('\n')) {
+    const eq = line.indexOf('=')
+    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
+  }
+  return out
+}
+
+/**
+ * standby.get_partition_uuids data for a whole-disk image: the EFI system partition's UUID (its
+ * filesystem UUID, else the partition UUID, like IPA's block_uuid) and which partition is which.
+ */
+export async function partitionUuids(device: string, log?: Logger): Promise<Record<string, unknown>> {
+  const table = await partitionTable(device).catch(() => undefined)
+  const out: Record<string, unknown> = {}
+  if (!table) return out
+  const partitions: Record<string, string> = {}
+  for (const p of table.partitions) {
+    const n = partNumber(p.node)
+    const dev = partitionPath(device, n)
+    const isEsp = table.label === 'gpt' ? p.type.toLowerCase() === ESP_GPT : p.type.toLowerCase() === 'ef'
+    const fs = await probeAt(device, p.start * table.sectorsize)
+    if (isEsp && !partitions['efi system partition']) {
+      partitions['efi system partition'] = dev
+      out['efi system partition uuid'] = fs.UUID || p.uuid?.toLowerCase() || null
+    }
+    if ((fs.LABEL ?? '').toLowerCase() === CONFIGDRIVE_LABEL) partitions.configdrive = dev
+  }
+  if (Object.keys(partitions).length) out.partitions = partitions
+  log?.debug('partition uuids', {device, ...out})
+  return out
+}
+
+function deployFailure(msg: string, log?: Logger): CommandExecutionError {
+  log?.error(msg)
+  return new CommandExecutionError(msg)
+}
+
+/** IPA's get_configdrive: the uncompressed ISO bytes from base64+gzip text or an http(s) URL. */
+export async function getConfigDrive(
+  configdrive: string,
+  nodeUuid: string,
+  opts: {info: ImageInfo; settings: DownloadSettings; log: Logger},
+): Promise<Buffer> {
+  const isUrl = /^https?:\/\//i.test(configdrive)
+  let data: Buffer | string = configdrive
+  if (isUrl) {
+    try {
+      const res = await getWithRetries(configdrive, 'configdrive', {info: opts.info, settings: opts.settings})
+      const parts: Buffer[] = []
+      let n = 0
+      for await (const c of res) {
+        n += (c as Buffer).length
+        if (n > 2 * MAX_CONFIG_DRIVE_SIZE_MB * MIB) throw new Error(`larger than ${2 * MAX_CONFIG_DRIVE_SIZE_MB} MiB`)
+        parts.push(c as Buffer)
+      }
+      data = Buffer.concat(parts)
+    } catch (err) {
+      const reason = err instanceof ImageDownloadError ? err.details : (err as Error).message
+      throw deployFailure(`Can't download the configdrive content for node ${nodeUuid} from '${redact(configdrive)}'. Reason: ${reason}`, opts.log)
+    }
+  }
+  const text = (typeof data === 'string' ? data : data.toString('latin1')).replace(/\s+/g, '')
+  let decoded: Buffer
+  if (/^[A-Za-z0-9+/]*={0,2}$/.test(text) && text.length % 4 === 0 && text.length > 0) {
+    decoded = Buffer.from(text, 'base64')
+  } else if (typeof data !== 'string') {
+    // IPA: downloaded content that is not base64 is taken as the raw ISO.
+    opts.log.debug('downloaded config drive is not base64 encoded: assuming binary', {node: nodeUuid})
+    if (data.length > MAX_CONFIG_DRIVE_SIZE_MB * MIB) throw sizeError(Math.ceil(data.length / MIB), nodeUuid)
+    return data
+  } else {
+    const why = text.length === 0 ? 'empty content' : text.length % 4 !== 0 ? 'Incorrect padding' : 'characters outside the base64 alphabet'
+    throw deployFailure(
+      `Config drive for node ${nodeUuid} is not base64 encoded or the content is malformed. Error: ${why}.${isUrl ? ` Downloaded from "${redact(configdrive)}".` : ''}`,
+      opts.log,
+    )
+  }
+  try {
+    return gunzipSync(decoded, {maxOutputLength: MAX_CONFIG_DRIVE_SIZE_MB * MIB + 1})
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) {
+      throw sizeError(MAX_CONFIG_DRIVE_SIZE_MB + 1, nodeUuid)
+    }
+    throw deployFailure(`Encountered error while decompressing and writing config drive for node ${nodeUuid}. Error: ${(err as Error).message}`, opts.log)
+  }
+}
+
+function sizeError(mb: number, nodeUuid: string): CommandExecutionError {
+  return new CommandExecutionError(
+    `Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${mb} MiB for node ${nodeUuid}.`,
+  )
+}
+
+/**
+ * Put the config drive on `device` (whole-disk image already written): reuse a partition
+ * labelled config-2, else create one in the last 64 MiB. Returns the partition's device path.
+ */
+export async function createConfigDrivePartition(
+  nodeUuid: string,
+  device: string,
+  configdrive: string,
+  opts: {info: ImageInfo; settings: DownloadSettings; log: Logger},
+): Promise<string> {
+  const {log} = opts
+  const iso = await getConfigDrive(configdrive, nodeUuid, opts)
+  const mb = Math.ceil(iso.length / MIB)
+  if (mb > MAX_CONFIG_DRIVE_SIZE_MB) throw sizeError(mb, nodeUuid)
+  const fail = (err: unknown): CommandExecutionError =>
+    err instanceof CommandExecutionError ? err : deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Error: ${(err as Error).message}`, log)
+  try {
+    await rescanDevice(device, log)
+    let table = await partitionTable(device)
+    if (!table) throw new Error('the disk has no partition table')
+    // An existing config-2 partition (the image brought one) is reused, as IPA does.
+    const labelled: PartitionEntry[] = []
+    for (const p of table.partitions) {
+      const fs = await probeAt(device, p.start * table.sectorsize)
+      if ((fs.LABEL ?? '').toLowerCase() === CONFIGDRIVE_LABEL) labelled.push(p)
+    }
+    if (labelled.length > 1) {
+      const found = labelled.map((p) => partitionPath(device, partNumber(p.node)))
+      throw deployFailure(`More than one partition with label "${CONFIGDRIVE_LABEL}" exists on device ${device} for node ${nodeUuid}: ${found.join(' and ')}.`, log)
+    }
+    let part: PartitionEntry | undefined = labelled[0]
+    if (part) {
+      log.debug('config drive partition exists', {partition: partitionPath(device, partNumber(part.node))})
+    } else {
+      log.debug('adding a config drive partition', {device, mb})
+      const before = new Set(table.partitions.map((p) => p.start))
+      if (table.label === 'gpt') {
+        const uuid = randomUUID()
+        await run('sgdisk', ['-n', `0:-${MAX_CONFIG_DRIVE_SIZE_MB}MB:0`, '-u', `0:${uuid}`, '-c', `0:${CONFIGDRIVE_LABEL}`, device])
+        await rescanDevice(device, log)
+        table = (await partitionTable(device))!
+        part = table.partitions.find((p) => p.uuid?.toLowerCase() === uuid)
+        if (!part) {
+          throw deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Partition with UUID ${uuid} has not been found after creation.`, log)
+        }
+      } else {
+        const primaries = table.partitions.filter((p) => partNumber(p.node) <= 4).length
+        if (primaries > 3) {
+          throw deployFailure(`Config drive cannot be created for node ${nodeUuid}. Disk (${device}) uses MBR partitioning and already has ${primaries} primary partitions.`, log)
+        }
+        const sizeMb = Math.floor(Number((await run('blockdev', ['--getsize64', device])).stdout.trim()) / MIB)
+        let start = `-${MAX_CONFIG_DRIVE_SIZE_MB}MiB`
+        let end = '-0'
+        if (sizeMb > MAX_MBR_DISK_MB) {
+          log.warn('disk is larger than 2TB: creating the config drive at the MBR limit', {device})
+          start = `${MAX_MBR_DISK_MB - MAX_CONFIG_DRIVE_SIZE_MB - 1}MiB`
+          end = `${MAX_MBR_DISK_MB - 1}MiB`
+        }
+        await run('parted', ['-a', 'optimal', '-s', '--', device, 'mkpart', 'primary', 'fat32', start, end])
+        await rescanDevice(device, log)
+        table = (await partitionTable(device))!
+        const fresh = table.partitions.filter((p) => !before.has(p.start))
+        if (fresh.length !== 1) {
+          throw deployFailure(`Disk partitioning failed on device ${device}. Unable to retrieve config drive partition information.`, log)
+        }
+        part = fresh[0]!
+      }
+    }
+    const sector = table.sectorsize
+    if (iso.length > part.size * sector) throw new Error(`the config drive (${iso.length} bytes) does not fit its partition (${part.size * sector} bytes)`)
+    const fh = await open(device, 'r+')
+    try {
+      await fh.write(iso, 0, iso.length, part.start * sector)
+      await fh.datasync()
+    } finally {
+      await fh.close()
+    }
+    await rescanDevice(device, log)
+    const path = partitionPath(device, partNumber(part.node))
+    log.info('config drive written', {node: nodeUuid, partition: path})
+    return path
+  } catch (err) {
+    throw fail(err)
+  }
+}

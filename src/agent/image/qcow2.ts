@@ -1,0 +1,414 @@
+/**
+ * Streaming qcow2 → raw: the image is read once, front to back, and never held in memory or on
+ * tmpfs. The header names the L1 table; the L1 table names the L2 tables; each L2 table maps data
+ * clusters (host offset → guest offset). As clusters stream past, metadata is parsed and every
+ * data cluster whose mapping is known is written at its guest offset (pwrite). qemu-img writes a
+ * cluster's L2 table before the cluster itself, so with its images nothing waits.
+ *
+ * Clusters that arrive before the table naming them are kept in a bounded pending area; when that
+ * overflows (an image whose L1 table was moved to its end, internal snapshots…) a Qcow2OrderError
+ * tells the caller to fall back to spooling + `qemu-img convert`.
+ *
+ * Supported: versions 2 and 3, zlib-compressed clusters (inflateRaw), zero clusters and
+ * unallocated clusters (left unwritten: the caller zeroes what is not already zero). Refused:
+ * backing files and external data files (security: IPA's format_inspector refuses both),
+ * encryption, extended L2 entries, zstd compression, unknown incompatible features.
+ */
+import {constants as zc, inflateRawSync} from 'node:zlib'
+import {InvalidImage} from '../errors.js'
+import type {Logger} from '../log.js'
+import {isZero, type Target} from './target.js'
+
+const QCOW2_MAGIC = 0x514649fb
+const MAX_L1_BYTES = 32 * 1024 * 1024
+const MAX_RUN = 4 * 1024 * 1024
+const TWO32 = 2 ** 32
+
+export interface Qcow2Header {
+  version: number
+  clusterBits: number
+  clusterSize: number
+  virtualSize: number
+  l1Size: number
+  l1Offset: number
+  nbSnapshots: number
+  incompatible: number
+  headerLength: number
+}
+
+/** The caller should fall back to spool + qemu-img convert (the image's layout defeats streaming). */
+export class Qcow2OrderError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'Qcow2OrderError'
+  }
+}
+
+function refuse(why: string): never {
+  throw new InvalidImage(`Security: Image failed safety check: ${why}`)
+}
+
+function u64(buf: Buffer, off: number): number {
+  const v = buf.readUInt32BE(off) * TWO32 + buf.readUInt32BE(off + 4)
+  if (!Number.isSafeInteger(v)) throw new InvalidImage(`qcow2 header field at byte ${off} is out of range`)
+  return v
+}
+
+/** Parse and safety-check the header (`buf` = at least the first cluster, or all there is). */
+export function parseQcow2Header(buf: Buffer): Qcow2Header {
+  if (buf.length < 72 || buf.readUInt32BE(0) !== QCOW2_MAGIC) throw new InvalidImage('not a qcow2 image (bad magic)')
+  const version = buf.readUInt32BE(4)
+  if (version !== 2 && version !== 3) throw new InvalidImage(`qcow2 version ${version} is not supported (only 2 and 3)`)
+  const backingOffset = u64(buf, 8)
+  if (backingOffset !== 0) refuse('qcow2 image has a backing file')
+  const clusterBits = buf.readUInt32BE(20)
+  if (clusterBits < 9 || clusterBits > 21) throw new InvalidImage(`qcow2 cluster_bits ${clusterBits} is out of range (9-21)`)
+  const virtualSize = u64(buf, 24)
+  if (buf.readUInt32BE(32) !== 0) refuse('qcow2 image is encrypted')
+  const l1Size = buf.readUInt32BE(36)
+  const l1Offset = u64(buf, 40)
+  const nbSnapshots = buf.readUInt32BE(60)
+  let incompatible = 0
+  let headerLength = 72
+  let compressionType = 0
+  if (version === 3) {
+    if (buf.length < 104) throw new InvalidImage('qcow2 v3 header is truncated')
+    if (buf.readUInt32BE(72) !== 0) throw new InvalidImage('qcow2 image uses unknown incompatible features')
+    incompatible = buf.readUInt32BE(76)
+    headerLength = buf.readUInt32BE(100)
+    if (headerLength < 104 || headerLength > buf.length) throw new InvalidImage(`qcow2 header_length ${headerLength} is invalid`)
+    if (headerLength > 104) compressionType = buf[104]!
+  }
+  const clusterSize = 2 ** clusterBits
+  if (incompatible & 0x2) throw new InvalidImage('qcow2 image is marked corrupt')
+  if (incompatible & 0x4) refuse('qcow2 image uses an external data file')
+  if (incompatible & 0x10) {
+    throw new InvalidImage('qcow2 images with extended L2 entries (subclusters, extended_l2=on) are not supported: convert the image without extended_l2')
+  }
+  if (incompatible & 0x8 && compressionType !== 0) {
+    throw new InvalidImage(`qcow2 compression type ${compressionType === 1 ? 'zstd' : compressionType} is not supported (only zlib): convert the image with compression_type=zlib`)
+  }
+  if (incompatible & ~0x1f) throw new InvalidImage(`qcow2 image uses unknown incompatible features (0x${incompatible.toString(16)})`)
+  if (l1Offset % clusterSize !== 0) throw new InvalidImage('qcow2 L1 table is not cluster-aligned')
+  if (l1Size * 8 > MAX_L1_BYTES) throw new InvalidImage(`qcow2 L1 table is too large (${l1Size} entries)`)
+  const l2Coverage = clusterSize * (clusterSize / 8)
+  if (l1Size < Math.ceil(virtualSize / l2Coverage)) throw new InvalidImage('qcow2 L1 table is too small for the virtual size')
+  // Header extensions: refuse an external data file name even without the feature bit.
+  for (let off = version === 3 ? headerLength : 72; off + 8 <= Math.min(buf.length, clusterSize); ) {
+    const type = buf.readUInt32BE(off)
+    const len = buf.readUInt32BE(off + 4)
+    if (type === 0) break
+    if (type === 0x44415441) refuse('qcow2 image names an external data file')
+    off += 8 + Math.ceil(len / 8) * 8
+  }
+  return {version, clusterBits, clusterSize, virtualSize, l1Size, l1Offset, nbSnapshots, incompatible, headerLength}
+}
+
+interface CompressedBlob {
+  start: number
+  end: number
+  guest: number
+}
+
+interface Meta {
+  kind: 'l1' | 'l2'
+  /** l1: which cluster of the L1 table; l2: the L1 index it serves. */
+  index: number
+}
+
+export interface Qcow2Result {
+  header: Qcow2Header
+  dataClusters: number
+  compressedClusters: number
+  zeroClusters: number
+  maxPendingBytes: number
+}
+
+/**
+ * Feed the image with push(), then end(). Writes go to `target` at guest offsets; the caller makes
+ * the unwritten parts read as zeros (target.zeroGaps) afterwards.
+ */
+export class Qcow2Stream {
+  header?: Qcow2Header
+  private cs = 0
+  private carry: Buffer[] = []
+  private carryLen = 0
+  private pos = 0 // file offset of the first byte in carry
+  private idx = 0 // next host cluster index to process
+  private readonly meta = new Map<number, Meta>()
+  private readonly data = new Map<number, number>()
+  private readonly compByEnd = new Map<number, CompressedBlob[]>()
+  private readonly compStart = new Set<number>()
+  private readonly pending = new Map<number, Buffer>()
+  private pendingBytes = 0
+  private l1?: Buffer
+  private l1Clusters = 0
+  private l1Seen = 0
+  private l1Done = false
+  private outstandingL2 = 0
+  private prev?: {idx: number; buf: Buffer}
+  private run?: {start: number; parts: Buffer[]; len: number}
+  private readonly stats = {dataClusters: 0, compressedClusters: 0, zeroClusters: 0, maxPendingBytes: 0}
+
+  constructor(
+    private readonly target: Target,
+    private readonly log: Logger,
+    private readonly pendingLimit = 64 * 1024 * 1024,
+  ) {}
+
+  async push(chunk: Buffer): Promise<void> {
+    this.carry.push(chunk)
+    this.carryLen += chunk.length
+    if (!this.header) {
+      if (this.carryLen < 512) return
+      const head = Buffer.concat(this.carry)
+      this.carry = [head]
+      const bits = head.readUInt32BE(20)
+      const cs = bits >= 9 && bits <= 21 ? 2 ** bits : 512
+      if (head.length < cs) return
+      this.start(parseQcow2Header(head.subarray(0, cs)))
+    }
+    await this.drainCarry(false)
+  }
+
+  async end(): Promise<Qcow2Result> {
+    if (!this.header) {
+      if (this.carryLen === 0) throw new InvalidImage('the image is empty')
+      this.start(parseQcow2Header(Buffer.concat(this.carry)))
+    }
+    await this.drainCarry(true)
+    // Compressed blobs whose rounded-up last sector lies past the end of the file.
+    for (const [endIdx, blobs] of this.compByEnd) {
+      if (endIdx < this.idx) continue
+      for (const b of blobs) await this.writeCompressed(b, undefined, true)
+    }
+    if (this.data.size > 0) {
+      const [host] = this.data.keys()
+      throw new InvalidImage(`qcow2 image is truncated: data cluster at host offset ${host! * this.cs} is missing`)
+    }
+    if (!this.l1Done || this.outstandingL2 > 0) throw new InvalidImage('qcow2 image is truncated: an L1 or L2 table is missing')
+    await this.flushRun()
+    await this.target.drain()
+    return {header: this.header!, ...this.stats}
+  }
+
+  private start(h: Qcow2Header): void {
+    this.header = h
+    this.cs = h.clusterSize
+    this.target.setUnit(h.clusterSize)
+    this.l1Clusters = Math.max(1, Math.ceil((h.l1Size * 8) / h.clusterSize))
+    if (h.l1Size === 0) {
+      this.l1Done = true
+      this.l1 = Buffer.alloc(0)
+    } else {
+      this.l1 = Buffer.alloc(h.l1Size * 8)
+      const first = h.l1Offset / h.clusterSize
+      if (first === 0) throw new InvalidImage('qcow2 L1 table overlaps the header')
+      for (let i = 0; i < this.l1Clusters; i++) this.meta.set(first + i, {kind: 'l1', index: i})
+    }
+    this.log.info('qcow2 image', {version: h.version, cluster_size: h.clusterSize, virtual_size: h.virtualSize, snapshots: h.nbSnapshots})
+  }
+
+  private async drainCarry(final: boolean): Promise<void> {
+    if (this.carryLen < this.cs && !(final && this.carryLen > 0)) return
+    let buf = this.carry.length === 1 ? this.carry[0]! : Buffer.concat(this.carry)
+    let off = 0
+    while (buf.length - off >= this.cs || (final && off < buf.length)) {
+      const piece = buf.subarray(off, Math.min(buf.length, off + this.cs))
+      await this.processCluster(this.idx, piece)
+      this.idx++
+      off += piece.length
+    }
+    buf = buf.subarray(off)
+    this.pos += off
+    this.carry = buf.length ? [buf] : []
+    this.carryLen = buf.length
+  }
+
+  private async processCluster(idx: number, buf: Buffer): Promise<void> {
+    let known = idx === 0
+    const m = this.meta.get(idx)
+    if (m) {
+      known = true
+      this.meta.delete(idx)
+      await this.handleMeta(m, buf, idx)
+    }
+    const guest = this.data.get(idx)
+    if (guest !== undefined) {
+      known = true
+      this.data.delete(idx)
+      await this.writeData(guest, buf)
+    }
+    const blobs = this.compByEnd.get(idx)
+    if (blobs) {
+      this.compByEnd.delete(idx)
+      for (const b of blobs) await this.writeCompressed(b, {idx, buf})
+    }
+    if (this.compStart.delete(idx) || blobs) known = true
+    if (!known && (!this.l1Done || this.outstandingL2 > 0)) {
+      // Possibly data for a table not seen yet: keep it (bounded).
+      this.pending.set(idx, Buffer.from(buf))
+      this.pendingBytes += buf.length
+      this.stats.maxPendingBytes = Math.max(this.stats.maxPendingBytes, this.pendingBytes)
+      if (this.pendingBytes > this.pendingLimit) {
+        throw new Qcow2OrderError(
+          `more than ${this.pendingLimit / 1048576} MiB of qcow2 clusters arrived before the tables that map them`,
+        )
+      }
+    }
+    this.prev = {idx, buf}
+    if (this.l1Done && this.outstandingL2 === 0 && this.compByEnd.size === 0 && this.pending.size > 0) {
+      // Every table is known and nothing still needs old bytes: what is left is unreferenced.
+      this.pending.clear()
+      this.pendingBytes = 0
+    }
+  }
+
+  private async handleMeta(m: Meta, buf: Buffer, _idx: number): Promise<void> {
+    if (m.kind === 'l1') {
+      const start = m.index * this.cs
+      buf.copy(this.l1!, start, 0, Math.min(buf.length, this.l1!.length - start))
+      if (++this.l1Seen === this.l1Clusters) await this.parseL1()
+      return
+    }
+    this.outstandingL2--
+    await this.parseL2(m.index, buf)
+  }
+
+  private async parseL1(): Promise<void> {
+    const l1 = this.l1!
+    this.l1Done = true
+    const l2Coverage = this.cs * (this.cs / 8)
+    for (let j = 0; j < l1.length / 8; j++) {
+      if (j * l2Coverage >= this.header!.virtualSize) break
+      const hi = l1.readUInt32BE(j * 8)
+      const lo = l1.readUInt32BE(j * 8 + 4)
+      const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
+      if (off === 0) continue
+      if (off % this.cs !== 0) throw new InvalidImage(`qcow2 L2 table offset ${off} is not cluster-aligned`)
+      const l2idx = off / this.cs
+      if (l2idx >= this.idx) {
+        if (this.meta.has(l2idx) || this.data.has(l2idx)) throw new InvalidImage(`qcow2 cluster ${off} is used twice`)
+        this.meta.set(l2idx, {kind: 'l2', index: j})
+        this.outstandingL2++
+      } else {
+        const past = this.pending.get(l2idx)
+        if (!past) throw new Qcow2OrderError(`the qcow2 L2 table at ${off} precedes the L1 table that names it`)
+        await this.parseL2(j, past)
+      }
+    }
+  }
+
+  private async parseL2(j: number, table: Buffer): Promise<void> {
+    const cs = this.cs
+    const bits = this.header!.clusterBits
+    const l2Coverage = cs * (cs / 8)
+    const vsize = this.header!.virtualSize
+    const x = 62 - (bits - 8) // compressed: offset bits
+    const hiOffMask = 2 ** (x - 32) - 1
+    const sectorsMask = 2 ** (bits - 8) - 1
+    for (let k = 0; k < cs / 8 && k * 8 + 8 <= table.length; k++) {
+      const guest = j * l2Coverage + k * cs
+      if (guest >= vsize) break
+      const hi = table.readUInt32BE(k * 8)
+      const lo = table.readUInt32BE(k * 8 + 4)
+      if (hi & 0x40000000) {
+        const start = (hi & hiOffMask) * TWO32 + lo
+        const nb = ((hi >>> (x - 32)) & sectorsMask) + 1
+        const end = start + nb * 512 - (start % 512)
+        this.stats.compressedClusters++
+        await this.addCompressed({start, end, guest})
+        continue
+      }
+      const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
+      if (off === 0 || (lo & 1) === 1) {
+        // Unallocated or an explicit zero cluster (v3 bit 0): reads as zeros, written as a gap.
+        this.stats.zeroClusters++
+        continue
+      }
+      if (off % cs !== 0) throw new InvalidImage(`qcow2 data cluster offset ${off} is not cluster-aligned`)
+      const h = off / cs
+      this.stats.dataClusters++
+      if (h >= this.idx) {
+        if (this.data.has(h) || this.meta.has(h)) throw new Qcow2OrderError(`qcow2 host cluster ${off} is mapped twice`)
+        this.data.set(h, guest)
+      } else {
+        const past = this.pending.get(h) ?? (this.prev?.idx === h ? this.prev.buf : undefined)
+        if (!past) throw new Qcow2OrderError(`qcow2 data cluster at ${off} streamed past before its L2 table`)
+        await this.writeData(guest, past)
+      }
+    }
+  }
+
+  private async addCompressed(b: CompressedBlob): Promise<void> {
+    const cs = this.cs
+    const endIdx = Math.floor((b.end - 1) / cs)
+    if (endIdx > this.idx) {
+      const list = this.compByEnd.get(endIdx) ?? []
+      list.push(b)
+      this.compByEnd.set(endIdx, list)
+      for (let c = Math.floor(b.start / cs); c < endIdx; c++) if (c > this.idx) this.compStart.add(c)
+      return
+    }
+    // Entirely behind us (or in the L2 cluster being parsed, which cannot hold data): from pending.
+    await this.writeCompressed(b)
+  }
+
+  /** The bytes [start, end) of the file from the current/previous cluster or the pending area. */
+  private bytes(start: number, end: number, current?: {idx: number; buf: Buffer}, allowShort = false): Buffer {
+    const cs = this.cs
+    const parts: Buffer[] = []
+    for (let c = Math.floor(start / cs); c * cs < end; c++) {
+      const src = current?.idx === c ? current.buf : this.prev?.idx === c ? this.prev.buf : this.pending.get(c)
+      if (!src) {
+        if (allowShort) break
+        throw new Qcow2OrderError(`compressed qcow2 data at ${start} streamed past before its L2 table`)
+      }
+      const a = Math.max(start, c * cs) - c * cs
+      const b = Math.min(end, c * cs + src.length) - c * cs
+      if (b > a) parts.push(src.subarray(a, b))
+      if (src.length < cs) break
+    }
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+  }
+
+  private async writeCompressed(b: CompressedBlob, current?: {idx: number; buf: Buffer}, allowShort = false): Promise<void> {
+    const blob = this.bytes(b.start, b.end, current, allowShort)
+    let out: Buffer
+    try {
+      out = inflateRawSync(blob, {finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: this.cs * 2})
+    } catch (err) {
+      throw new InvalidImage(`qcow2 compressed cluster at ${b.start} cannot be decompressed: ${(err as Error).message}`)
+    }
+    const want = Math.min(this.cs, this.header!.virtualSize - b.guest)
+    if (out.length < want) throw new InvalidImage(`qcow2 compressed cluster at ${b.start} decompressed to ${out.length} bytes, expected ${this.cs}`)
+    await this.writeData(b.guest, out.subarray(0, want))
+  }
+
+  private async writeData(guest: number, buf: Buffer): Promise<void> {
+    const len = Math.min(buf.length, this.header!.virtualSize - guest)
+    if (len <= 0) return
+    const piece = buf.subarray(0, len)
+    if (isZero(piece)) {
+      // A data cluster full of zeros: leave it to the zero pass (which skips already-zero disk).
+      await this.flushRun()
+      return
+    }
+    const run = this.run
+    if (run && run.start + run.len === guest && run.len + len <= MAX_RUN) {
+      run.parts.push(piece)
+      run.len += len
+      return
+    }
+    await this.flushRun()
+    this.run = {start: guest, parts: [piece], len}
+  }
+
+  private async flushRun(): Promise<void> {
+    const run = this.run
+    if (!run) return
+    this.run = undefined
+    const buf = run.parts.length === 1 ? Buffer.from(run.parts[0]!) : Buffer.concat(run.parts, run.len)
+    await this.target.write(buf, run.start, this.header!.virtualSize)
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * The write side of image writing: a block device or regular file opened once, written by offset
+ * with a few writes in flight (so the download, the qcow2 parsing and the disk overlap), and a
+ * record of which parts were written so the rest can be made to read as zeros afterwards without
+ * rewriting what already is zero.
+ */
+import {open, stat, type FileHandle} from 'node:fs/promises'
+import {run} from '../../common/exec.js'
+import type {Logger} from '../log.js'
+
+const MAX_IN_FLIGHT = 4
+const ZERO_PIECE = 1024 * 1024
+
+/** Which `unit`-sized pieces of the target were written (a growable bitmap). */
+export class Coverage {
+  private bits = new Uint8Array(1024)
+  constructor(readonly unit: number) {}
+
+  /** Mark [start, end) written; only units entirely inside the range (or reaching `limit`) count. */
+  mark(start: number, end: number, limit = Infinity): void {
+    const first = Math.ceil(start / this.unit)
+    const last = end >= limit ? Math.ceil(end / this.unit) : Math.floor(end / this.unit)
+    for (let u = first; u < last; u++) this.set(u)
+  }
+
+  private set(u: number): void {
+    const byte = u >> 3
+    if (byte >= this.bits.length) {
+      const grown = new Uint8Array(Math.max(byte + 1, this.bits.length * 2))
+      grown.set(this.bits)
+      this.bits = grown
+    }
+    this.bits[byte]! |= 1 << (u & 7)
+  }
+
+  has(u: number): boolean {
+    const byte = u >> 3
+    return byte < this.bits.length && (this.bits[byte]! & (1 << (u & 7))) !== 0
+  }
+
+  /** Maximal byte ranges within [0, size) with no written unit. */
+  *gaps(size: number): Generator<[number, number]> {
+    const units = Math.ceil(size / this.unit)
+    let u = 0
+    while (u < units) {
+      if (this.has(u)) {
+        u++
+        continue
+      }
+      const a = u
+      while (u < units && !this.has(u)) u++
+      yield [a * this.unit, Math.min(size, u * this.unit)]
+    }
+  }
+}
+
+export function isZero(buf: Buffer): boolean {
+  // Compare against a shared zero buffer piece by piece (memcmp speed).
+  for (let off = 0; off < buf.length; off += ZERO.length) {
+    const part = buf.subarray(off, Math.min(buf.length, off + ZERO.length))
+    if (!part.equals(ZERO.subarray(0, part.length))) return false
+  }
+  return true
+}
+const ZERO = Buffer.alloc(ZERO_PIECE)
+
+export class Target {
+  private inFlight: Promise<unknown>[] = []
+  private failure: unknown
+  bytesWritten = 0
+  coverage: Coverage
+
+  private constructor(
+    readonly path: string,
+    private readonly fh: FileHandle,
+    readonly isBlockDevice: boolean,
+    /** Capacity in bytes (block device), or undefined for a regular file (grows). */
+    readonly capacity: number | undefined,
+  ) {
+    this.coverage = new Coverage(64 * 1024)
+  }
+
+  static async open(path: string): Promise<Target> {
+    const st = await stat(path)
+    const isBlock = st.isBlockDevice()
+    if (!isBlock && !st.isFile()) throw new Error(`${path} is neither a block device nor a regular file`)
+    const capacity = isBlock ? Number((await run('blockdev', ['--getsize64', path])).stdout.trim()) : undefined
+    const fh = await open(path, 'r+')
+    return new Target(path, fh, isBlock, capacity)
+  }
+
+  /** Use a different coverage granularity (the qcow2 cluster size); call before any write. */
+  setUnit(unit: number): void {
+    this.coverage = new Coverage(unit)
+  }
+
+  /** Queue a write of `buf` at `pos`; resolves when there is room for another. */
+  async write(buf: Buffer, pos: number, limit = Infinity): Promise<void> {
+    if (this.failure) throw this.failure
+    if (this.capacity !== undefined && pos + buf.length > this.capacity) {
+      throw new TargetFullError(this.path, pos + buf.length, this.capacity)
+    }
+    const p = this.fh.write(buf, 0, buf.length, pos).then(
+      () => {
+        this.bytesWritten += buf.length
+        this.coverage.mark(pos, pos + buf.length, limit)
+      },
+      (err: unknown) => {
+        this.failure ??= err
+      },
+    )
+    this.inFlight.push(p)
+    if (this.inFlight.length >= MAX_IN_FLIGHT) await this.inFlight.shift()
+    if (this.failure) throw this.failure
+  }
+
+  /** Wait for every queued write. */
+  async drain(): Promise<void> {
+    await Promise.all(this.inFlight)
+    this.inFlight = []
+    if (this.failure) throw this.failure
+  }
+
+  /**
+   * Make [0, size) read back as zeros wherever nothing was written: read each gap and rewrite
+   * only the pieces that are not already zero (a cleaned disk costs a read, never a write).
+   */
+  async zeroGaps(size: number, log?: Logger): Promise<{checked: number; zeroed: number}> {
+    await this.drain()
+    const buf = Buffer.alloc(ZERO_PIECE)
+    let checked = 0
+    let zeroed = 0
+    for (const [a, b] of this.coverage.gaps(size)) {
+      for (let off = a; off < b; off += ZERO_PIECE) {
+        const len = Math.min(ZERO_PIECE, b - off)
+        const {bytesRead} = await this.fh.read(buf, 0, len, off)
+        checked += len
+        if (bytesRead === 0) continue // past the end of a regular file: reads as zeros already
+        if (!isZero(buf.subarray(0, bytesRead))) {
+          await this.fh.write(ZERO, 0, bytesRead, off)
+          zeroed += bytesRead
+        }
+      }
+    }
+    if (!this.isBlockDevice) {
+      // A regular file shorter than the image must still be as long as the image.
+      const st = await this.fh.stat()
+      if (st.size < size) await this.fh.truncate(size)
+    }
+    log?.debug('unwritten ranges checked for zeros', {checked, zeroed})
+    return {checked, zeroed}
+  }
+
+  async sync(): Promise<void> {
+    await this.drain()
+    await this.fh.datasync()
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.inFlight)
+    await this.fh.close().catch(() => undefined)
+  }
+}
+
+export class TargetFullError extends Error {
+  constructor(readonly path: string, readonly needed: number, readonly capacity: number) {
+    super(`the image needs ${needed} bytes but ${path} holds only ${capacity}`)
+    this.name = 'TargetFullError'
+  }
+}

@@ -1,0 +1,409 @@
+/**
+ * Writing an image: the byte stream from ImageDownload onto a block device (or a regular file),
+ * and the whole-disk deploy around it (standby.prepare_image and the write_image deploy step).
+ *
+ * - raw (and gpt) images stream straight to the target; all-zero blocks are not written.
+ * - qcow2 is converted while it streams (qcow2.ts), never stored anywhere first.
+ * - Anything else permitted by `permitted_image_formats` (vmdk, vhd, vdi…) is downloaded to a
+ *   spool file (this costs space as large as the image, in `image_spool_dir` or the temp dir) and
+ *   converted with `qemu-img convert -O raw`; a qcow2 whose layout defeats streaming falls back to
+ *   the same path (downloaded again).
+ * - Afterwards, the parts of the virtual disk nothing was written to are made to read as zeros,
+ *   rewriting only what is not zero already.
+ *
+ * The format comes from the bytes (format.ts), never from disk_format alone.
+ */
+import {randomBytes} from 'node:crypto'
+import {open, rm} from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import {CommandFailedError, run} from '../../common/exec.js'
+import type {AgentConfig} from '../config.js'
+import {
+  CommandExecutionError,
+  ImageDownloadError,
+  ImageWriteError,
+  InvalidCommandParamsError,
+  InvalidImage,
+  NotImplementedYet,
+  RESTError,
+} from '../errors.js'
+import {assertDeviceAllowed} from '../hardware/disks.js'
+import {destroyDiskMetadata} from '../hardware/erase.js'
+import type {Logger} from '../log.js'
+import {createConfigDrivePartition, diskIdentifier, partitionTable, partitionUuids, rescanDevice} from './configdrive.js'
+import {downloadSettings, ImageDownload, type DownloadSettings, type ImageInfo} from './download.js'
+import {DETECT_BYTES, detectFormat, validateFormat, type ImageFormat} from './format.js'
+import {Qcow2OrderError, Qcow2Stream} from './qcow2.js'
+import {isZero, Target, TargetFullError} from './target.js'
+
+const RAW_BLOCK = 4 * 1024 * 1024
+const ZERO_CHECK = 64 * 1024
+
+/** IPA's _validate_image_info: id, a non-empty urls list, and a checksum it can verify. */
+export function validateImageInfo(imageInfo: unknown): asserts imageInfo is ImageInfo {
+  if (!imageInfo || typeof imageInfo !== 'object' || Array.isArray(imageInfo)) {
+    throw new InvalidCommandParamsError('image_info must be an object')
+  }
+  const info = imageInfo as Record<string, unknown>
+  for (const field of ['id', 'urls']) {
+    if (!(field in info)) throw new InvalidCommandParamsError(`Image is missing '${field}' field.`)
+  }
+  if (!Array.isArray(info.urls) || info.urls.length === 0 || !info.urls.every((u) => typeof u === 'string' && u)) {
+    throw new InvalidCommandParamsError(`Image 'urls' must be a list with at least one element.`)
+  }
+  const {checksum, os_hash_algo: algo, os_hash_value: value} = info
+  let available = false
+  if (checksum !== undefined && checksum !== null) {
+    if (typeof checksum !== 'string' || !checksum) throw new InvalidCommandParamsError(`Image 'checksum' must be a non-empty string.`)
+    available = true
+  }
+  if (algo || value) {
+    if (typeof algo !== 'string' || !algo) throw new InvalidCommandParamsError(`Image 'os_hash_algo' must be a non-empty string.`)
+    if (typeof value !== 'string' || !value) throw new InvalidCommandParamsError(`Image 'os_hash_value' must be a non-empty string.`)
+    available = true
+  }
+  if (!available) {
+    throw new InvalidCommandParamsError(
+      `Image checksum is not available, either the 'checksum' field or the 'os_hash_algo' and 'os_hash_value' fields pair must be set for image verification.`,
+    )
+  }
+}
+
+export interface WriteOptions {
+  /** permitted_image_formats. */
+  permitted: readonly string[]
+  /** Where non-streamable images are spooled (default: the temp dir). */
+  spoolDir?: string
+  /** Bound on qcow2 clusters kept while waiting for their table (default 64 MiB). */
+  pendingLimit?: number
+  /** A fresh download of the same image, for the spool fallback. */
+  reopen: () => Promise<ImageDownload>
+  log: Logger
+}
+
+export interface WriteResult {
+  format: ImageFormat
+  /** How the bytes got there. */
+  method: 'stream-raw' | 'stream-qcow2' | 'qemu-img'
+  virtualSize: number
+  bytesWritten: number
+  zeroed: number
+  downloaded: number
+  seconds: number
+}
+
+/** Pull from `it` until `n` bytes (or the end) are buffered. */
+async function readHead(it: AsyncIterator<Buffer>, n: number): Promise<{head: Buffer; done: boolean}> {
+  const parts: Buffer[] = []
+  let len = 0
+  while (len < n) {
+    const r = await it.next()
+    if (r.done) return {head: Buffer.concat(parts), done: true}
+    parts.push(r.value)
+    len += r.value.length
+  }
+  return {head: Buffer.concat(parts), done: false}
+}
+
+async function* rest(head: Buffer, it: AsyncIterator<Buffer>, done: boolean): AsyncGenerator<Buffer> {
+  if (head.length) yield head
+  if (done) return
+  for (;;) {
+    const r = await it.next()
+    if (r.done) return
+    yield r.value
+  }
+}
+
+/** Raw bytes to the target at their own offsets, skipping all-zero 64 KiB pieces. */
+async function streamRaw(source: AsyncIterable<Buffer>, target: Target): Promise<number> {
+  let block = Buffer.allocUnsafe(RAW_BLOCK)
+  let fill = 0
+  let base = 0
+  const flush = async (): Promise<void> => {
+    let runStart = -1
+    for (let off = 0; off < fill; off += ZERO_CHECK) {
+      const end = Math.min(fill, off + ZERO_CHECK)
+      const zero = isZero(block.subarray(off, end))
+      if (!zero && runStart < 0) runStart = off
+      if (zero && runStart >= 0) {
+        await target.write(block.subarray(runStart, off), base + runStart)
+        runStart = -1
+      }
+    }
+    if (runStart >= 0) await target.write(block.subarray(runStart, fill), base + runStart)
+    base += fill
+    fill = 0
+    block = Buffer.allocUnsafe(RAW_BLOCK) // the old one may still be in flight
+  }
+  for await (const chunk of source) {
+    let off = 0
+    while (off < chunk.length) {
+      const n = Math.min(chunk.length - off, RAW_BLOCK - fill)
+      chunk.copy(block, fill, off, off + n)
+      fill += n
+      off += n
+      if (fill === RAW_BLOCK) await flush()
+    }
+  }
+  if (fill) await flush()
+  await target.drain()
+  return base
+}
+
+/** Download the whole image to a spool file (removed by the caller), verifying its checksum. */
+async function spool(dl: ImageDownload, source: AsyncIterable<Buffer>, dir: string, log: Logger): Promise<string> {
+  const file = path.join(dir, `.rdk-spool-${dl.info.id.replace(/[^\w.-]/g, '_')}-${randomBytes(4).toString('hex')}`)
+  log.warn('spooling the image before converting it: this needs free space as large as the image', {file, bytes: dl.size ?? 'unknown'})
+  const fh = await open(file, 'wx')
+  try {
+    let pos = 0
+    for await (const chunk of source) {
+      await fh.write(chunk, 0, chunk.length, pos)
+      pos += chunk.length
+    }
+  } catch (err) {
+    await fh.close().catch(() => undefined)
+    await rm(file, {force: true})
+    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
+      throw new ImageDownloadError(dl.info.id, `no space left in ${dir} to spool the image (${dl.size ?? 'unknown'} bytes needed)`)
+    }
+    throw err
+  }
+  await fh.close()
+  try {
+    dl.verify(file)
+  } catch (err) {
+    await rm(file, {force: true})
+    throw err
+  }
+  return file
+}
+
+/** qemu-img convert of a spooled, checksum-verified image whose format was detected from its bytes. */
+async function convertSpool(file: string, format: ImageFormat, target: Target, log: Logger): Promise<number> {
+  const env = {LC_ALL: 'C', MALLOC_ARENA_MAX: '3'}
+  const qfmt = format === 'gpt' ? 'raw' : format
+  let info: {'virtual-size'?: number; 'backing-filename'?: string; 'format-specific'?: {data?: {extents?: {filename?: string}[]}}}
+  try {
+    info = JSON.parse((await run('qemu-img', ['info', '--output=json', '-f', qfmt, file], {env, timeoutMs: 120_000})).stdout)
+  } catch (err) {
+    throw new InvalidImage(`qemu-img cannot read the ${format} image: ${(err as Error).message}`)
+  }
+  if (info['backing-filename']) throw new InvalidImage('Security: Image failed safety check: the image has a backing file')
+  for (const e of info['format-specific']?.data?.extents ?? []) {
+    if (e.filename && path.resolve(e.filename) !== path.resolve(file)) throw new InvalidImage('Security: Image failed safety check: the image references other files')
+  }
+  const vsize = Number(info['virtual-size'] ?? 0)
+  if (target.capacity !== undefined && vsize > target.capacity) throw new TargetFullError(target.path, vsize, target.capacity)
+  await target.drain()
+  log.info('converting the spooled image with qemu-img', {format, virtual_size: vsize})
+  try {
+    await run('qemu-img', ['convert', '-f', qfmt, '-O', 'raw', '-n', '-W', '-t', 'none', file, target.path], {env})
+  } catch (err) {
+    if (err instanceof CommandFailedError) throw new ImageWriteError(target.path, err.exitCode ?? -1, err.stdout, err.stderr)
+    throw err
+  }
+  if (!target.isBlockDevice) {
+    const fh = await open(target.path, 'r+')
+    try {
+      if ((await fh.stat()).size < vsize) await fh.truncate(vsize)
+    } finally {
+      await fh.close()
+    }
+  }
+  return vsize
+}
+
+/**
+ * Write the image `dl` delivers onto `target`. Verifies the checksum; throws IPA's errors
+ * (InvalidImage, ImageDownloadError, ImageChecksumError, ImageWriteError).
+ */
+export async function writeImage(dl: ImageDownload, target: Target, declared: string | null | undefined, opts: WriteOptions): Promise<WriteResult> {
+  const started = Date.now()
+  const {log} = opts
+  const it = dl.chunks()[Symbol.asyncIterator]()
+  let result: WriteResult
+  try {
+    const {head, done} = await readHead(it, DETECT_BYTES)
+    const format = detectFormat(head)
+    validateFormat(format, declared, opts.permitted)
+    log.info('image format detected', {format, declared: declared ?? null})
+    const source = rest(head, it, done)
+    const spoolDir = opts.spoolDir ?? os.tmpdir()
+    if (format === 'raw' || format === 'gpt') {
+      const size = await streamRaw(source, target)
+      if (target.capacity !== undefined && size > target.capacity) throw new TargetFullError(target.path, size, target.capacity)
+      dl.verify(target.path)
+      const {zeroed} = await target.zeroGaps(size, log)
+      result = {format, method: 'stream-raw', virtualSize: size, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0}
+    } else if (format === 'qcow2') {
+      const q = new Qcow2Stream(target, log, opts.pendingLimit)
+      try {
+        for await (const chunk of source) await q.push(chunk)
+        const r = await q.end()
+        dl.verify(target.path)
+        const {zeroed} = await target.zeroGaps(r.header.virtualSize, log)
+        result = {format, method: 'stream-qcow2', virtualSize: r.header.virtualSize, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0}
+      } catch (err) {
+        if (!(err instanceof Qcow2OrderError)) throw err
+        await it.return?.(undefined)
+        log.warn(`qcow2 image cannot be converted while streaming (${err.message}): downloading it again to a spool file and converting with qemu-img`)
+        const again = await opts.reopen()
+        const file = await spool(again, again.chunks(), spoolDir, log)
+        try {
+          const vsize = await convertSpool(file, format, target, log)
+          result = {format, method: 'qemu-img', virtualSize: vsize, bytesWritten: vsize, zeroed: 0, downloaded: dl.stats.bytes + again.stats.bytes, seconds: 0}
+        } finally {
+          await rm(file, {force: true})
+        }
+      }
+    } else {
+      const file = await spool(dl, source, spoolDir, log)
+      try {
+        const vsize = await convertSpool(file, format, target, log)
+        result = {format, method: 'qemu-img', virtualSize: vsize, bytesWritten: vsize, zeroed: 0, downloaded: dl.stats.bytes, seconds: 0}
+      } finally {
+        await rm(file, {force: true})
+      }
+    }
+  } catch (err) {
+    await it.return?.(undefined).catch(() => undefined)
+    if (err instanceof TargetFullError) throw new ImageWriteError(target.path, 'ENOSPC', '', err.message)
+    if (err instanceof RESTError) throw err
+    const code = (err as NodeJS.ErrnoException).code
+    if (code) throw new ImageWriteError(target.path, code, '', (err as Error).message)
+    throw err
+  }
+  result.seconds = (Date.now() - started) / 1000
+  log.info('image written', {target: target.path, ...result})
+  return result
+}
+
+// ------------------------------------------------------------------------------------------------
+// Whole-disk deploy (standby.prepare_image, deploy step write_image)
+
+/** What IPA's StandbyExtension remembers between commands. */
+export interface DeployState {
+  cachedImageId?: string
+  /** null until an image was written (get_partition_uuids then answers {}). */
+  partitionUuids: Record<string, unknown> | null
+  lastWrite?: WriteResult
+}
+
+const states = new WeakMap<object, DeployState>()
+
+/** The deploy state shared by standby.* and the write_image step (keyed by the manager registry). */
+export function deployState(key: object): DeployState {
+  let s = states.get(key)
+  if (!s) {
+    s = {partitionUuids: null}
+    states.set(key, s)
+  }
+  return s
+}
+
+export interface PrepareContext {
+  config: AgentConfig
+  log: Logger
+  state: DeployState
+  /** get_os_install_device through the managers. */
+  installDevice: () => Promise<string>
+}
+
+/** The destination device and the result text, as IPA's prepare_image reports them. */
+export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, configdrive: string | null | undefined): Promise<string> {
+  const {config, log, state} = ctx
+  validateImageInfo(imageInfo)
+  // IPA: configdrive comes as its own argument, or (older Ironic) inside image_info.
+  const cd = configdrive ?? (typeof imageInfo.configdrive === 'string' ? imageInfo.configdrive : null)
+  if (imageInfo.image_type === 'partition') {
+    throw new NotImplementedYet('writing partition images (image_type "partition")', 'partition images: later; whole-disk images work')
+  }
+  const device = await ctx.installDevice()
+  assertDeviceAllowed(device, config.deviceAllowlist)
+  log.info('preparing image', {image: imageInfo.id, device})
+
+  if (state.cachedImageId !== imageInfo.id) {
+    if (state.cachedImageId) log.debug('overwriting the image written before', {previous: state.cachedImageId})
+    state.lastWrite = await writeWholeDisk(ctx, imageInfo, device)
+    state.cachedImageId = imageInfo.id
+  }
+  await fixGpt(device, log)
+  await validatePartitioning(device, log)
+  if (cd !== null && cd !== undefined) {
+    await createConfigDrivePartition(imageInfo.node_uuid ?? 'local', device, cd, {info: imageInfo, settings: settingsOf(config, log), log})
+  }
+  const uuids: Record<string, unknown> = {'root uuid': await diskIdentifier(device), ...(await partitionUuids(device, log))}
+  state.partitionUuids = uuids
+  const efi = uuids['efi system partition uuid']
+  const msg =
+    imageInfo.deploy_boot_mode === 'uefi' && efi
+      ? `image (${imageInfo.id}) written to device ${device} root_uuid=${String(uuids['root uuid'])} efi_system_partition_uuid=${String(efi)}`
+      : `image (${imageInfo.id}) written to device ${device} root_uuid=${String(uuids['root uuid'])}`
+  log.info(msg)
+  return msg
+}
+
+function settingsOf(config: AgentConfig, log: Logger): DownloadSettings {
+  return downloadSettings(config, log)
+}
+
+async function writeWholeDisk(ctx: PrepareContext, info: ImageInfo, device: string): Promise<WriteResult> {
+  const {config, log} = ctx
+  const settings = settingsOf(config, log)
+  // Connect (and resolve the checksum) first: a bad URL or checksum leaves the disk untouched.
+  const dl = await ImageDownload.open(info, settings)
+  await destroyDiskMetadata(device, config.deviceAllowlist, log)
+  const target = await Target.open(device)
+  try {
+    const result = await writeImage(dl, target, info.disk_format, {
+      permitted: config.permittedImageFormats,
+      spoolDir: config.imageSpoolDir,
+      reopen: () => ImageDownload.open(info, settings),
+      log,
+    })
+    await target.sync()
+    return result
+  } catch (err) {
+    await target.close()
+    // A half-written or unverified disk must not boot: wipe its partition tables again.
+    log.error('image writing failed: destroying the partial image metadata', {device, err: (err as Error).message})
+    await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) => log.warn('could not wipe the partial image', {err: (e as Error).message}))
+    throw err
+  } finally {
+    await target.close()
+    await rescanDevice(device, log)
+  }
+}
+
+/** IPA's fix_gpt_partition: move the backup GPT to the end of a disk larger than the image. */
+async function fixGpt(device: string, log: Logger): Promise<void> {
+  try {
+    const table = await partitionTable(device)
+    if (table?.label !== 'gpt') return
+    const v = await run('sgdisk', ['-v', device], {allowFailure: true})
+    if (/it doesn't reside\s+at the end of the disk/.test(v.stdout)) {
+      await run('sgdisk', ['-e', device])
+      await rescanDevice(device, log)
+      log.info('moved the backup GPT to the end of the disk', {device})
+    }
+  } catch (err) {
+    log.error('failed to fix the GPT', {device, err: (err as Error).message})
+  }
+}
+
+/** IPA's _validate_partitioning: a whole-disk image must leave a partition table with partitions. */
+async function validatePartitioning(device: string, log: Logger): Promise<void> {
+  let table
+  try {
+    table = await partitionTable(device)
+  } catch (err) {
+    throw new CommandExecutionError(`Unable to find a valid partition table on the disk after writing the image. The image may be corrupted. Error: ${(err as Error).message}`)
+  }
+  if (!table || table.partitions.length === 0) {
+    throw new CommandExecutionError(`No partitions found on the device ${device} after writing the image.`)
+  }
+  log.debug('partition table found after writing', {device, label: table.label, partitions: table.partitions.length})
+}

@@ -1,0 +1,266 @@
+/**
+ * Image download and writing without disks: images built here with the real qemu-img from a random
+ * raw disk with holes, served by a loopback HTTP server, written into regular files pre-filled with
+ * junk (so the hole handling must make them read as zeros). Every result is compared by sha256
+ * with the raw disk.
+ */
+import {createHash} from 'node:crypto'
+import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import os from 'node:os'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {ImageChecksumError, ImageDownloadError, InvalidImage} from '../src/agent/errors.js'
+import {bypassProxy, ImageDownload, type DownloadSettings, type ImageInfo} from '../src/agent/image/download.js'
+import {detectFormat, validateFormat} from '../src/agent/image/format.js'
+import {parseQcow2Header} from '../src/agent/image/qcow2.js'
+import {Target} from '../src/agent/image/target.js'
+import {writeImage, type WriteResult} from '../src/agent/image/write.js'
+import {join, makeRawImage, MIB, qemuImg, quiet, sha256File, startImageServer, startProxy, type ImageServer} from './helpers/image.js'
+
+const SIZE_MIB = 20
+const settings: DownloadSettings = {connectionTimeout: 5, retries: 2, retryInterval: 0.05, maxDuration: 0, log: quiet}
+
+let dir: string
+let srv: ImageServer
+let rawSha: string
+const sums = new Map<string, string>()
+
+function info(name: string, extra: Partial<ImageInfo> = {}): ImageInfo {
+  return {id: name, urls: [`${srv.url}/${name}`], os_hash_algo: 'sha256', os_hash_value: sums.get(name)!, ...extra}
+}
+
+/** A target file of `mib` MiB full of 0xAA junk. */
+function junkTarget(name: string, mib = SIZE_MIB + 4): string {
+  const f = join(dir, `${name}.target`)
+  writeFileSync(f, Buffer.alloc(mib * MIB, 0xaa))
+  return f
+}
+
+async function write(name: string, extra: Partial<ImageInfo> = {}, opts: {permitted?: string[]; pendingLimit?: number} = {}): Promise<{result: WriteResult; file: string}> {
+  const file = junkTarget(name)
+  const i = info(name, extra)
+  const dl = await ImageDownload.open(i, settings)
+  const target = await Target.open(file)
+  try {
+    const result = await writeImage(dl, target, i.disk_format, {
+      permitted: opts.permitted ?? ['raw', 'gpt', 'qcow2'],
+      pendingLimit: opts.pendingLimit,
+      spoolDir: dir,
+      reopen: () => ImageDownload.open(i, settings),
+      log: quiet,
+    })
+    await target.sync()
+    return {result, file}
+  } finally {
+    await target.close()
+  }
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(os.tmpdir(), 'rdk-image-'))
+  srv = await startImageServer()
+  const raw = join(dir, 'disk.raw')
+  await makeRawImage(raw, SIZE_MIB)
+  rawSha = await sha256File(raw)
+  const images: Record<string, string[] | null> = {
+    'disk.raw': null,
+    'disk.qcow2': ['convert', '-f', 'raw', '-O', 'qcow2', raw],
+    'disk-c.qcow2': ['convert', '-c', '-f', 'raw', '-O', 'qcow2', raw],
+    'disk-v2.qcow2': ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=0.10', raw],
+    'disk-4k.qcow2': ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4096', raw],
+    'disk.vmdk': ['convert', '-f', 'raw', '-O', 'vmdk', raw],
+  }
+  for (const [name, args] of Object.entries(images)) {
+    const file = join(dir, name)
+    if (args) await qemuImg([...args, file])
+    srv.files.set(`/${name}`, file)
+    sums.set(name, createHash('sha256').update(readFileSync(file)).digest('hex'))
+  }
+  // Refused ones: a backing file, extended L2 entries.
+  await qemuImg(['create', '-f', 'qcow2', '-b', raw, '-F', 'raw', join(dir, 'backed.qcow2')])
+  await qemuImg(['create', '-f', 'qcow2', '-o', 'extended_l2=on', join(dir, 'ext.qcow2'), '16M'])
+  for (const name of ['backed.qcow2', 'ext.qcow2']) {
+    srv.files.set(`/${name}`, join(dir, name))
+    sums.set(name, createHash('sha256').update(readFileSync(join(dir, name))).digest('hex'))
+  }
+})
+
+afterAll(async () => {
+  await srv?.close()
+  if (dir) rmSync(dir, {recursive: true, force: true})
+})
+
+describe('format detection', () => {
+  it('knows the formats by their magic, and refuses mismatches and unpermitted formats', () => {
+    expect(detectFormat(readFileSync(join(dir, 'disk.qcow2')).subarray(0, 65536))).toBe('qcow2')
+    expect(detectFormat(readFileSync(join(dir, 'disk.vmdk')).subarray(0, 65536))).toBe('vmdk')
+    expect(detectFormat(readFileSync(join(dir, 'disk.raw')).subarray(0, 65536))).toBe('raw')
+    expect(() => validateFormat('qcow2', 'raw', ['raw', 'qcow2'])).toThrow('Security: Expected format was raw, but image was actually qcow2')
+    expect(() => validateFormat('vmdk', null, ['raw', 'gpt', 'qcow2'])).toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')
+    expect(() => validateFormat('gpt', 'raw', ['raw', 'gpt', 'qcow2'])).not.toThrow()
+    expect(() => validateFormat('raw', 'qcow2', ['raw', 'qcow2'])).toThrow(InvalidImage)
+  })
+
+  it('qcow2 headers: backing files and extended L2 are refused with clear errors', () => {
+    expect(() => parseQcow2Header(readFileSync(join(dir, 'backed.qcow2')))).toThrow('Security: Image failed safety check: qcow2 image has a backing file')
+    expect(() => parseQcow2Header(readFileSync(join(dir, 'ext.qcow2')))).toThrow(/extended L2 entries/)
+    expect(parseQcow2Header(readFileSync(join(dir, 'disk-v2.qcow2')))).toMatchObject({version: 2, clusterSize: 65536, virtualSize: SIZE_MIB * MIB})
+  })
+
+  it('no_proxy matching', () => {
+    const u = new URL('http://images.example.com:8080/x')
+    expect(bypassProxy(u, 'example.com')).toBe(true)
+    expect(bypassProxy(u, '.example.com')).toBe(true)
+    expect(bypassProxy(u, 'example.com:9090')).toBe(false)
+    expect(bypassProxy(u, 'other.com, *')).toBe(true)
+    expect(bypassProxy(new URL('http://127.0.0.1/x'), '127.0.0.1')).toBe(true)
+    expect(bypassProxy(new URL('http://127.0.0.10/x'), '127.0.0.1')).toBe(false)
+  })
+})
+
+describe('writing images into files', () => {
+  for (const [name, method] of [
+    ['disk.raw', 'stream-raw'],
+    ['disk.qcow2', 'stream-qcow2'],
+    ['disk-c.qcow2', 'stream-qcow2'],
+    ['disk-v2.qcow2', 'stream-qcow2'],
+    ['disk-4k.qcow2', 'stream-qcow2'],
+  ] as const) {
+    it(`${name}: streamed (${method}), holes read back as zeros, the content equals the raw disk`, async () => {
+      const {result, file} = await write(name)
+      expect(result).toMatchObject({method, virtualSize: SIZE_MIB * MIB})
+      expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+      // The junk beyond the virtual size is not the image's business.
+      expect(readFileSync(file).subarray(SIZE_MIB * MIB, SIZE_MIB * MIB + 16).every((b) => b === 0xaa)).toBe(true)
+      // holes were not written as data
+      expect(result.bytesWritten).toBeLessThan(SIZE_MIB * MIB * 0.8)
+    })
+  }
+
+  it('a qcow2 whose clusters come before their tables falls back to spool + qemu-img convert, and leaves no spool behind', async () => {
+    const {result, file} = await write('disk.qcow2', {}, {pendingLimit: 1})
+    expect(result.method).toBe('qemu-img')
+    expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+    expect(readdirSync(dir).filter((f) => f.startsWith('.rdk-spool'))).toEqual([])
+  })
+
+  it('vmdk: refused by default; with vmdk permitted, spooled and converted by qemu-img', async () => {
+    await expect(write('disk.vmdk')).rejects.toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')
+    const {result, file} = await write('disk.vmdk', {}, {permitted: ['raw', 'qcow2', 'vmdk']})
+    expect(result.method).toBe('qemu-img')
+    expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+  })
+
+  it('declared disk_format must match the bytes; backing files and extended L2 are refused', async () => {
+    await expect(write('disk.qcow2', {disk_format: 'raw'})).rejects.toThrow('Security: Expected format was raw, but image was actually qcow2')
+    await expect(write('backed.qcow2')).rejects.toThrow(/backing file/)
+    await expect(write('ext.qcow2')).rejects.toThrow(/extended L2/)
+  })
+})
+
+describe('download', () => {
+  it('a dropped connection is resumed with a Range request (206 verified)', async () => {
+    srv.behaviour.set('/disk.qcow2', {dropAfter: 3 * MIB + 123, times: 1})
+    const before = srv.requests.length
+    try {
+      const {file} = await write('disk.qcow2')
+      expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+    } finally {
+      srv.behaviour.delete('/disk.qcow2')
+    }
+    const reqs = srv.requests.slice(before).filter((r) => r.path === '/disk.qcow2')
+    expect(reqs).toHaveLength(2)
+    expect(reqs[0]!.range).toBeUndefined()
+    expect(reqs[1]!.range).toMatch(/^bytes=\d+-$/)
+    expect(Number(/\d+/.exec(reqs[1]!.range!)![0])).toBeGreaterThan(0)
+  })
+
+  it('a server that ignores Range is read again from byte 0 and the image is still right', async () => {
+    srv.behaviour.set('/disk.raw', {dropAfter: 5 * MIB, times: 1, ignoreRange: true})
+    const i = info('disk.raw')
+    try {
+      const dl = await ImageDownload.open(i, settings)
+      const h = createHash('sha256')
+      for await (const c of dl.chunks()) h.update(c)
+      expect(h.digest('hex')).toBe(rawSha)
+      expect(dl.stats).toMatchObject({resumes: 1, rangeResumes: 0})
+      dl.verify('memory')
+    } finally {
+      srv.behaviour.delete('/disk.raw')
+    }
+  })
+
+  it('wrong checksum → ImageChecksumError; the checksum may be a URL to a checksums file', async () => {
+    await expect(write('disk.raw', {os_hash_value: 'ab'.repeat(32)})).rejects.toBeInstanceOf(ImageChecksumError)
+    await expect(write('disk.raw', {os_hash_value: 'ab'.repeat(32)})).rejects.toThrow(/Image failed to verify against checksum\. location: .*image ID: disk\.raw; image checksum: (ab)+; verification checksum: [0-9a-f]{64}/)
+    const sumsFile = join(dir, 'SHA256SUMS')
+    writeFileSync(sumsFile, `${'0'.repeat(64)}  other.img\n${sums.get('disk.raw')} *disk.raw\n`)
+    srv.files.set('/SHA256SUMS', sumsFile)
+    const {file} = await write('disk.raw', {os_hash_algo: undefined, os_hash_value: undefined, checksum: `${srv.url}/SHA256SUMS`})
+    expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+    const md5 = createHash('md5').update(readFileSync(join(dir, 'disk.raw'))).digest('hex')
+    await expect(write('disk.raw', {os_hash_algo: undefined, os_hash_value: undefined, checksum: md5})).resolves.toBeTruthy()
+  })
+
+  it('a truncated download (server always closes early) fails with ImageDownloadError after the retries', async () => {
+    srv.behaviour.set('/disk.raw', {truncateAt: 2 * MIB})
+    try {
+      const err = await write('disk.raw').catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(ImageDownloadError)
+      expect((err as Error).message).toMatch(/Download of image disk\.raw failed: connection to .* failed after \d+ bytes and 2 retries/)
+    } finally {
+      srv.behaviour.delete('/disk.raw')
+    }
+  })
+
+  it('404 is final (no retry); every URL is tried in turn', async () => {
+    const before = srv.requests.length
+    const err = await ImageDownload.open(info('nosuch.raw', {os_hash_value: 'ab'.repeat(32), urls: [`${srv.url}/nosuch.raw`, `${srv.url}/gone.raw`]}), settings).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(ImageDownloadError)
+    expect((err as Error).message).toMatch(/Download of image nosuch\.raw failed: URL: .*nosuch\.raw; time: .* Error: Received status code 404 from .*, expected 200\. Response body: no such image\n URL: .*gone\.raw/)
+    expect(srv.requests.length - before).toBe(2)
+    // the second URL works when the first 404s
+    const dl = await ImageDownload.open(info('disk.raw', {urls: [`${srv.url}/nosuch.raw`, `${srv.url}/disk.raw`]}), settings)
+    for await (const _ of dl.chunks()) void _
+    dl.verify('x')
+  })
+
+  it('goes through image_info.proxies (and not for no_proxy hosts); basic auth from the URL', async () => {
+    const proxy = await startProxy()
+    try {
+      const before = srv.requests.length
+      const {file} = await write('disk.raw', {proxies: {http: proxy.url}, urls: [`http://user:s3cret@127.0.0.1:${srv.port}/disk.raw`]})
+      expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+      expect(proxy.seen).toEqual([`http://127.0.0.1:${srv.port}/disk.raw`])
+      const req = srv.requests.slice(before).find((r) => r.path === '/disk.raw')!
+      expect(req.viaProxy).toBe(true)
+      expect(req.authorization).toBe('Basic ' + Buffer.from('user:s3cret').toString('base64'))
+      await write('disk.raw', {proxies: {http: proxy.url}, no_proxy: 'localhost,127.0.0.1'})
+      expect(proxy.seen).toHaveLength(1)
+    } finally {
+      await proxy.close()
+    }
+  })
+
+  it('a stalled server trips the read timeout', async () => {
+    const {createServer} = await import('node:http')
+    const stall = createServer((_req, res) => {
+      res.writeHead(200, {'Content-Length': '1000000'})
+      res.write(Buffer.alloc(1000))
+    })
+    await new Promise<void>((r) => stall.listen(0, '127.0.0.1', r))
+    const port = (stall.address() as {port: number}).port
+    try {
+      const dl = await ImageDownload.open({id: 'slow', urls: [`http://127.0.0.1:${port}/slow`], os_hash_algo: 'sha256', os_hash_value: 'x'}, {...settings, connectionTimeout: 0.3, retries: 0})
+      const err = await (async () => {
+        for await (const _ of dl.chunks()) void _
+      })().catch((e: unknown) => e)
+      expect(err).toBeInstanceOf(ImageDownloadError)
+      expect((err as Error).message).toMatch(/read timeout/)
+    } finally {
+      stall.closeAllConnections()
+      stall.close()
+    }
+  })
+})
+
+
