@@ -288,10 +288,12 @@ describe('steps', () => {
     const clean = await registry.getSteps('clean', {}, [])
     expect(Object.keys(clean)).toEqual(['GenericHardwareManager'])
     expect(clean.GenericHardwareManager).toHaveLength(12)
-    for (const name of ['write_image', 'inject_files', 'apply_configuration', 'create_configuration', 'delete_configuration', 'burnin_cpu', 'clean_uefi_nvram']) {
+    for (const name of ['inject_files', 'apply_configuration', 'create_configuration', 'delete_configuration', 'burnin_cpu', 'clean_uefi_nvram']) {
       await expect(registry.dispatchToManagers(name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     }
-    await expect(registry.dispatchToManagers('write_image', {}, [], {})).rejects.toThrow(/write_image is not implemented in this rdk agent yet \(the deploy issue, #5\)/)
+    await expect(registry.dispatchToManagers('inject_files', {}, [], {})).rejects.toThrow(/inject_files is not implemented in this rdk agent yet \(the deploy issue, #5\)/)
+    // write_image exists now (test/image-deploy.test.ts): without image_info it is a parameter error
+    await expect(registry.dispatchToManagers('write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
     // internal helpers are not reachable as steps
     await expect(registry.dispatchToManagers('_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
   })

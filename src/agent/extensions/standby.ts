@@ -1,33 +1,16 @@
-/** standby: image preparation (issue #5), power and sync, partition UUIDs. */
+/**
+ * standby: image preparation (whole-disk images: src/agent/image/), power and sync, partition UUIDs.
+ * The write_image deploy step (GenericHardwareManager) runs the same prepareImage with the same
+ * state, so get_partition_uuids answers for whichever wrote the image.
+ */
 import type {Extension} from '../commands.js'
-import {InvalidCommandParamsError, NotImplementedYet} from '../errors.js'
+import {NotImplementedYet} from '../errors.js'
+import type {ImageInfo} from '../image/download.js'
+import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import type {AgentRuntime} from '../runtime.js'
 
-/** IPA's image_info validation: id, non-empty urls, and a checksum it can verify. */
-export function validateImageInfo(imageInfo: unknown): void {
-  if (!imageInfo || typeof imageInfo !== 'object' || Array.isArray(imageInfo)) {
-    throw new InvalidCommandParamsError('image_info must be an object')
-  }
-  const info = imageInfo as Record<string, unknown>
-  for (const field of ['id', 'urls']) {
-    if (!(field in info)) throw new InvalidCommandParamsError(`Image is missing '${field}' field.`)
-  }
-  if (!Array.isArray(info.urls) || info.urls.length === 0 || !info.urls.every((u) => typeof u === 'string' && u)) {
-    throw new InvalidCommandParamsError(`Image 'urls' must be a list with at least one element.`)
-  }
-  const algo = info.os_hash_algo
-  const value = info.os_hash_value
-  const checksum = info.checksum
-  if (algo || value) {
-    if (!algo || !value || typeof algo !== 'string' || typeof value !== 'string') {
-      throw new InvalidCommandParamsError(`Image 'os_hash_algo' and 'os_hash_value' must both be given.`)
-    }
-    return
-  }
-  if (typeof checksum !== 'string' || !checksum) {
-    throw new InvalidCommandParamsError(`Image is missing a checksum: give 'os_hash_algo' and 'os_hash_value', or 'checksum'.`)
-  }
-}
+/** IPA's image_info validation (shared with the write_image deploy step). */
+export {validateImageInfo}
 
 async function fullSync(rt: AgentRuntime): Promise<void> {
   await rt.registry.dispatchToAllManagers('full_sync').catch((err) => {
@@ -43,8 +26,15 @@ export const standby: Extension<AgentRuntime> = {
       async: true,
       params: {image_info: 'optional', configdrive: 'optional'},
       validate: (p) => validateImageInfo(p.image_info),
-      run: async () => {
-        throw new NotImplementedYet('standby.prepare_image (image writing)', 'the deploy issue, #5')
+      async run(p, rt) {
+        const state = deployState(rt.registry)
+        const msg = await prepareImage(
+          {config: rt.config, log: rt.log, state, installDevice: async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true))},
+          p.image_info as ImageInfo,
+          p.configdrive as string | null | undefined,
+        )
+        rt.partitionUuids = state.partitionUuids ?? {}
+        return msg
       },
     },
     execute_bootc_install: {
@@ -85,7 +75,12 @@ export const standby: Extension<AgentRuntime> = {
     get_partition_uuids: {
       async: false,
       params: {},
-      run: async (_p, rt) => rt.partitionUuids,
+      // IPA: {} until an image was written (a warning is logged then).
+      run: async (_p, rt) => {
+        const uuids = deployState(rt.registry).partitionUuids
+        if (uuids === null && Object.keys(rt.partitionUuids).length === 0) rt.log.warn('no partition UUIDs recorded yet: prepare_image has to run first')
+        return uuids ?? rt.partitionUuids
+      },
     },
   },
 }

@@ -7,7 +7,8 @@
  * `(node, ports, args)` where `args` holds the step's keyword arguments.
  *
  * Implemented: inventory, erase_devices, erase_devices_metadata, erase_devices_express,
- * erase_pstore, erase_block_device. Every other IPA step exists and fails with NotImplementedYet.
+ * erase_pstore, erase_block_device, write_image (whole-disk images, src/agent/image/). Every other
+ * IPA step exists and fails with NotImplementedYet.
  */
 import {readFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
@@ -42,6 +43,7 @@ import {
   interfaceNames,
   type BmcInfo,
 } from './inventory.js'
+import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
 import {HardwareManager, type ManagerRegistry} from './manager.js'
 import {
@@ -63,7 +65,6 @@ type StepArgs = Record<string, unknown> | undefined
 
 /** Which later piece of work brings each not-yet-implemented step (the lead may update these). */
 export const NOT_YET_ISSUE: Readonly<Record<string, string>> = {
-  write_image: 'the deploy issue, #5',
   inject_files: 'the deploy issue, #5',
   execute_bootc_install: 'a later issue',
   clean_uefi_nvram: 'a later issue',
@@ -619,6 +620,32 @@ export class GenericHardwareManager extends HardwareManager {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Deploy
+
+  /**
+   * Deploy step write_image (Ironic's agent deploy proxies its own write_image step here with
+   * args image_info and configdrive): standby.prepare_image's work, waited for. The result is
+   * what IPA's `cmd.wait()` returns: {result: "prepare_image: image (<id>) written to …"}.
+   * Whole-disk images only for now.
+   */
+  async write_image(_node: NodeInfo, _ports: Port[], args?: StepArgs): Promise<{result: string}> {
+    const imageInfo = args?.image_info
+    validateImageInfo(imageInfo)
+    const registry = this._dispatcher
+    const msg = await prepareImage(
+      {
+        config: this.ctx.config,
+        log: this.ctx.log,
+        state: deployState(registry ?? this),
+        installDevice: async () => String(registry ? await registry.dispatchToManagers('get_os_install_device', true) : await this.get_os_install_device(true)),
+      },
+      imageInfo,
+      (args?.configdrive ?? null) as string | null,
+    )
+    return {result: `prepare_image: ${msg}`}
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Steps that exist in IPA but come later in rdk: they fail clearly.
 
   private _notYet(name: string): never {
@@ -651,9 +678,6 @@ export class GenericHardwareManager extends HardwareManager {
   }
   async burnin_gpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('burnin_gpu')
-  }
-  async write_image(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('write_image')
   }
   async inject_files(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('inject_files')

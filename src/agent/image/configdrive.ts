@@ -4,7 +4,7 @@
  *
  * The config drive (gzip + base64 ISO 9660 data, or an http(s) URL to it, at most 64 MiB
  * uncompressed) goes into a partition at the end of the disk: a new GPT partition made with
- * sgdisk (named config-2), or a primary MBR partition made with parted. An existing partition
+ * sgdisk (named config-2), or a primary MBR partition appended with sfdisk. An existing partition
  * whose filesystem is labelled config-2 is reused. The data is written at the partition's offset
  * on the disk itself, so nothing depends on the kernel creating partition device nodes.
  *
@@ -230,15 +230,18 @@ export async function createConfigDrivePartition(
         if (primaries > 3) {
           throw deployFailure(`Config drive cannot be created for node ${nodeUuid}. Disk (${device}) uses MBR partitioning and already has ${primaries} primary partitions.`, log)
         }
-        const sizeMb = Math.floor(Number((await run('blockdev', ['--getsize64', device])).stdout.trim()) / MIB)
-        let start = `-${MAX_CONFIG_DRIVE_SIZE_MB}MiB`
-        let end = '-0'
-        if (sizeMb > MAX_MBR_DISK_MB) {
+        // sfdisk --append rather than IPA's `parted mkpart`: parted gives the disk a new MBR
+        // signature, which breaks images that boot by it (root=PARTUUID=<signature>-01, Windows).
+        const sector = table.sectorsize
+        const sectors = Math.floor(Number((await run('blockdev', ['--getsize64', device])).stdout.trim()) / sector)
+        let end = sectors
+        if ((sectors * sector) / MIB > MAX_MBR_DISK_MB) {
           log.warn('disk is larger than 2TB: creating the config drive at the MBR limit', {device})
-          start = `${MAX_MBR_DISK_MB - MAX_CONFIG_DRIVE_SIZE_MB - 1}MiB`
-          end = `${MAX_MBR_DISK_MB - 1}MiB`
+          end = Math.floor(((MAX_MBR_DISK_MB - 1) * MIB) / sector)
         }
-        await run('parted', ['-a', 'optimal', '-s', '--', device, 'mkpart', 'primary', 'fat32', start, end])
+        const align = MIB / sector
+        const start = Math.floor((end - (MAX_CONFIG_DRIVE_SIZE_MB * MIB) / sector) / align) * align
+        await run('sfdisk', ['--append', '--no-reread', '--no-tell-kernel', '-q', device], {input: `start=${start}, size=${end - start}, type=c\n`})
         await rescanDevice(device, log)
         table = (await partitionTable(device))!
         const fresh = table.partitions.filter((p) => !before.has(p.start))
