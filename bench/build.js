@@ -99,11 +99,14 @@ async function rdkBuild(label, args) {
   return {label, ms, result, manifest, kernel: art('kernel'), initramfs: art('initramfs')}
 }
 
-/** namespace/entry names under the cache dir, except the initramfs namespace and bookkeeping. */
+/**
+ * namespace/entry names under the cache dir (bookkeeping left out). Namespaces starting with
+ * `initramfs` belong to the pack-initramfs stage (the whole image, or its layers).
+ */
 async function cacheEntries(dir) {
   const out = new Set()
   for (const ns of await readdir(dir).catch(() => [])) {
-    if (ns === 'initramfs' || ns === 'index.json' || ns.startsWith('tmp-') || ns.startsWith('.')) continue
+    if (ns === 'index.json' || ns.startsWith('tmp-') || ns.startsWith('.')) continue
     const sub = await readdir(path.join(dir, ns)).catch(() => undefined)
     if (!sub) out.add(ns)
     else for (const e of sub) if (!e.startsWith('tmp-') && !e.startsWith('.')) out.add(`${ns}/${e}`)
@@ -115,7 +118,7 @@ const stageMs = (b, name) => b.result.stages.find((s) => s.name === name)?.ms
 const stageNote = (b, name) => b.result.stages.find((s) => s.name === name)?.note ?? ''
 
 async function main() {
-  const figures = {date: new Date().toISOString(), machine: {cpus: os.cpus().length, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version}, quick: opts.quick}
+  const figures = {date: new Date().toISOString(), machine: {cpus: os.cpus().length, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version, loadStart: +os.loadavg()[0].toFixed(2)}, quick: opts.quick}
   const work = await mkdtemp(path.join(os.tmpdir(), 'rdk-bench-build-'))
   const cleanup = () => {
     if (!opts.keep) rmSync(work, {recursive: true, force: true})
@@ -146,29 +149,29 @@ async function main() {
     const stamp = path.join(elDir, 'stamp.txt')
     const elArgs = ['--elements-path', path.join(work, 'elements'), '--element', 'bench-touch', '--cache-dir', cacheDir]
     await writeFile(stamp, `bench ${randomBytes(8).toString('hex')} 1\n`)
-    const initramfsBefore = new Set(await readdir(path.join(cacheDir, 'initramfs')).catch(() => []))
+    const packBefore = await cacheEntries(cacheDir)
     const touch1 = await rdkBuild('build with the user element', ['--output', path.join(work, 'out-touch1'), ...elArgs])
     const entriesBefore = await cacheEntries(cacheDir)
     await writeFile(stamp, `bench ${randomBytes(8).toString('hex')} 2\n`)
     const touch2 = await rdkBuild('rebuild after touching the element', ['--output', path.join(work, 'out-touch2'), ...elArgs])
     const entriesAfter = await cacheEntries(cacheDir)
-    const redone = [...entriesAfter].filter((e) => !entriesBefore.has(e))
+    const added = [...entriesAfter].filter((e) => !entriesBefore.has(e))
+    const isPack = (e) => e.startsWith('initramfs')
     const rebuild = {
       ms: touch2.ms,
       buildMs: touch2.result.durationMs,
       initramfsChanged: touch1.initramfs.sha256 !== touch2.initramfs.sha256,
       kernelSame: touch1.kernel.sha256 === touch2.kernel.sha256,
-      packMiss: !/reused/.test(stageNote(touch2, 'pack-initramfs')),
       cache: touch2.result.cache,
-      newCacheEntries: redone,
+      packEntries: added.filter(isPack),
+      otherEntries: added.filter((e) => !isPack(e)),
+      packNote: stageNote(touch2, 'pack-initramfs'),
       stages: touch2.result.stages.map((s) => ({name: s.name, ms: s.ms})),
     }
-    rebuild.reusedOthers = redone.length === 0
+    rebuild.reusedOthers = rebuild.otherEntries.length === 0
     if (opts.quick) {
-      // The persistent quick cache keeps no initramfs of the throw-away element builds.
-      for (const e of await readdir(path.join(cacheDir, 'initramfs')).catch(() => [])) {
-        if (!initramfsBefore.has(e)) await rm(path.join(cacheDir, 'initramfs', e), {recursive: true, force: true})
-      }
+      // The persistent quick cache keeps nothing of the throw-away element builds.
+      for (const e of [...entriesAfter].filter((x) => isPack(x) && !packBefore.has(x))) await rm(path.join(cacheDir, e), {recursive: true, force: true})
     }
 
     const compress = cached.manifest?.spec?.compress ?? 'gzip'
@@ -290,14 +293,18 @@ async function main() {
     table(
       ['build', 'time', 'goal', 'result', 'notes'],
       [
-        ['cold (empty cache)', cold ? sec(cold.ms) : 'skipped', '', '', cold ? `${stageNote(cold, 'fetch-packages')}; fetch ${sec(stageMs(cold, 'fetch-packages'))} + kernel ${sec(stageMs(cold, 'fetch-kernel'))} + pack ${sec(stageMs(cold, 'pack-initramfs'))}` : '--quick'],
-        [opts.quick && cacheWasEmpty ? 'full, empty quick cache' : 'full, warm cache, fresh output', sec(cached.ms), '', '', `pack-initramfs: ${stageNote(cached, 'pack-initramfs')}`],
-        ['rebuild after touching one element', sec(rb.ms), `≤ ${GOAL.rebuildS} s`, rb.ms <= GOAL.rebuildS * 1000 ? 'PASS' : 'MISS', `pack ${sec(stageMs(touch2, 'pack-initramfs'))}, fetch ${sec(stageMs(touch2, 'fetch-packages'))}, kernel ${sec(stageMs(touch2, 'fetch-kernel'))}, node ${sec(stageMs(touch2, 'add-agent'))}`],
+        ['cold (empty cache)', cold ? sec(cold.ms) : 'skipped', '', '', cold ? `packages ${sec(stageMs(cold, 'fetch-packages'))}, kernel ${sec(stageMs(cold, 'fetch-kernel'))}, pack ${sec(stageMs(cold, 'pack-initramfs'))}` : '--quick'],
+        [opts.quick && cacheWasEmpty ? 'full, empty quick cache' : 'full, warm cache, fresh output', sec(cached.ms), '', '', `packages ${sec(stageMs(cached, 'fetch-packages'))}, kernel ${sec(stageMs(cached, 'fetch-kernel'))}, pack ${sec(stageMs(cached, 'pack-initramfs'))}`],
+        ['rebuild after touching one element', sec(rb.ms), `≤ ${GOAL.rebuildS} s`, rb.ms <= GOAL.rebuildS * 1000 ? 'PASS' : 'MISS', `packages ${sec(stageMs(touch2, 'fetch-packages'))}, kernel ${sec(stageMs(touch2, 'fetch-kernel'))}, node ${sec(stageMs(touch2, 'add-agent'))}, pack ${sec(stageMs(touch2, 'pack-initramfs'))}`],
       ],
     )
+    if (cold) console.log(`cold: ${stageNote(cold, 'fetch-packages')}; ${stageNote(cold, 'fetch-kernel')}; pack: ${stageNote(cold, 'pack-initramfs')}`)
+    console.log(`cached full build, pack: ${stageNote(cached, 'pack-initramfs')}`)
+    console.log(`rebuild, pack: ${rb.packNote}`)
     console.log(
-      `rebuild check: initramfs ${rb.initramfsChanged ? 'changed' : 'UNCHANGED (!)'}, kernel ${rb.kernelSame ? 'same' : 'changed (!)'}, pack-initramfs ${rb.packMiss ? 'redone' : 'reused (!)'}, ` +
-        `other stages ${rb.reusedOthers ? 'reused from the cache (no new cache entries)' : `redone: ${rb.newCacheEntries.join(', ')}`}; rdk's own duration ${sec(rb.buildMs)} (+ process start)`,
+      `rebuild check: initramfs ${rb.initramfsChanged ? 'changed' : 'UNCHANGED (!)'}, kernel ${rb.kernelSame ? 'same' : 'changed (!)'}, ` +
+        `pack-initramfs produced ${rb.packEntries.length} new cache entr${rb.packEntries.length === 1 ? 'y' : 'ies'} (${rb.packEntries.map((e) => e.split('/')[0]).join(', ') || 'none'}), ` +
+        `every other stage ${rb.reusedOthers ? 'reused the cache (no new entries)' : `did NOT: new ${rb.otherEntries.join(', ')}`}; rdk's own duration ${sec(rb.buildMs)} (+ process start)`,
     )
     console.log('')
 
@@ -326,10 +333,12 @@ async function main() {
     console.log(`busybox baseline: ${fmt(bb.size / MB, 2)} MB ${compress} (${fmt(bb.rawBytes / MB, 2)} MB cpio): busybox-static ${bb.busyboxVersion} + ${bb.modules.join(', ')}; its /init: ${marksText(busyboxFixed)}`)
     console.log(`qemu: ${agentFixed.argv.slice(1).join(' ')}`)
 
+    figures.machine.loadEnd = +os.loadavg()[0].toFixed(2)
+    console.log(`load average (1 min) at start ${figures.machine.loadStart}, at end ${figures.machine.loadEnd}: other work on the ${os.cpus().length} cores slows TCG boots`)
     const missed = [sizes.total <= GOAL.sizeMB * MB, rb.ms <= GOAL.rebuildS * 1000, good <= GOAL.ramMiB].filter((x) => !x).length
     console.log(missed ? `\n${missed} goal(s) missed` : '\nall goals met')
     figures.goals = {sizeMB: GOAL.sizeMB, ramMiB: GOAL.ramMiB, rebuildS: GOAL.rebuildS, missed}
-    if (!rb.initramfsChanged || !rb.kernelSame || !rb.packMiss) {
+    if (!rb.initramfsChanged || !rb.kernelSame) {
       console.error('bench: the rebuild after touching an element did not behave as a rebuild should (see "rebuild check")')
       if (opts.json) console.log(JSON.stringify(figures, null, 2))
       return 1

@@ -155,6 +155,8 @@ export async function startIronicStub() {
 
   return {
     port,
+    /** The URL on this machine (tests). */
+    url: base,
     /** The URL the guest uses (qemu user networking maps 10.0.2.2 to the host's loopback). */
     guestUrl: `http://10.0.2.2:${port}`,
     requests,

@@ -14,9 +14,9 @@ import {AGENT_PORT, freeLoopbackPort, startVm} from '../../dist/boot/qemu.js'
 
 /** What ends a boot early, most specific first. */
 const FAILURES = [
-  {re: /Initramfs unpacking failed[^\r\n]*/, what: 'initramfs unpacking failed'},
-  {re: /Out of memory[^\r\n]*/, what: 'out of memory'},
-  {re: /Kernel panic[^\r\n]*/, what: 'kernel panic'},
+  {re: /Initramfs unpacking failed[^\r\n]*(?=\r?\n)/, what: 'initramfs unpacking failed'},
+  {re: /Out of memory[^\r\n]*(?=\r?\n)/, what: 'out of memory'},
+  {re: /Kernel panic[^\r\n]*(?=\r?\n)/, what: 'kernel panic'},
 ]
 
 let seq = 0
