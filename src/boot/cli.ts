@@ -2,14 +2,17 @@
  * `rdk boot`: what the command's flags mean, turned into a VM on this terminal.
  *
  * Artefacts are found as `rdk build` writes them (`<output>/<name>.kernel`, `<output>/<name>.initramfs`)
- * unless --kernel/--initrd name files. The serial console is this terminal (qemu's mux: Ctrl-A x
+ * unless --kernel/--initrd name files. --iso, --pxe and --ipxe boot the boot artefacts through the
+ * firmware instead (SeaBIOS, or OVMF with --uefi), as a real machine would. The serial console is this terminal (qemu's mux: Ctrl-A x
  * quits, Ctrl-A c is the monitor); rdk's own lines go to stderr before qemu starts.
  */
 import {stat} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
+import {PXE_BOOTFILES} from '../artefacts/pxe.js'
 import {
   AGENT_PORT,
   BootError,
+  guestUrl,
   formatCommand,
   parsePortForward,
   qemuArgs,
@@ -17,12 +20,20 @@ import {
   startVm,
   type Accel,
   type DiskBus,
+  type FirmwareBoot,
   type VmOptions,
 } from './qemu.js'
 
 export interface BootCliOptions {
   kernel?: string
   initrd?: string
+  /** Boot this ISO (as a CD, or as a disk with isoAs 'disk'). */
+  iso?: string
+  isoAs?: 'cdrom' | 'disk'
+  /** Boot this PXE tree over qemu's TFTP (pxelinux.0, or grubx64.efi with uefi). */
+  pxe?: string
+  /** Boot this iPXE script URL (BIOS; 127.0.0.1/localhost is rewritten to 10.0.2.2 for the guest). */
+  ipxe?: string
   output: string
   name: string
   append?: string
@@ -50,8 +61,22 @@ async function isFile(p: string): Promise<boolean> {
   return stat(p).then((s) => s.isFile(), () => false)
 }
 
+/** --iso / --pxe / --ipxe → how the firmware boots (undefined: a kernel boot). */
+export function firmwareBootFromCli(o: Pick<BootCliOptions, 'iso' | 'isoAs' | 'pxe' | 'ipxe' | 'kernel' | 'initrd' | 'append' | 'uefi' | 'firmware'>): FirmwareBoot | undefined {
+  const chosen = (['iso', 'pxe', 'ipxe'] as const).filter((k) => o[k] !== undefined)
+  if (chosen.length > 1) throw new BootError(`--${chosen.join(' and --')} cannot be combined: boot one thing`)
+  if (chosen.length === 0) return undefined
+  if (o.kernel || o.initrd || o.append) throw new BootError(`--${chosen[0]} boots through the firmware: --kernel/--initrd/--append do not apply (the artefact carries its own kernel command line)`)
+  if (o.iso !== undefined) return {kind: 'iso', path: resolve(o.iso), as: o.isoAs ?? 'cdrom'}
+  if (o.pxe !== undefined) return {kind: 'tftp', dir: resolve(o.pxe), bootfile: o.uefi || o.firmware ? PXE_BOOTFILES.uefi : PXE_BOOTFILES.bios}
+  return {kind: 'ipxe', url: guestUrl(o.ipxe!)}
+}
+
 /** Flags → VmOptions (artefact paths resolved and checked). */
 export async function vmOptionsFromCli(o: BootCliOptions): Promise<VmOptions> {
+  if (o.isoAs && o.iso === undefined) throw new BootError('--iso-as needs --iso')
+  const boot = firmwareBootFromCli(o)
+  if (boot) return {...(await commonVmOptions(o)), boot}
   const kernel = resolve(o.kernel ?? join(o.output, `${o.name}.kernel`))
   const initrd = resolve(o.initrd ?? join(o.output, `${o.name}.initramfs`))
   if (!(await isFile(kernel))) {
@@ -60,13 +85,14 @@ export async function vmOptionsFromCli(o: BootCliOptions): Promise<VmOptions> {
   if (!(await isFile(initrd))) {
     throw new BootError(o.initrd ? `initramfs ${initrd} does not exist` : `no initramfs at ${initrd}: run 'rdk build' first, or give --initrd`)
   }
+  return {kernel, initrd, append: o.append, ...(await commonVmOptions(o))}
+}
+
+async function commonVmOptions(o: BootCliOptions): Promise<VmOptions> {
   if (!Number.isInteger(o.memory) || o.memory < 64) throw new BootError(`--memory is in MiB and must be at least 64, got ${o.memory}`)
   if (!Number.isInteger(o.cpus) || o.cpus < 1) throw new BootError(`--cpus must be at least 1, got ${o.cpus}`)
   const forwards = o.portForwards.length ? o.portForwards.map(parsePortForward) : [{guestPort: AGENT_PORT}]
   return {
-    kernel,
-    initrd,
-    append: o.append,
     memoryMiB: o.memory,
     cpus: o.cpus,
     disks: o.disks.map((path) => ({path: resolve(path), size: o.diskSize, bus: o.diskBus})),
@@ -95,7 +121,14 @@ export async function bootFromCli(o: BootCliOptions): Promise<number> {
   const vm = await startVm({
     ...opts,
     onLaunch: ({argv, resolved: r}) => {
-      o.say(`rdk boot: ${opts.kernel}${r.pvh ? ' (booted uncompressed, PVH entry)' : ''} + ${opts.initrd}, ${opts.memoryMiB} MiB, ${r.accel}: ${r.accelReason}`)
+      const what = opts.boot
+        ? opts.boot.kind === 'iso'
+          ? `${opts.boot.path} as a ${opts.boot.as === 'disk' ? 'disk' : 'CD'}`
+          : opts.boot.kind === 'tftp'
+            ? `${opts.boot.bootfile} from ${opts.boot.dir} over TFTP`
+            : `${opts.boot.url} through iPXE`
+        : `${opts.kernel}${r.pvh ? ' (booted uncompressed, PVH entry)' : ''} + ${opts.initrd}`
+      o.say(`rdk boot: ${what}${r.firmware ? ' (UEFI)' : ''}, ${opts.memoryMiB} MiB, ${r.accel}: ${r.accelReason}`)
       for (const f of r.forwards) o.say(`rdk boot: guest port ${f.guestPort} → 127.0.0.1:${f.hostPort}${f.guestPort === AGENT_PORT ? ` (agent API: http://127.0.0.1:${f.hostPort}/v1/status)` : ''}`)
       o.say('rdk boot: serial console on this terminal: Ctrl-A x quits qemu, Ctrl-A c switches to its monitor')
       o.say(`rdk boot: ${formatCommand(argv)}`)

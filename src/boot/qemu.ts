@@ -3,6 +3,10 @@
  * hand (`rdk boot`) and for end-to-end tests (startVm).
  *
  * - Direct kernel boot (`-kernel/-initrd/-append`, `console=ttyS0` always added), SeaBIOS or OVMF.
+ * - Or boot the artefacts of issue 4 through the firmware, as a machine would: an ISO as a CD
+ *   (`ide-cd`) or as a disk (virtio-blk, the isohybrid path), a PXE tree through qemu's own TFTP
+ *   server (`-netdev user,tftp=DIR,bootfile=…`, the NIC's iPXE ROM from Debian's `ipxe-qemu`), or an
+ *   iPXE script URL handed out as the DHCP boot file (the BIOS iPXE ROM fetches it over HTTP).
  *   Under SeaBIOS the kernel's uncompressed ELF (unpacked once from the bzImage, cached) boots
  *   through its PVH entry point: same kernel, no real-mode setup or decompressor, 3–4 s sooner
  *   under TCG.
@@ -66,8 +70,19 @@ export interface PortForward {
   guestPort: number
 }
 
+/** How a VM boots when it is not given a kernel: an ISO, or the network. */
+export type FirmwareBoot =
+  | {kind: 'iso'; path: string; as: 'cdrom' | 'disk'}
+  /** qemu's TFTP server serves `dir`; DHCP hands out `bootfile` (pxelinux.0 / grubx64.efi). */
+  | {kind: 'tftp'; dir: string; bootfile: string}
+  /** DHCP hands out this URL as the boot file; the NIC's iPXE ROM fetches and runs it (BIOS). */
+  | {kind: 'ipxe'; url: string}
+
 export interface VmOptions {
-  kernel: string
+  /** Kernel for a direct boot; omit it to boot `boot` through the firmware. */
+  kernel?: string
+  /** Boot an ISO or over the network instead of -kernel (mutually exclusive with kernel). */
+  boot?: FirmwareBoot
   initrd?: string
   /** Extra kernel command-line words; `console=ttyS0` is always added. */
   append?: string
@@ -116,8 +131,8 @@ export interface VmOptions {
 
 export interface ResolvedVm {
   qemu: string
-  /** What -kernel gets: the bzImage, or the ELF extracted from it (PVH). */
-  kernel: string
+  /** What -kernel gets: the bzImage, or the ELF extracted from it (PVH); undefined for firmware boots. */
+  kernel?: string
   pvh: boolean
   accel: Accel
   accelReason: string
@@ -321,9 +336,17 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
   args.push('-m', String(opts.memoryMiB ?? DEFAULT_MEMORY_MIB), '-smp', String(opts.cpus ?? 1))
   args.push('-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none')
   if (r.firmware) args.push('-bios', r.firmware)
-  args.push('-kernel', r.kernel)
-  if (opts.initrd) args.push('-initrd', opts.initrd)
-  args.push('-append', kernelAppend(opts.append))
+  const boot = opts.boot
+  if (r.kernel) {
+    args.push('-kernel', r.kernel)
+    if (opts.initrd) args.push('-initrd', opts.initrd)
+    args.push('-append', kernelAppend(opts.append))
+  } else if (boot?.kind === 'iso' && boot.as === 'cdrom') {
+    args.push('-drive', `file=${chardevValue(boot.path)},media=cdrom,if=none,id=boot0,readonly=on`, '-device', 'ide-cd,drive=boot0,bootindex=0')
+  } else if (boot?.kind === 'iso') {
+    // An isohybrid image written to a stick: a raw disk the firmware boots from its MBR / GPT ESP.
+    args.push('-drive', `file=${chardevValue(boot.path)},format=raw,if=none,id=boot0,readonly=on`, '-device', 'virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot')
+  }
   if (opts.interactive) {
     args.push('-chardev', `stdio,id=con0,mux=on,signal=off${opts.serialLogFile ? `,logfile=${chardevValue(opts.serialLogFile)}` : ''}`)
     args.push('-serial', 'chardev:con0', '-mon', 'chardev=con0,mode=readline')
@@ -332,8 +355,11 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
   }
   if (!opts.noNetwork) {
     const fwd = r.forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('')
-    args.push('-netdev', `user,id=n0${opts.restrictNetwork ? ',restrict=on' : ''}${fwd}`)
-    args.push('-device', `virtio-net-pci,netdev=n0,mac=${normaliseMac(opts.mac ?? DEFAULT_MAC)},romfile=`)
+    const net = boot?.kind === 'tftp' ? `,tftp=${chardevValue(boot.dir)},bootfile=${chardevValue(boot.bootfile)}` : boot?.kind === 'ipxe' ? `,bootfile=${chardevValue(boot.url)}` : ''
+    args.push('-netdev', `user,id=n0${opts.restrictNetwork ? ',restrict=on' : ''}${net}${fwd}`)
+    // Network boots need the NIC's option ROM (iPXE, from ipxe-qemu); the others skip it (faster).
+    const netboot = !r.kernel && (boot?.kind === 'tftp' || boot?.kind === 'ipxe')
+    args.push('-device', `virtio-net-pci,netdev=n0,mac=${normaliseMac(opts.mac ?? DEFAULT_MAC)}${netboot ? ',bootindex=0' : ',romfile='}`)
   }
   r.disks.forEach((d, i) => {
     args.push('-drive', `file=${chardevValue(d.path)},if=none,id=disk${i},format=${d.format},cache=unsafe,discard=unmap`)
@@ -344,6 +370,35 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
   if (!opts.allowReboot) args.push('-no-reboot')
   args.push(...(opts.extraArgs ?? []))
   return args
+}
+
+/** Exactly one of kernel / boot; the ISO or TFTP tree exists; network boots need a network. */
+async function checkFirmwareBoot(opts: VmOptions): Promise<void> {
+  const boot = opts.boot
+  if (opts.kernel && boot) throw new BootError(`boot either a kernel or ${boot.kind === 'iso' ? 'an ISO' : 'over the network'}, not both`)
+  if (!opts.kernel && !boot) throw new BootError('nothing to boot: give a kernel (and initrd), an ISO, a PXE directory or an iPXE URL')
+  if (!boot) return
+  if (boot.kind !== 'iso' && opts.noNetwork) throw new BootError('a network boot needs the network (noNetwork is set)')
+  if (boot.kind === 'iso') {
+    if (!(await stat(boot.path).then((s) => s.isFile(), () => false))) throw new BootError(`ISO ${boot.path} does not exist`)
+  } else if (boot.kind === 'tftp') {
+    if (!(await stat(boot.dir).then((s) => s.isDirectory(), () => false))) throw new BootError(`PXE directory ${boot.dir} does not exist`)
+    if (!(await stat(join(boot.dir, boot.bootfile)).then((s) => s.isFile(), () => false))) {
+      throw new BootError(`PXE directory ${boot.dir} has no ${boot.bootfile} (make it with rdk build --format pxe)`)
+    }
+  } else {
+    if (!/^https?:\/\/\S+$/.test(boot.url)) throw new BootError(`iPXE URL '${boot.url}' must be an http:// or https:// URL`)
+    if (opts.uefi) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
+  }
+  if (opts.initrd || opts.append) throw new BootError('--initrd/--append only apply to a kernel boot; an ISO or PXE tree carries its own kernel command line')
+}
+
+/**
+ * A URL as the guest must see it: 127.0.0.1 / localhost (this machine's loopback, where the user's
+ * HTTP server listens) is 10.0.2.2 inside qemu's user networking. Only the guest uses it.
+ */
+export function guestUrl(url: string): string {
+  return url.replace(/^(https?:\/\/)(127\.0\.0\.1|localhost|\[::1\])(?=[:/]|$)/i, '$110.0.2.2')
 }
 
 /** The kernel command line: the user's words plus `console=ttyS0` (unless they chose a ttyS console). */
@@ -392,6 +447,7 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
   for (const [what, p] of [['kernel', opts.kernel], ['initrd', opts.initrd]] as const) {
     if (p !== undefined && !(await stat(p).then((s) => s.isFile(), () => false))) throw new BootError(`${what} ${p} does not exist`)
   }
+  await checkFirmwareBoot(opts)
   const forced = opts.accel ?? (process.env.RDK_QEMU_ACCEL as Accel | undefined)
   if (forced !== undefined && forced !== 'kvm' && forced !== 'tcg') throw new BootError(`accelerator must be kvm or tcg, got '${String(forced)}'`)
   const {accel, reason} = forced ? {accel: forced, reason: opts.accel ? 'chosen' : 'chosen by $RDK_QEMU_ACCEL'} : await probeAccel(qemu)
@@ -406,7 +462,7 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
   const firmware = opts.uefi === true ? await findOvmf() : typeof opts.uefi === 'string' ? opts.uefi : undefined
   let kernel = opts.kernel
   let pvh = false
-  if (!firmware && (opts.pvh ?? true)) {
+  if (opts.kernel && !firmware && (opts.pvh ?? true)) {
     const r = await pvhKernel(opts.kernel, opts.cacheDir ?? defaultCacheDir())
     if (r.path) {
       kernel = r.path

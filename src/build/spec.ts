@@ -19,7 +19,7 @@ import {nearNames, YamlFile} from './yaml.js'
 export const FLAVORS = ['tiny', 'debian', 'container'] as const
 export type Flavor = (typeof FLAVORS)[number]
 
-/** Artefact formats. kernel and initramfs build today; the others are planned (a clear error until then). */
+/** Artefact formats (iso, pxe, ipxe, tar, zip: src/artefacts/, docs/artefacts.md). */
 export const FORMATS = ['kernel', 'initramfs', 'iso', 'pxe', 'ipxe', 'tar', 'zip'] as const
 export type Format = (typeof FORMATS)[number]
 
@@ -91,7 +91,7 @@ export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'sshKeys', flag: 'ssh-key', kind: 'pathList', repeatable: true, help: "authorized_keys file (public keys) for root's SSH login (repeatable)", defaultHelp: 'none', default: () => []},
   {key: 'hardwareManagers', flag: 'hardware-manager', kind: 'pathList', repeatable: true, help: 'custom hardware-manager module (.js/.mjs) or directory of them, installed for the agent (repeatable)', defaultHelp: 'none', default: () => []},
   {key: 'compress', flag: 'compress', kind: 'enum', choices: COMPRESSIONS, help: 'initramfs compression: gzip (no host tool needed), xz, zstd, none', defaultHelp: 'gzip', default: () => 'gzip'},
-  {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs (iso, pxe, ipxe, tar, zip: not implemented yet)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
+  {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs, iso (hybrid BIOS+UEFI), pxe (TFTP tree), ipxe (script), tar (.tar.gz bundle), zip (bundle)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
   {key: 'sourceDateEpoch', flag: 'source-date-epoch', kind: 'int', help: 'timestamp (seconds) given to every file in the image', defaultHelp: `$SOURCE_DATE_EPOCH, else ${DEFAULT_SOURCE_DATE_EPOCH}`, default: (e) => sourceDateEpochFromEnv(e.env)},
   {key: 'cacheDir', flag: 'cache-dir', kind: 'path', help: 'cache of downloaded packages and stage outputs', defaultHelp: '$XDG_CACHE_HOME/rdk or ~/.cache/rdk', default: (e) => (e.env.XDG_CACHE_HOME ? join(e.env.XDG_CACHE_HOME, 'rdk') : join(e.home, '.cache', 'rdk'))},
   {key: 'debianMirror', flag: 'debian-mirror', kind: 'string', help: 'Debian mirror URL', defaultHelp: "this machine's apt mirror, else " + DEFAULT_DEBIAN_MIRROR, default: (e) => mirrorFromApt(e.aptRoot)},

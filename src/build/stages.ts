@@ -16,6 +16,7 @@ import {runHooks} from './hooks.js'
 import {FINAL_STAGE, type Stage} from './registry.js'
 import {kernelCmdline} from './spec.js'
 import {RDK_VERSION} from '../common/version.js'
+import {artefactStages} from '../artefacts/stages.js'
 
 export function humanBytes(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} kB` : `${n} B`
@@ -26,6 +27,18 @@ function cachedSize(path: string): number {
 }
 
 export async function sha256OfFile(path: string): Promise<{sha256: string; size: number}> {
+  // A directory artefact (the PXE tree): the digest of its sha256sum-style listing, total size.
+  if (statSync(path).isDirectory()) {
+    const {listFiles} = await import('../artefacts/common.js')
+    let lines = ''
+    let total = 0
+    for (const rel of await listFiles(path)) {
+      const f = await sha256OfFile(join(path, rel))
+      lines += `${f.sha256}  ${rel}\n`
+      total += f.size
+    }
+    return {sha256: createHash('sha256').update(lines).digest('hex'), size: total}
+  }
   const h = createHash('sha256')
   let size = 0
   for await (const chunk of createReadStream(path, {highWaterMark: 1 << 20})) {
@@ -187,5 +200,10 @@ export const writeArtefactsStage: Stage = {
 
 /** The generic stage list, in order, with the placeholders. */
 export function genericStages(): Stage[] {
-  return [resolveElementsStage, rootHooksStage, fetchPackagesPlaceholder, fetchKernelPlaceholder, assembleTreeStage, runHooksStage, packInitramfsStage, writeKernelStage, writeArtefactsStage]
+  return [
+    resolveElementsStage, rootHooksStage, fetchPackagesPlaceholder, fetchKernelPlaceholder, assembleTreeStage, runHooksStage, packInitramfsStage, writeKernelStage,
+    // iso, pxe, ipxe, tar, zip (src/artefacts/stages.ts)
+    ...artefactStages(buildManifest),
+    writeArtefactsStage,
+  ]
 }

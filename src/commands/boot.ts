@@ -4,7 +4,7 @@ import {BootError, DEFAULT_MAC, DEFAULT_MEMORY_MIB} from '../boot/qemu.js'
 import {ToolMissingError} from '../common/exec.js'
 
 export default class Boot extends Command {
-  static override summary = 'Boot a built ramdisk (kernel + initramfs) in qemu, with the serial console on this terminal'
+  static override summary = 'Boot a built ramdisk (kernel + initramfs, ISO, PXE tree or iPXE script) in qemu, with the serial console on this terminal'
   static override description =
     'Finds <output>/<name>.kernel and <output>/<name>.initramfs as rdk build writes them, or boots --kernel/--initrd. ' +
     'User-mode networking with a fixed MAC; the agent port 9999 is forwarded from a free 127.0.0.1 port (host ports always bind 127.0.0.1). ' +
@@ -14,10 +14,17 @@ export default class Boot extends Command {
     '<%= config.bin %> boot',
     '<%= config.bin %> boot --output ./out --name rdk-tiny --append "ipa-api-url=http://10.0.2.2:6385 rdk.shell"',
     '<%= config.bin %> boot --kernel vmlinuz --initrd initrd.img --disk /tmp/disk0.qcow2 --disk-size 10G --memory 2048',
+    '<%= config.bin %> boot --iso out/rdk-tiny.iso --uefi --iso-as disk',
+    '<%= config.bin %> boot --pxe out/rdk-tiny-pxe --uefi',
+    '<%= config.bin %> boot --ipxe http://127.0.0.1:8080/rdk-tiny.ipxe',
     '<%= config.bin %> boot --uefi --disk-bus nvme --disk /tmp/d.raw --disk-size 4G --port-forward 9999 --port-forward 2222:22',
   ]
   static override flags = {
     kernel: Flags.string({description: 'kernel to boot [default: <output>/<name>.kernel]'}),
+    iso: Flags.string({description: 'boot this ISO through the firmware (SeaBIOS, or OVMF with --uefi) instead of a kernel'}),
+    'iso-as': Flags.string({description: 'attach the --iso as a CD or as a disk (the isohybrid USB-stick path)', options: ['cdrom', 'disk']}),
+    pxe: Flags.string({description: "PXE-boot this TFTP tree (rdk build --format pxe) with qemu's TFTP server: pxelinux.0, or grubx64.efi with --uefi"}),
+    ipxe: Flags.string({description: "boot this iPXE script URL with the NIC's iPXE ROM (BIOS; 127.0.0.1 means this machine)"}),
     initrd: Flags.string({description: 'initramfs to boot [default: <output>/<name>.initramfs]'}),
     output: Flags.string({description: 'directory rdk build wrote the artefacts to', default: 'out'}),
     name: Flags.string({description: 'artefact base name', default: 'rdk-tiny'}),
@@ -46,6 +53,10 @@ export default class Boot extends Command {
       process.exitCode = await bootFromCli({
         kernel: flags.kernel,
         initrd: flags.initrd,
+        iso: flags.iso,
+        isoAs: flags['iso-as'] as 'cdrom' | 'disk' | undefined,
+        pxe: flags.pxe,
+        ipxe: flags.ipxe,
         output: flags.output,
         name: flags.name,
         append: flags.append,

@@ -60,6 +60,9 @@ export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   openssl: 'openssl',
   poweroff: 'systemd-sysv',
   reboot: 'systemd-sysv',
+  'grub-mkimage': 'grub-common',
+  mmd: 'mtools',
+  mcopy: 'mtools',
 }
 
 export class ToolMissingError extends Error {
