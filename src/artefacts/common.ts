@@ -167,7 +167,7 @@ export async function checkInitrd(path: string | undefined): Promise<void> {
 /** An ISO 9660 volume label: up to 32 of A–Z 0–9 _ (lower case is upper-cased). */
 export function volumeLabel(label: string): string {
   const l = label.toUpperCase().replace(/[^A-Z0-9_]/g, '_').slice(0, 32)
-  if (!l) throw new ArtefactError(`volume label '${label}' has no usable characters (A–Z, 0–9, _)`)
+  if (!/[A-Z0-9]/.test(l)) throw new ArtefactError(`volume label '${label}' has no usable characters (A–Z, 0–9)`)
   return l
 }
 

@@ -118,6 +118,11 @@ export async function grubEfiImage(out: string, opts: {earlyConfig?: string; pre
   await run('grub-mkimage', [...args, ...opts.modules])
 }
 
+/** A path on the right of a -graft-points `=`: xorriso treats `\\` and `=` specially. */
+function graftPath(p: string): string {
+  return p.replace(/\\/g, '\\\\').replace(/=/g, '\\=')
+}
+
 /** Build the ISO. Checks its inputs first; leaves no partial file behind on any error. */
 export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
   const kernel = resolve(opts.kernel)
@@ -191,8 +196,8 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
           '--set_all_file_dates', `=${epoch}`,
           '-graft-points',
           st,
-          `boot/vmlinuz=${kernel}`,
-          `boot/initrd.img=${initrd}`,
+          `boot/vmlinuz=${graftPath(kernel)}`,
+          `boot/initrd.img=${graftPath(initrd)}`,
         ],
         {env},
       )
