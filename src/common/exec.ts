@@ -63,6 +63,10 @@ export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   'grub-mkimage': 'grub-common',
   mmd: 'mtools',
   mcopy: 'mtools',
+  mdir: 'mtools',
+  unzip: 'unzip',
+  sha256sum: 'coreutils',
+  tar: 'tar',
 }
 
 export class ToolMissingError extends Error {
