@@ -103,6 +103,8 @@ describe('makeIso: reproducible', () => {
     const r1 = await makeIso({...opts, output: join(a, 'x.iso')})
     await utimes(kernel, new Date(), new Date('2030-01-01'))
     await utimes(initrd, new Date(), new Date('2001-01-01'))
+    // FAT keeps 2-second times (and 10 ms creation times): make "now" differ between the two builds.
+    await new Promise((r) => setTimeout(r, 2100))
     const r2 = await makeIso({...opts, output: join(b, 'x.iso')})
     expect(r2.sha256).toBe(r1.sha256)
     expect(await readFile(join(a, 'x.iso'))).toEqual(await readFile(join(b, 'x.iso')))

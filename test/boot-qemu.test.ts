@@ -14,6 +14,7 @@ import {
   BootError,
   bzImagePayload,
   formatCommand,
+  guestUrl,
   hasPvhNote,
   kernelAppend,
   normaliseMac,
@@ -21,6 +22,7 @@ import {
   parseSize,
   probeFirmware,
   qemuArgs,
+  resolveVm,
   startVm,
   type ResolvedVm,
   type VmOptions,
@@ -97,6 +99,68 @@ describe('qemu command line', () => {
   it('boots the kernel it resolved (the PVH ELF) and quotes the command line for a shell', () => {
     expect(after(args({}, {kernel: '/cache/vmlinux/x.elf', pvh: true}), '-kernel')).toEqual(['/cache/vmlinux/x.elf'])
     expect(formatCommand(['qemu', '-append', 'a b', "it's"])).toBe(`qemu -append 'a b' 'it'\\''s'`)
+  })
+})
+
+describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
+  const fw = (boot: VmOptions['boot'], extra: Partial<VmOptions> = {}) => qemuArgs({boot, ...extra}, resolved({kernel: undefined}))
+
+  it('an ISO as a CD (ide-cd) or as a disk (virtio-blk), first boot device, no -kernel', () => {
+    const cd = fw({kind: 'iso', path: '/o/x,y.iso', as: 'cdrom'})
+    expect(cd).not.toContain('-kernel')
+    expect(cd).not.toContain('-append')
+    expect(after(cd, '-drive')).toContain('file=/o/x,,y.iso,media=cdrom,if=none,id=boot0,readonly=on')
+    expect(after(cd, '-device')).toContain('ide-cd,drive=boot0,bootindex=0')
+    const disk = fw({kind: 'iso', path: '/o/x.iso', as: 'disk'}, {uefi: true})
+    expect(after(disk, '-drive')).toContain('file=/o/x.iso,format=raw,if=none,id=boot0,readonly=on')
+    expect(after(disk, '-device')).toContain('virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot')
+    // No network boot: the NIC keeps romfile= (no option ROM).
+    expect(after(disk, '-device').find((d) => d.startsWith('virtio-net-pci'))).toMatch(/,romfile=$/)
+  })
+
+  it("PXE through qemu's TFTP server and iPXE by DHCP boot-file URL; the NIC keeps its iPXE ROM", () => {
+    const pxe = fw({kind: 'tftp', dir: '/o/rdk-pxe', bootfile: 'grubx64.efi'})
+    expect(after(pxe, '-netdev')[0]).toBe('user,id=n0,tftp=/o/rdk-pxe,bootfile=grubx64.efi,hostfwd=tcp:127.0.0.1:40000-:9999')
+    expect(after(pxe, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0')
+    const ipxe = fw({kind: 'ipxe', url: 'http://10.0.2.2:8080/a.ipxe'})
+    expect(after(ipxe, '-netdev')[0]).toBe('user,id=n0,bootfile=http://10.0.2.2:8080/a.ipxe,hostfwd=tcp:127.0.0.1:40000-:9999')
+  })
+
+  it('the guest sees the host loopback as 10.0.2.2; other URLs stay as they are', () => {
+    expect(guestUrl('http://127.0.0.1:8080/x.ipxe')).toBe('http://10.0.2.2:8080/x.ipxe')
+    expect(guestUrl('http://localhost/x.ipxe')).toBe('http://10.0.2.2/x.ipxe')
+    expect(guestUrl('https://images.example/x.ipxe')).toBe('https://images.example/x.ipxe')
+    expect(guestUrl('http://127.0.0.10/x')).toBe('http://127.0.0.10/x')
+  })
+
+  it('refuses ambiguous or impossible boots before starting qemu', async () => {
+    await writeFile(join(dir, 'a.iso'), 'iso')
+    const r = (o: VmOptions) => resolveVm({accel: 'tcg', ...o}, {dryRun: true})
+    await expect(r({})).rejects.toThrow(/nothing to boot/)
+    await expect(r({kernel: join(dir, 'a.iso'), boot: {kind: 'iso', path: join(dir, 'a.iso'), as: 'cdrom'}})).rejects.toThrow(/either a kernel or an ISO, not both/)
+    await expect(r({boot: {kind: 'iso', path: join(dir, 'missing.iso'), as: 'cdrom'}})).rejects.toThrow(/ISO .*missing\.iso does not exist/)
+    await expect(r({boot: {kind: 'tftp', dir, bootfile: 'pxelinux.0'}})).rejects.toThrow(/has no pxelinux\.0 \(make it with rdk build --format pxe\)/)
+    await expect(r({boot: {kind: 'ipxe', url: 'http://10.0.2.2/x.ipxe'}, uefi: '/fw.fd'})).rejects.toThrow(/cannot be combined with --uefi/)
+    await expect(r({boot: {kind: 'ipxe', url: 'tftp://x'}})).rejects.toThrow(/must be an http/)
+    await expect(r({boot: {kind: 'iso', path: join(dir, 'a.iso'), as: 'cdrom'}, append: 'x=1'})).rejects.toThrow(/only apply to a kernel boot/)
+    const ok = await r({boot: {kind: 'iso', path: join(dir, 'a.iso'), as: 'cdrom'}})
+    expect(ok.kernel).toBeUndefined()
+    expect(ok.pvh).toBe(false)
+  })
+
+  it('rdk boot --iso/--pxe/--ipxe flags: one at a time, never with --kernel; PXE boot file by firmware', async () => {
+    const base: BootCliOptions = {
+      output: dir, name: 'none', memory: 1024, cpus: 1, disks: [], diskBus: 'virtio', portForwards: [], uefi: false,
+      accel: 'auto', pvh: true, restrictNetwork: false, reboot: false, qemuArgs: [], dryRun: false, say: () => undefined,
+    }
+    expect((await vmOptionsFromCli({...base, iso: 'a.iso'})).boot).toEqual({kind: 'iso', path: join(process.cwd(), 'a.iso'), as: 'cdrom'})
+    expect((await vmOptionsFromCli({...base, iso: 'a.iso', isoAs: 'disk'})).boot).toMatchObject({as: 'disk'})
+    expect((await vmOptionsFromCli({...base, pxe: dir})).boot).toEqual({kind: 'tftp', dir, bootfile: 'pxelinux.0'})
+    expect((await vmOptionsFromCli({...base, pxe: dir, uefi: true})).boot).toEqual({kind: 'tftp', dir, bootfile: 'grubx64.efi'})
+    expect((await vmOptionsFromCli({...base, ipxe: 'http://127.0.0.1:81/a.ipxe'})).boot).toEqual({kind: 'ipxe', url: 'http://10.0.2.2:81/a.ipxe'})
+    await expect(vmOptionsFromCli({...base, iso: 'a.iso', pxe: dir})).rejects.toThrow(/--iso and --pxe cannot be combined/)
+    await expect(vmOptionsFromCli({...base, iso: 'a.iso', kernel: 'k'})).rejects.toThrow(/--kernel\/--initrd\/--append do not apply/)
+    await expect(vmOptionsFromCli({...base, isoAs: 'disk'})).rejects.toThrow(/--iso-as needs --iso/)
   })
 })
 
@@ -204,7 +268,7 @@ describe('PVH kernel extraction and the KVM probe', () => {
 describe('tiny elements', () => {
   it('tiny-init and tiny-agent manifests load', async () => {
     const init = await loadElement({name: 'tiny-init', dir: join(REPO, 'elements/tiny-init'), searchPath: join(REPO, 'elements'), builtin: true})
-    expect(init.manifest.packages).toEqual([{name: 'busybox-static'}])
+    expect(init.manifest.packages).toEqual([{name: 'busybox'}])
     expect(init.manifest.files.map((f) => [f.path, f.mode])).toEqual([
       ['/init', 0o755],
       ['/etc/udhcpc/default.script', 0o755],

@@ -103,7 +103,9 @@ export async function makeFatImage(image: string, files: [string, string][], epo
   await run('mkfs.vfat', ['--invariant', '-i', 'D15C0B07', '-n', label, image], {env})
   const dirs = [...new Set(files.flatMap(([p]) => p.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))))].sort()
   if (dirs.length) await run('mmd', ['-i', image, ...dirs.map((d) => `::/${d}`)], {env})
-  for (const [p, src] of [...files].sort((a, b) => (a[0] < b[0] ? -1 : 1))) await run('mcopy', ['-m', '-i', image, src, `::/${p}`], {env})
+  // No `mcopy -m`: the sources' own times (a GRUB image made a moment ago) must not leak in; mtools
+  // stamps every entry with SOURCE_DATE_EPOCH instead.
+  for (const [p, src] of [...files].sort((a, b) => (a[0] < b[0] ? -1 : 1))) await run('mcopy', ['-i', image, src, `::/${p}`], {env})
 }
 
 /** grub-mkimage for x86_64-efi with an embedded early config and the modules built in. */
