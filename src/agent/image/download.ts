@@ -9,16 +9,17 @@
  * answers 200 and the bytes already delivered are read again and dropped, so the consumer sees
  * one uninterrupted byte stream either way and the hash stays right.
  */
-import {createHash, type Hash} from 'node:crypto'
 import {readFileSync} from 'node:fs'
 import http, {type IncomingMessage} from 'node:http'
 import https from 'node:https'
 import {isIP} from 'node:net'
 import {posix} from 'node:path'
 import {Readable} from 'node:stream'
+import {createHash, type Hash} from 'node:crypto'
 import tls from 'node:tls'
 import {ImageChecksumError, ImageDownloadError, RESTError} from '../errors.js'
 import type {Logger} from '../log.js'
+import {GcNudger} from './gc.js'
 
 /** The image_info fields the downloader reads (Ironic's names). */
 export interface ImageInfo {
@@ -343,6 +344,7 @@ export class ImageDownload {
   readonly stats: DownloadStats = {bytes: 0, resumes: 0, rangeResumes: 0, seconds: 0}
   private readonly hash: Hash
   private started = Date.now()
+  private actual?: string
   private used = false
 
   private constructor(
@@ -388,12 +390,21 @@ export class ImageDownload {
   async *chunks(): AsyncGenerator<Buffer> {
     if (this.used) throw new Error('an ImageDownload can be read only once')
     this.used = true
+    try {
+      yield* this.read()
+    } finally {
+      if (this.actual === undefined) this.close()
+    }
+  }
+
+  private async *read(): AsyncGenerator<Buffer> {
     const {retries, retryInterval, maxDuration, log} = this.settings
     const total = this.size
     let delivered = 0
     let skip = 0 // bytes to drop from the current response (a server that ignored Range)
     let failures = 0
     const deadline = maxDuration > 0 ? this.started + maxDuration * 1000 : Infinity
+    const gc = new GcNudger()
     for (;;) {
       try {
         for await (const raw of this.res) {
@@ -411,6 +422,7 @@ export class ImageDownload {
             skip = 0
           }
           this.hash.update(chunk)
+          gc.add(chunk.length)
           delivered += chunk.length
           this.stats.bytes = delivered
           yield chunk
@@ -444,6 +456,7 @@ export class ImageDownload {
         this.res = res
       }
     }
+    this.actual = this.hash.digest('hex')
     this.stats.seconds = (Date.now() - this.started) / 1000
     log.info('image downloaded', {url: redact(this.url), bytes: delivered, seconds: this.stats.seconds, resumes: this.stats.resumes})
   }
@@ -453,9 +466,15 @@ export class ImageDownload {
     return Readable.from(this.chunks(), {objectMode: false})
   }
 
-  /** The hex digest of every byte delivered so far. */
+  /** The hex digest of the whole image (after chunks() has been read to its end). */
   digest(): string {
-    return this.hash.copy().digest('hex')
+    if (this.actual === undefined) throw new Error('the image has not been read to its end yet')
+    return this.actual
+  }
+
+  /** Stop background work of a download abandoned half-way. */
+  close(): void {
+    this.res.destroy()
   }
 
   /** Compare the on-the-fly hash with the expected one (ImageChecksumError on mismatch). */

@@ -17,11 +17,10 @@
 import {constants as zc, inflateRawSync} from 'node:zlib'
 import {InvalidImage} from '../errors.js'
 import type {Logger} from '../log.js'
-import {isZero, type Target} from './target.js'
+import {BufferPool, isZero, type Target} from './target.js'
 
 const QCOW2_MAGIC = 0x514649fb
 const MAX_L1_BYTES = 32 * 1024 * 1024
-const MAX_RUN = 4 * 1024 * 1024
 const TWO32 = 2 ** 32
 
 export interface Qcow2Header {
@@ -131,9 +130,17 @@ export interface Qcow2Result {
 export class Qcow2Stream {
   header?: Qcow2Header
   private cs = 0
+  /** Bytes before the header could be parsed. */
   private carry: Buffer[] = []
   private carryLen = 0
-  private pos = 0 // file offset of the first byte in carry
+  /**
+   * Clusters that straddle socket chunks are assembled in one of two reused buffers (never the
+   * one `prev` points at); whole clusters inside a chunk are processed in place. Nothing per
+   * byte is allocated, which keeps RSS flat.
+   */
+  private asm: [Buffer, Buffer] = [Buffer.alloc(0), Buffer.alloc(0)]
+  private asmIdx = 0
+  private asmFill = 0
   private idx = 0 // next host cluster index to process
   private readonly meta = new Map<number, Meta>()
   private readonly data = new Map<number, number>()
@@ -147,7 +154,8 @@ export class Qcow2Stream {
   private l1Done = false
   private outstandingL2 = 0
   private prev?: {idx: number; buf: Buffer}
-  private run?: {start: number; parts: Buffer[]; len: number}
+  private run?: {start: number; buf: Buffer; len: number}
+  private readonly pool = new BufferPool()
   private readonly stats = {dataClusters: 0, compressedClusters: 0, zeroClusters: 0, maxPendingBytes: 0}
 
   constructor(
@@ -157,9 +165,9 @@ export class Qcow2Stream {
   ) {}
 
   async push(chunk: Buffer): Promise<void> {
-    this.carry.push(chunk)
-    this.carryLen += chunk.length
     if (!this.header) {
+      this.carry.push(chunk)
+      this.carryLen += chunk.length
       if (this.carryLen < 512) return
       const head = Buffer.concat(this.carry)
       this.carry = [head]
@@ -167,16 +175,47 @@ export class Qcow2Stream {
       const cs = bits >= 9 && bits <= 21 ? 2 ** bits : 512
       if (head.length < cs) return
       this.start(parseQcow2Header(head.subarray(0, cs)))
+      this.carry = []
+      this.carryLen = 0
+      chunk = head
     }
-    await this.drainCarry(false)
+    await this.feed(chunk)
+  }
+
+  private async feed(chunk: Buffer): Promise<void> {
+    const cs = this.cs
+    let off = 0
+    while (off < chunk.length) {
+      if (this.asmFill === 0 && chunk.length - off >= cs) {
+        await this.processCluster(this.idx++, chunk.subarray(off, off + cs))
+        off += cs
+        continue
+      }
+      const asm = this.asm[this.asmIdx]!
+      const n = Math.min(cs - this.asmFill, chunk.length - off)
+      chunk.copy(asm, this.asmFill, off, off + n)
+      this.asmFill += n
+      off += n
+      if (this.asmFill === cs) {
+        await this.processCluster(this.idx++, asm)
+        this.asmIdx ^= 1
+        this.asmFill = 0
+      }
+    }
   }
 
   async end(): Promise<Qcow2Result> {
     if (!this.header) {
       if (this.carryLen === 0) throw new InvalidImage('the image is empty')
-      this.start(parseQcow2Header(Buffer.concat(this.carry)))
+      const head = Buffer.concat(this.carry)
+      this.start(parseQcow2Header(head))
+      await this.feed(head)
     }
-    await this.drainCarry(true)
+    if (this.asmFill > 0) {
+      // The file ends inside a cluster (compressed data packed to the sector).
+      await this.processCluster(this.idx++, this.asm[this.asmIdx]!.subarray(0, this.asmFill))
+      this.asmFill = 0
+    }
     // Compressed blobs whose rounded-up last sector lies past the end of the file.
     for (const [endIdx, blobs] of this.compByEnd) {
       if (endIdx < this.idx) continue
@@ -195,6 +234,7 @@ export class Qcow2Stream {
   private start(h: Qcow2Header): void {
     this.header = h
     this.cs = h.clusterSize
+    this.asm = [Buffer.alloc(h.clusterSize), Buffer.alloc(h.clusterSize)]
     this.target.setUnit(h.clusterSize)
     this.l1Clusters = Math.max(1, Math.ceil((h.l1Size * 8) / h.clusterSize))
     if (h.l1Size === 0) {
@@ -207,22 +247,6 @@ export class Qcow2Stream {
       for (let i = 0; i < this.l1Clusters; i++) this.meta.set(first + i, {kind: 'l1', index: i})
     }
     this.log.info('qcow2 image', {version: h.version, cluster_size: h.clusterSize, virtual_size: h.virtualSize, snapshots: h.nbSnapshots})
-  }
-
-  private async drainCarry(final: boolean): Promise<void> {
-    if (this.carryLen < this.cs && !(final && this.carryLen > 0)) return
-    let buf = this.carry.length === 1 ? this.carry[0]! : Buffer.concat(this.carry)
-    let off = 0
-    while (buf.length - off >= this.cs || (final && off < buf.length)) {
-      const piece = buf.subarray(off, Math.min(buf.length, off + this.cs))
-      await this.processCluster(this.idx, piece)
-      this.idx++
-      off += piece.length
-    }
-    buf = buf.subarray(off)
-    this.pos += off
-    this.carry = buf.length ? [buf] : []
-    this.carryLen = buf.length
   }
 
   private async processCluster(idx: number, buf: Buffer): Promise<void> {
@@ -395,20 +419,27 @@ export class Qcow2Stream {
       return
     }
     const run = this.run
-    if (run && run.start + run.len === guest && run.len + len <= MAX_RUN) {
-      run.parts.push(piece)
+    if (run && run.start + run.len === guest && run.len + len <= run.buf.length) {
+      piece.copy(run.buf, run.len)
       run.len += len
       return
     }
     await this.flushRun()
-    this.run = {start: guest, parts: [piece], len}
+    if (len > this.pool.size) {
+      // A 2 MiB cluster cannot outgrow a 4 MiB block, but keep this safe anyway.
+      await this.target.write(Buffer.from(piece), guest, this.header!.virtualSize)
+      return
+    }
+    const block = await this.pool.get()
+    piece.copy(block, 0)
+    this.run = {start: guest, buf: block, len}
   }
 
   private async flushRun(): Promise<void> {
     const run = this.run
     if (!run) return
     this.run = undefined
-    const buf = run.parts.length === 1 ? Buffer.from(run.parts[0]!) : Buffer.concat(run.parts, run.len)
-    await this.target.write(buf, run.start, this.header!.virtualSize)
+    const {done} = await this.target.write(run.buf.subarray(0, run.len), run.start, this.header!.virtualSize)
+    void done.then(() => this.pool.release(run.buf))
   }
 }

@@ -35,9 +35,8 @@ import {createConfigDrivePartition, diskIdentifier, partitionTable, partitionUui
 import {downloadSettings, ImageDownload, type DownloadSettings, type ImageInfo} from './download.js'
 import {DETECT_BYTES, detectFormat, validateFormat, type ImageFormat} from './format.js'
 import {Qcow2OrderError, Qcow2Stream} from './qcow2.js'
-import {isZero, Target, TargetFullError} from './target.js'
+import {BufferPool, isZero, Target, TargetFullError} from './target.js'
 
-const RAW_BLOCK = 4 * 1024 * 1024
 const ZERO_CHECK = 64 * 1024
 
 /** IPA's _validate_image_info: id, a non-empty urls list, and a checksum it can verify. */
@@ -118,33 +117,37 @@ async function* rest(head: Buffer, it: AsyncIterator<Buffer>, done: boolean): As
 
 /** Raw bytes to the target at their own offsets, skipping all-zero 64 KiB pieces. */
 async function streamRaw(source: AsyncIterable<Buffer>, target: Target): Promise<number> {
-  let block = Buffer.allocUnsafe(RAW_BLOCK)
+  const pool = new BufferPool()
+  let block = await pool.get()
   let fill = 0
   let base = 0
   const flush = async (): Promise<void> => {
+    const done: Promise<unknown>[] = []
     let runStart = -1
     for (let off = 0; off < fill; off += ZERO_CHECK) {
       const end = Math.min(fill, off + ZERO_CHECK)
       const zero = isZero(block.subarray(off, end))
       if (!zero && runStart < 0) runStart = off
       if (zero && runStart >= 0) {
-        await target.write(block.subarray(runStart, off), base + runStart)
+        done.push((await target.write(block.subarray(runStart, off), base + runStart)).done)
         runStart = -1
       }
     }
-    if (runStart >= 0) await target.write(block.subarray(runStart, fill), base + runStart)
+    if (runStart >= 0) done.push((await target.write(block.subarray(runStart, fill), base + runStart)).done)
+    const used = block
+    void Promise.all(done).then(() => pool.release(used))
     base += fill
     fill = 0
-    block = Buffer.allocUnsafe(RAW_BLOCK) // the old one may still be in flight
+    block = await pool.get() // the old one is released once its writes are done
   }
   for await (const chunk of source) {
     let off = 0
     while (off < chunk.length) {
-      const n = Math.min(chunk.length - off, RAW_BLOCK - fill)
+      const n = Math.min(chunk.length - off, block.length - fill)
       chunk.copy(block, fill, off, off + n)
       fill += n
       off += n
-      if (fill === RAW_BLOCK) await flush()
+      if (fill === block.length) await flush()
     }
   }
   if (fill) await flush()
@@ -355,8 +358,14 @@ async function writeWholeDisk(ctx: PrepareContext, info: ImageInfo, device: stri
   const settings = settingsOf(config, log)
   // Connect (and resolve the checksum) first: a bad URL or checksum leaves the disk untouched.
   const dl = await ImageDownload.open(info, settings)
-  await destroyDiskMetadata(device, config.deviceAllowlist, log)
-  const target = await Target.open(device)
+  let target: Target
+  try {
+    await destroyDiskMetadata(device, config.deviceAllowlist, log)
+    target = await Target.open(device)
+  } catch (err) {
+    dl.close()
+    throw err
+  }
   try {
     const result = await writeImage(dl, target, info.disk_format, {
       permitted: config.permittedImageFormats,
