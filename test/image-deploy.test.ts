@@ -19,6 +19,7 @@ import {GenericHardwareManager} from '../src/agent/hardware/generic.js'
 import {ManagerRegistry} from '../src/agent/hardware/manager.js'
 import type {AgentRuntime} from '../src/agent/runtime.js'
 import {run} from '../src/common/exec.js'
+import {agentRequest, startAgentProcess} from './helpers/agent-process.js'
 import {attachLoop, detachLoop, type LoopDevice} from './helpers/loop.js'
 import {join, makeRawImage, MIB, qemuImg, quiet, sha256File, startImageServer, type ImageServer} from './helpers/image.js'
 
@@ -230,5 +231,42 @@ describe('whole-disk deploy on loop devices', () => {
     b = await deploy(imageInfo('dos.raw', {id: 'dos-final'}))
     expect(b.command_status).toBe('SUCCEEDED')
     expect(await sha256File(A.device, IMG_MIB * MIB)).toBe(rawSha)
+  })
+
+  it('through the real agent bundle (dist/agent.mjs) and its REST API, as Ironic drives it', async () => {
+    const agentProc = await startAgentProcess({args: ['--device-allowlist', `${A.device},${B.device}`, '--disk-wait-attempts', '0']})
+    try {
+      const q = `?agent_token=${encodeURIComponent(agentProc.token)}`
+      const post = (name: string, params: unknown, wait: boolean) =>
+        agentRequest(agentProc.url, {method: 'POST', path: `/v1/commands/${q}&wait=${wait}`, headers: {'Content-Type': 'application/json'}, body: JSON.stringify({name, params})})
+      const last = async (): Promise<any> => {
+        for (let i = 0; i < 600; i++) {
+          const r = await agentRequest(agentProc.url, {path: `/v1/commands/${q}`})
+          const cmd = r.json.commands.at(-1)
+          if (cmd.command_status !== 'RUNNING') return cmd
+          await new Promise((res) => setTimeout(res, 100))
+        }
+        throw new Error('command still running')
+      }
+      const step = {interface: 'deploy', step: 'write_image', args: {image_info: imageInfo('dos.qcow2', {id: 'via-api'}), configdrive: null}}
+      const started = await post('deploy.execute_deploy_step', {step, node: node(), ports: [], deploy_version: {generic_hardware_manager: '1.2'}}, false)
+      expect(started.status, started.text).toBe(200)
+      expect(started.json.command_status).toBe('RUNNING')
+      // IPA's rule: one command at a time
+      expect((await post('standby.get_partition_uuids', {}, true)).status).toBe(409)
+      const done = await last()
+      expect(done).toMatchObject({command_status: 'SUCCEEDED', command_result: {deploy_result: {result: `prepare_image: image (via-api) written to device ${A.device} root_uuid=0x1234abcd`}}})
+      expect(await sha256File(A.device, IMG_MIB * MIB)).toBe(rawSha)
+      const uuids = await post('standby.get_partition_uuids', {}, true)
+      expect(uuids.json.command_result).toEqual({'root uuid': '0x1234abcd'})
+      // a failing write is a FAILED result with IPA's error, and the API keeps answering
+      const bad = {...step, args: {image_info: imageInfo('missing.qcow2', {os_hash_value: 'ab'.repeat(32)}), configdrive: null}}
+      await post('deploy.execute_deploy_step', {step: bad, node: node(), ports: []}, false)
+      const failed = await last()
+      expect(failed).toMatchObject({command_status: 'FAILED', command_error: {type: 'ImageDownloadError', code: 500}})
+      expect((await agentRequest(agentProc.url, {path: '/v1/status'})).status).toBe(200)
+    } finally {
+      await agentProc.stop()
+    }
   })
 })
