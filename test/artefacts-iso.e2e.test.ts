@@ -4,13 +4,15 @@
  * UEFI CD, BIOS disk, UEFI disk (the isohybrid USB-stick path). Each boot has its own node and MAC,
  * so each lookup is independent; the agent must answer /v1/status and heartbeat to the Ironic the
  * baked ipa-api-url names. Then `rdk iso` on a kernel + busybox initramfs rdk did not build boots
- * and shows the baked command line.
+ * and shows the baked command line. A sixth boot: an ISO with Debian's signed shim + GRUB under
+ * OVMF with Secure Boot enforced.
  */
-import {mkdtemp, rm, stat} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, rm, stat} from 'node:fs/promises'
 import {request} from 'node:https'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {makeIso} from '../src/artefacts/iso.js'
 import {startVm, type Vm} from '../src/boot/qemu.js'
 import {run} from '../src/common/exec.js'
 import {buildTiny, busyboxInitrd, packageVersion, waitForHeartbeat} from './helpers/artefacts.js'
@@ -97,6 +99,38 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
       }
     }, 420_000)
   }
+
+  it("Secure Boot: Debian's signed shim + GRUB (unpacked from the .debs) boot the signed kernel under enforcing OVMF", async () => {
+    // Unpacked, not installed: shim-signed's postinst may run grub-install on an EFI host.
+    const sb = join(dir, 'sb')
+    await mkdir(sb, {recursive: true})
+    await run('apt-get', ['download', 'shim-signed', 'grub-efi-amd64-signed'], {cwd: sb, timeoutMs: 300_000})
+    for (const deb of (await readdir(sb)).filter((f) => f.endsWith('.deb'))) await run('dpkg-deb', ['-x', join(sb, deb), join(sb, 'root')])
+    const shim = join(sb, 'root/usr/lib/shim/shimx64.efi.signed')
+    const grub = join(sb, 'root/usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed')
+    const sbIso = join(dir, 'sb.iso')
+    const baked = [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=secure-boot']
+    const r = await makeIso({kernel, initrd: join(dir, 'out', 'rdk-tiny.initramfs'), output: sbIso, kernelArgs: baked, label: 'RDK_SB', secureBoot: {shim, grub}})
+    expect(r.secureBoot).toBe(true)
+    const mac = '52:54:00:a4:01:05'
+    const node = await ironic.createNode({name: 'iso-secure-boot'})
+    await ironic.createPort(node.uuid, mac)
+    await ironic.setProvisionState(node.uuid, 'manage')
+    await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
+    let vm: Vm | undefined
+    try {
+      vm = await startVm({boot: {kind: 'iso', path: sbIso, as: 'cdrom'}, secureBoot: true, mac, memoryMiB: 1024, portForwards: [{guestPort: 9999, hostPort}]})
+      const dii = await waitForHeartbeat(ironic, node.uuid, 360_000)
+      times['UEFI-secure-boot'] = Date.now() - vm.startedAt
+      expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
+      expect(vm.serialLog()).toMatch(/Secure boot enabled/)
+      expect(/Command line: (.*)/.exec(vm.serialLog())?.[1]).toMatch(/boot_method=vmedia .*rdk\.test=secure-boot/)
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- serial ---\n${vm?.serialLog().slice(-3000)}`)
+    } finally {
+      await vm?.stop()
+    }
+  }, 600_000)
 
   it('rdk iso makes a bootable ISO from a kernel + busybox initramfs rdk did not build', async () => {
     const initrd = await busyboxInitrd(dir)

@@ -63,8 +63,12 @@ export interface IsoOptions {
   title?: string
   /** Seconds since the epoch for every timestamp (default $SOURCE_DATE_EPOCH, else 2024-01-01). */
   sourceDateEpoch?: number
-  /** Debian's signed shim + GRUB for UEFI (packages shim-signed, grub-efi-amd64-signed). */
-  secureBoot?: boolean
+  /**
+   * UEFI through Debian's signed shim + GRUB: true takes them from the installed packages
+   * (shim-signed, grub-efi-amd64-signed); or name the two files (e.g. unpacked from the .debs with
+   * `dpkg-deb -x`, without installing them).
+   */
+  secureBoot?: boolean | {shim: string; grub: string}
   /** Boot menu timeout in seconds (default 1). */
   timeout?: number
   /** Scratch directory parent (default the OS temp dir). */
@@ -145,8 +149,14 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
   const isolinuxBin = await bootFile('isolinuxBin')
   const mbr = await bootFile('isohybridMbr')
   const ldlinux = await bootFile('ldlinux')
-  const shim = secureBoot ? await bootFile('shimSigned') : undefined
-  const signedGrub = secureBoot ? await bootFile('grubCdSigned') : undefined
+  const given = typeof opts.secureBoot === 'object' ? opts.secureBoot : undefined
+  if (given) {
+    for (const [what, p] of [['signed shim', given.shim], ['signed GRUB', given.grub]] as const) {
+      if (!(await stat(p).then((st) => st.isFile(), () => false))) throw new ArtefactError(`${what} ${p} does not exist`)
+    }
+  }
+  const shim = given ? resolve(given.shim) : secureBoot ? await bootFile('shimSigned') : undefined
+  const signedGrub = given ? resolve(given.grub) : secureBoot ? await bootFile('grubCdSigned') : undefined
 
   const work = await mkdtemp(join(opts.workDir ?? tmpdir(), 'rdk-iso-'))
   try {

@@ -46,6 +46,8 @@ export interface BootCliOptions {
   mac?: string
   serialLog?: string
   uefi: boolean
+  /** OVMF with Secure Boot enforced (Microsoft keys): only signed loaders boot. */
+  secureBoot?: boolean
   firmware?: string
   accel: Accel | 'auto'
   pvh: boolean
@@ -62,13 +64,13 @@ async function isFile(p: string): Promise<boolean> {
 }
 
 /** --iso / --pxe / --ipxe → how the firmware boots (undefined: a kernel boot). */
-export function firmwareBootFromCli(o: Pick<BootCliOptions, 'iso' | 'isoAs' | 'pxe' | 'ipxe' | 'kernel' | 'initrd' | 'append' | 'uefi' | 'firmware'>): FirmwareBoot | undefined {
+export function firmwareBootFromCli(o: Pick<BootCliOptions, 'iso' | 'isoAs' | 'pxe' | 'ipxe' | 'kernel' | 'initrd' | 'append' | 'uefi' | 'firmware' | 'secureBoot'>): FirmwareBoot | undefined {
   const chosen = (['iso', 'pxe', 'ipxe'] as const).filter((k) => o[k] !== undefined)
   if (chosen.length > 1) throw new BootError(`--${chosen.join(' and --')} cannot be combined: boot one thing`)
   if (chosen.length === 0) return undefined
   if (o.kernel || o.initrd || o.append) throw new BootError(`--${chosen[0]} boots through the firmware: --kernel/--initrd/--append do not apply (the artefact carries its own kernel command line)`)
   if (o.iso !== undefined) return {kind: 'iso', path: resolve(o.iso), as: o.isoAs ?? 'cdrom'}
-  if (o.pxe !== undefined) return {kind: 'tftp', dir: resolve(o.pxe), bootfile: o.uefi || o.firmware ? PXE_BOOTFILES.uefi : PXE_BOOTFILES.bios}
+  if (o.pxe !== undefined) return {kind: 'tftp', dir: resolve(o.pxe), bootfile: o.uefi || o.firmware || o.secureBoot ? PXE_BOOTFILES.uefi : PXE_BOOTFILES.bios}
   return {kind: 'ipxe', url: guestUrl(o.ipxe!)}
 }
 
@@ -100,7 +102,8 @@ async function commonVmOptions(o: BootCliOptions): Promise<VmOptions> {
     mac: o.mac,
     serialLogFile: o.serialLog ? resolve(o.serialLog) : undefined,
     interactive: true,
-    uefi: o.firmware ? resolve(o.firmware) : o.uefi,
+    uefi: o.firmware ? resolve(o.firmware) : o.uefi || Boolean(o.secureBoot),
+    secureBoot: o.secureBoot,
     accel: o.accel === 'auto' ? undefined : o.accel,
     pvh: o.pvh,
     restrictNetwork: o.restrictNetwork,

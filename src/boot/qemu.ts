@@ -27,7 +27,7 @@
  */
 import {spawn, type ChildProcess} from 'node:child_process'
 import {createHash} from 'node:crypto'
-import {constants as fsConstants, createWriteStream, type WriteStream} from 'node:fs'
+import {constants as fsConstants, createWriteStream, rmSync, type WriteStream} from 'node:fs'
 import {access, mkdir, mkdtemp, open, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -105,6 +105,12 @@ export interface VmOptions {
   serialLogFile?: string
   /** Serial console on this process's terminal (stdin/stdout), qemu monitor on Ctrl-A c. */
   interactive?: boolean
+  /**
+   * UEFI with Secure Boot enforced: OVMF built with SMM and Microsoft's keys enrolled
+   * (`OVMF_CODE_4M.ms.fd` + a private copy of `OVMF_VARS_4M.ms.fd`, Debian `ovmf`) as pflash. Only
+   * signed loaders run (Debian's shim → signed GRUB → signed kernel). Implies UEFI.
+   */
+  secureBoot?: boolean
   /** Boot with OVMF (UEFI): true for the Debian `ovmf` firmware, or a firmware file. */
   uefi?: boolean | string
   /**
@@ -138,6 +144,8 @@ export interface ResolvedVm {
   accelReason: string
   forwards: Required<PortForward>[]
   firmware?: string
+  /** Secure Boot: the OVMF code (read-only) and this VM's copy of the variable store, as pflash. */
+  pflash?: {code: string; vars: string; tempDir?: string}
   disks: Required<DiskSpec>[]
 }
 
@@ -323,6 +331,9 @@ export async function pvhKernel(bzImage: string, cacheDir: string): Promise<{pat
 // ---------------------------------------------------------------------------------------------
 // command line
 
+/** Secure-Boot OVMF (SMM, Microsoft keys enrolled) from Debian's `ovmf`. */
+export const OVMF_SECURE = {code: '/usr/share/OVMF/OVMF_CODE_4M.ms.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.ms.fd'}
+
 export async function findOvmf(): Promise<string> {
   for (const p of OVMF_PATHS) {
     if (await stat(p).then((s) => s.isFile(), () => false)) return p
@@ -332,10 +343,14 @@ export async function findOvmf(): Promise<string> {
 
 /** The qemu arguments for a resolved VM (pure: for the command line shown to users and tests). */
 export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
-  const args: string[] = ['-name', 'rdk', '-machine', 'q35', '-accel', r.accel, '-cpu', opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max')]
+  const args: string[] = ['-name', 'rdk', '-machine', r.pflash ? 'q35,smm=on' : 'q35', '-accel', r.accel, '-cpu', opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max')]
   args.push('-m', String(opts.memoryMiB ?? DEFAULT_MEMORY_MIB), '-smp', String(opts.cpus ?? 1))
   args.push('-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none')
-  if (r.firmware) args.push('-bios', r.firmware)
+  if (r.pflash) {
+    args.push('-global', 'driver=cfi.pflash01,property=secure,value=on')
+    args.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${chardevValue(r.pflash.code)}`)
+    args.push('-drive', `if=pflash,format=raw,unit=1,file=${chardevValue(r.pflash.vars)}`)
+  } else if (r.firmware) args.push('-bios', r.firmware)
   const boot = opts.boot
   if (r.kernel) {
     args.push('-kernel', r.kernel)
@@ -388,7 +403,7 @@ async function checkFirmwareBoot(opts: VmOptions): Promise<void> {
     }
   } else {
     if (!/^https?:\/\/\S+$/.test(boot.url)) throw new BootError(`iPXE URL '${boot.url}' must be an http:// or https:// URL`)
-    if (opts.uefi) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
+    if (opts.uefi || opts.secureBoot) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
   }
   if (opts.initrd || opts.append) throw new BootError('--initrd/--append only apply to a kernel boot; an ISO or PXE tree carries its own kernel command line')
 }
@@ -459,7 +474,22 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
     guestSeen.add(f.guestPort)
     forwards.push({guestPort: f.guestPort, hostPort: f.hostPort || (dryRun ? 0 : await freeLoopbackPort())})
   }
-  const firmware = opts.uefi === true ? await findOvmf() : typeof opts.uefi === 'string' ? opts.uefi : undefined
+  let pflash: ResolvedVm['pflash']
+  if (opts.secureBoot) {
+    if (typeof opts.uefi === 'string') throw new BootError('Secure Boot uses OVMF_CODE_4M.ms.fd: it cannot be combined with a firmware file')
+    for (const f of [OVMF_SECURE.code, OVMF_SECURE.vars]) {
+      if (!(await stat(f).then((st) => st.isFile(), () => false))) throw new BootError(`Secure Boot firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
+    }
+    if (dryRun) pflash = {code: OVMF_SECURE.code, vars: '<copy of OVMF_VARS_4M.ms.fd>'}
+    else {
+      // qemu writes to the variable store: each VM gets its own copy, removed when qemu exits.
+      const tempDir = await mkdtemp(join(tmpdir(), 'rdk-ovmf-vars-'))
+      const vars = join(tempDir, 'OVMF_VARS_4M.ms.fd')
+      await writeFile(vars, await readFile(OVMF_SECURE.vars))
+      pflash = {code: OVMF_SECURE.code, vars, tempDir}
+    }
+  }
+  const firmware = pflash ? OVMF_SECURE.code : opts.uefi === true ? await findOvmf() : typeof opts.uefi === 'string' ? opts.uefi : undefined
   let kernel = opts.kernel
   let pvh = false
   if (opts.kernel && !firmware && (opts.pvh ?? true)) {
@@ -471,7 +501,7 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
       opts.onMessage?.(`rdk boot: booting the bzImage (no PVH: ${r.reason})`)
     }
   }
-  return {qemu, kernel, pvh, accel, accelReason: reason, forwards, firmware, disks: await prepareDisks(opts.disks ?? [], dryRun)}
+  return {qemu, kernel, pvh, accel, accelReason: reason, forwards, firmware, pflash, disks: await prepareDisks(opts.disks ?? [], dryRun)}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +586,7 @@ async function launch(opts: VmOptions, r: ResolvedVm): Promise<LaunchedVm> {
   const exited = new Promise<{code: number | null; signal: NodeJS.Signals | null}>((resolve) =>
     child.once('exit', (code, signal) => {
       logStream?.end()
+      if (r.pflash?.tempDir) rmSync(r.pflash.tempDir, {recursive: true, force: true})
       resolve({code, signal})
     }),
   )
