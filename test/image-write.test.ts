@@ -261,6 +261,56 @@ describe('download', () => {
       stall.close()
     }
   })
+
+  it('https through a CONNECT proxy, verified against ipa-cafile', async () => {
+    const {createServer: createHttps} = await import('node:https')
+    const {createServer: createHttp} = await import('node:http')
+    const net = await import('node:net')
+    const {generateSelfSignedCert} = await import('../src/agent/tls.js')
+    const {certPem, keyPem} = generateSelfSignedCert({address: '127.0.0.1', commonName: 'images'})
+    const caFile = join(dir, 'ca.pem')
+    writeFileSync(caFile, certPem)
+    const body = readFileSync(join(dir, 'disk.raw'))
+    const tlsServer = createHttps({cert: certPem, key: keyPem}, (_req, res) => {
+      res.writeHead(200, {'Content-Length': body.length})
+      res.end(body)
+    })
+    await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', r))
+    const tlsPort = (tlsServer.address() as {port: number}).port
+    const tunnels: string[] = []
+    const proxy = createHttp()
+    proxy.on('connect', (req, sock) => {
+      tunnels.push(req.url!)
+      const [host, port] = req.url!.split(':')
+      if (host !== '127.0.0.1') {
+        sock.end('HTTP/1.1 403 Forbidden\r\n\r\n')
+        return
+      }
+      const up = net.connect(Number(port), '127.0.0.1', () => {
+        sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+        up.pipe(sock)
+        sock.pipe(up)
+      })
+      up.on('error', () => sock.destroy())
+      sock.on('error', () => up.destroy())
+    })
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
+    const proxyPort = (proxy.address() as {port: number}).port
+    try {
+      const i: ImageInfo = {id: 'tls', urls: [`https://127.0.0.1:${tlsPort}/disk.raw`], os_hash_algo: 'sha256', os_hash_value: sums.get('disk.raw')!, proxies: {https: `http://127.0.0.1:${proxyPort}`}}
+      const dl = await ImageDownload.open(i, {...settings, cafile: caFile})
+      const h = createHash('sha256')
+      for await (const c of dl.chunks()) h.update(c)
+      expect(h.digest('hex')).toBe(rawSha)
+      dl.verify('memory')
+      expect(tunnels).toEqual([`127.0.0.1:${tlsPort}`])
+      // without the CA the certificate is refused (a final error after the retries)
+      await expect(ImageDownload.open(i, {...settings, retries: 0})).rejects.toThrow(/self[- ]signed certificate|unable to verify/i)
+    } finally {
+      tlsServer.closeAllConnections()
+      tlsServer.close()
+      proxy.closeAllConnections()
+      proxy.close()
+    }
+  })
 })
-
-

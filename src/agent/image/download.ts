@@ -218,7 +218,7 @@ export function httpGet(urlText: string, opts: RequestOptions): Promise<Incoming
         return
       }
       const req = https.request(
-        {...tlsOpts, ...target, path, method: 'GET', headers, createConnection: () => tls.connect({...tlsOpts, socket, servername: isIP(target.hostname) ? undefined : target.hostname})},
+        {...tlsOpts, ...target, path, method: 'GET', headers, createConnection: () => tls.connect({...tlsOpts, socket, host: target.hostname, servername: isIP(target.hostname) ? undefined : target.hostname})},
         onResponse,
       )
       req.setTimeout(timeoutMs, () => req.destroy(new Error(`timed out after ${opts.settings.connectionTimeout} s`)))
