@@ -143,6 +143,41 @@ describe('writing images into files', () => {
     expect(readdirSync(dir).filter((f) => f.startsWith('.rdk-spool'))).toEqual([])
   })
 
+  it('clusters that arrive before their L2 table (or all tables before a relocated L1) wait in the pending area', async () => {
+    // Rewrite qemu-img's layout: copy the first L2 table (or the L1 table) to the end of the file
+    // and point the L1 entry (or the header) at the copy. The image reads the same.
+    const src = readFileSync(join(dir, 'disk.qcow2'))
+    const cs = 2 ** src.readUInt32BE(20)
+    const l1 = Number(src.readBigUInt64BE(40))
+    const end = Math.ceil(src.length / cs) * cs
+    for (const what of ['l2', 'l1'] as const) {
+      const out = Buffer.alloc(end + cs)
+      src.copy(out)
+      if (what === 'l2') {
+        const entry = out.readBigUInt64BE(l1)
+        const l2 = Number(entry & 0x00fffffffffffe00n)
+        out.set(src.subarray(l2, l2 + cs), end)
+        out.writeBigUInt64BE((entry & ~0x00fffffffffffe00n) | BigInt(end), l1)
+        out.fill(0, l2, l2 + cs) // the old copy is garbage now
+      } else {
+        out.set(src.subarray(l1, l1 + cs), end)
+        out.writeBigUInt64BE(BigInt(end), 40)
+        out.fill(0, l1, l1 + cs)
+      }
+      const name = `moved-${what}.qcow2`
+      writeFileSync(join(dir, name), out)
+      srv.files.set(`/${name}`, join(dir, name))
+      sums.set(name, createHash('sha256').update(out).digest('hex'))
+      const {result, file} = await write(name)
+      expect(result.method).toBe('stream-qcow2')
+      expect(result.qcow2!.maxPendingBytes).toBeGreaterThan(4 * MIB)
+      expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+    }
+    // qemu-img's own layout needs (almost) no waiting
+    const {result} = await write('disk.qcow2')
+    expect(result.qcow2!.maxPendingBytes).toBeLessThanOrEqual(2 * 65536)
+  })
+
   it('vmdk: refused by default; with vmdk permitted, spooled and converted by qemu-img', async () => {
     await expect(write('disk.vmdk')).rejects.toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')
     const {result, file} = await write('disk.vmdk', {}, {permitted: ['raw', 'qcow2', 'vmdk']})

@@ -34,7 +34,7 @@ import type {Logger} from '../log.js'
 import {createConfigDrivePartition, diskIdentifier, partitionTable, partitionUuids, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type DownloadSettings, type ImageInfo} from './download.js'
 import {DETECT_BYTES, detectFormat, validateFormat, type ImageFormat} from './format.js'
-import {Qcow2OrderError, Qcow2Stream} from './qcow2.js'
+import {Qcow2OrderError, Qcow2Stream, type Qcow2Result} from './qcow2.js'
 import {BufferPool, isZero, Target, TargetFullError} from './target.js'
 
 const ZERO_CHECK = 64 * 1024
@@ -90,6 +90,8 @@ export interface WriteResult {
   zeroed: number
   downloaded: number
   seconds: number
+  /** qcow2 streaming figures (clusters by kind, the most bytes that waited for their table). */
+  qcow2?: Omit<Qcow2Result, 'header'>
 }
 
 /** Pull from `it` until `n` bytes (or the end) are buffered. */
@@ -248,7 +250,8 @@ export async function writeImage(dl: ImageDownload, target: Target, declared: st
         const r = await q.end()
         dl.verify(target.path)
         const {zeroed} = await target.zeroGaps(r.header.virtualSize, log)
-        result = {format, method: 'stream-qcow2', virtualSize: r.header.virtualSize, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0}
+        const {header, ...figures} = r
+        result = {format, method: 'stream-qcow2', virtualSize: header.virtualSize, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0, qcow2: figures}
       } catch (err) {
         if (!(err instanceof Qcow2OrderError)) throw err
         await it.return?.(undefined)
