@@ -217,6 +217,11 @@ describe('whole-disk deploy on loop devices', () => {
     expect(b.command_error).toMatchObject({type: 'DeviceNotFound', code: 404})
     expect(b.command_error.details).toBe('No suitable device was found for deployment using these hints {"serial":"no-such-serial"}')
 
+    // a 20 MiB image on the 16 MiB disk: refused before writing (qcow2 header size)
+    b = await deploy(imageInfo('dos.qcow2', {id: 'too-big'}), null, {name: B.device})
+    expect(b.command_error).toMatchObject({type: 'ImageWriteError', message: 'Error writing image to device'})
+    expect(b.command_error.details).toMatch(new RegExp(`the image needs ${IMG_MIB * MIB} bytes but ${B.device} holds only ${16 * MIB}`))
+
     b = await deploy(imageInfo('dos.raw', {id: 'part', image_type: 'partition'}))
     expect(b.command_error).toMatchObject({type: 'NotImplementedYet', message: 'Command execution failed'})
     expect(b.command_error.details).toMatch(/partition images: later/)

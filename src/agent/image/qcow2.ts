@@ -17,7 +17,7 @@
 import {constants as zc, inflateRawSync} from 'node:zlib'
 import {InvalidImage} from '../errors.js'
 import type {Logger} from '../log.js'
-import {BufferPool, isZero, type Target} from './target.js'
+import {BufferPool, isZero, TargetFullError, type Target} from './target.js'
 
 const QCOW2_MAGIC = 0x514649fb
 const MAX_L1_BYTES = 32 * 1024 * 1024
@@ -232,6 +232,9 @@ export class Qcow2Stream {
   }
 
   private start(h: Qcow2Header): void {
+    if (this.target.capacity !== undefined && h.virtualSize > this.target.capacity) {
+      throw new TargetFullError(this.target.path, h.virtualSize, this.target.capacity)
+    }
     this.header = h
     this.cs = h.clusterSize
     this.asm = [Buffer.alloc(h.clusterSize), Buffer.alloc(h.clusterSize)]

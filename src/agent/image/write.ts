@@ -238,6 +238,7 @@ export async function writeImage(dl: ImageDownload, target: Target, declared: st
     const source = rest(head, it, done)
     const spoolDir = opts.spoolDir ?? os.tmpdir()
     if (format === 'raw' || format === 'gpt') {
+      if (dl.size !== undefined && target.capacity !== undefined && dl.size > target.capacity) throw new TargetFullError(target.path, dl.size, target.capacity)
       const size = await streamRaw(source, target)
       if (target.capacity !== undefined && size > target.capacity) throw new TargetFullError(target.path, size, target.capacity)
       dl.verify(target.path)
