@@ -1,8 +1,8 @@
 /** The smaller extensions: poll, image, flow, rescue, system. */
 import {mkdir, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
-import {run} from '../../common/exec.js'
 import type {Extension} from '../commands.js'
+import {sha512Crypt} from '../crypt.js'
 import {CommandExecutionError, InvalidCommandParamsError, NotImplementedYet} from '../errors.js'
 import type {AgentRuntime} from '../runtime.js'
 
@@ -90,7 +90,7 @@ export const rescue: Extension<AgentRuntime> = {
       async run(p, rt) {
         const password = typeof p.rescue_password === 'string' ? p.rescue_password : ''
         if (!password) throw new InvalidCommandParamsError('rescue_password is required')
-        const hash = p.hashed ? password : (await run('openssl', ['passwd', '-6', '-stdin'], {input: password + '\n'})).stdout.trim()
+        const hash = p.hashed ? password : sha512Crypt(password)
         const dir = rt.config.rescueConfigDir
         await mkdir(dir, {recursive: true, mode: 0o700})
         await writeFile(join(dir, 'ipa-rescue-password'), hash + '\n', {mode: 0o600})
