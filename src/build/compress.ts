@@ -3,8 +3,11 @@
  *
  * - gzip: node:zlib, level 9, header fixed (no name, mtime 0, OS = Unix). No host tool needed.
  * - xz:   the `xz` program, `--check=crc32` (the kernel's XZ decoder rejects CRC64/SHA-256),
- *         `--threads=1` (multi-threaded xz splits blocks differently), preset 9 (the kernel's
- *         initramfs unpacker allocates the 64 MiB dictionary once at boot).
+ *         `--threads=1` (multi-threaded xz splits blocks differently), LZMA2 preset 9e with a 32 MiB
+ *         dictionary (the kernel allocates the dictionary while it unpacks: 64 MiB would cost RAM at
+ *         boot for 0.1 MB less), and for content that is mostly x86 executables and shared libraries
+ *         (`x86: true`) the x86 BCJ filter (the kernel's decoder has it: CONFIG_XZ_DEC_X86): 5% smaller
+ *         for Node and the toolset, 8% larger for kernel modules (relocatable objects), hence a choice.
  * - zstd: the `zstd` program, `-19 --single-thread` (no worker threads, no job splitting).
  * - none: the cpio archive as is.
  *
@@ -59,7 +62,7 @@ export async function gzipTo(source: Readable | AsyncIterable<Buffer>, dest: str
  * runBuffer() (a missing program names its Debian package) and write to stdout, so only this
  * process ever creates `output`: an interrupted build can always remove it.
  */
-export async function compressFile(kind: Compression, input: string, output: string): Promise<void> {
+export async function compressFile(kind: Compression, input: string, output: string, opts: {x86?: boolean} = {}): Promise<void> {
   switch (kind) {
     case 'none':
       await pipeline(createReadStream(input, {highWaterMark: 1 << 20}), createWriteStream(output, {mode: 0o644}))
@@ -73,7 +76,7 @@ export async function compressFile(kind: Compression, input: string, output: str
       return
     }
     case 'xz': {
-      const r = await runBuffer('xz', ['--compress', '--stdout', '--check=crc32', '--threads=1', '-9', '--', input])
+      const r = await runBuffer('xz', ['--compress', '--stdout', '--check=crc32', '--threads=1', ...(opts.x86 ? ['--x86'] : []), '--lzma2=preset=9e,dict=32MiB', '--', input])
       await writeFile(output, r.stdout, {mode: 0o644})
       return
     }

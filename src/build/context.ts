@@ -133,6 +133,12 @@ export interface BuildContext {
   kernel?: KernelInfo
   /** Packages installed into the tree, for the manifest (set by the package stage). */
   packages: InstalledPackage[]
+  /**
+   * Initramfs layers: tree source → layer name. pack-initramfs writes one compressed cpio per layer
+   * (in order of first registration; directories first, unnamed sources last as `image`) and
+   * concatenates them, so a rebuild recompresses only the layers whose files changed.
+   */
+  readonly layers: Map<string, string>
   /** Free-form hand-over between plug-in stages. */
   readonly data: Map<string, unknown>
   /** Extra fields for <name>.manifest.json (keep them deterministic: no times, no host paths). */

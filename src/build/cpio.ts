@@ -30,6 +30,16 @@ const TYPE_BITS: Record<TreeEntry['type'], number> = {
 export interface CpioOptions {
   /** mtime of every entry (seconds since the epoch): the build's SOURCE_DATE_EPOCH. */
   mtime: number
+  /**
+   * Write only the entries this selects (one layer of a layered initramfs). Owners are still resolved
+   * against the whole tree; a hard link must be in the same selection as its file.
+   */
+  include?: (e: TreeEntry) => boolean
+  /**
+   * First inode number (default 1). The kernel matches hard links by inode across every archive of a
+   * concatenated initramfs, so the layers of one image take disjoint ranges.
+   */
+  firstIno?: number
 }
 
 export interface CpioStats {
@@ -113,14 +123,14 @@ export async function resolveOwners(tree: FileTree): Promise<Map<string, {uid: n
 
 /** The archive as a stream of Buffers (about 256 KiB each; big files pass through in 1 MiB chunks). */
 export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: CpioStats = {bytes: 0, entries: 0}): AsyncGenerator<Buffer> {
-  const entries = tree.entries()
+  const entries = opts.include ? tree.entries().filter(opts.include) : tree.entries()
   const owners = await resolveOwners(tree)
   const index = new Map<string, number>()
   entries.forEach((e, i) => index.set(e.path, i))
 
   // Inodes in archive order; hard links take their file's.
   const ino = new Array<number>(entries.length)
-  let next = 1
+  let next = opts.firstIno ?? 1
   entries.forEach((e, i) => {
     if (e.type !== 'hardlink') ino[i] = next++
   })
@@ -137,7 +147,7 @@ export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: Cpio
     if (e.type !== 'hardlink') return
     let t = index.get(e.target!)
     for (let hops = 0; t !== undefined && entries[t]!.type === 'hardlink' && hops < 40; hops++) t = index.get(entries[t]!.target!)
-    if (t === undefined || entries[t]!.type !== 'file') throw new BuildError(`hard link ${e.path}: target ${e.target} is not a regular file in the image`)
+    if (t === undefined || entries[t]!.type !== 'file') throw new BuildError(`hard link ${e.path}: target ${e.target} is not a regular file in the image${opts.include ? ' (in the same initramfs layer)' : ''}`)
     linkTarget.set(i, t)
     ino[i] = ino[t]!
     const g = groups.get(t) ?? [t]
@@ -265,7 +275,11 @@ export interface CpioEntry {
   data: Buffer
 }
 
-/** Parse a newc archive (for tests and inspection); stops at TRAILER!!!. */
+/**
+ * Parse a newc archive (for tests and inspection). Like the kernel, it reads on after TRAILER!!!
+ * (skipping zero padding) when another archive follows: a layered initramfs, once decompressed, is
+ * a concatenation of archives.
+ */
 export function parseCpio(buf: Buffer): CpioEntry[] {
   const out: CpioEntry[] = []
   let off = 0
@@ -280,7 +294,11 @@ export function parseCpio(buf: Buffer): CpioEntry[] {
     const name = buf.toString('utf8', off + 110, off + 110 + namesize - 1)
     off += 110 + namesize
     off += pad4(off)
-    if (name === 'TRAILER!!!') return out
+    if (name === 'TRAILER!!!') {
+      while (off < buf.length && buf[off] === 0) off++
+      if (off >= buf.length) return out
+      continue
+    }
     const data = buf.subarray(off, off + filesize)
     off += filesize
     off += pad4(off)

@@ -139,6 +139,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
     workDir,
     outputs,
     packages: [],
+    layers: new Map(),
     data: new Map(),
     manifestExtra: {},
     signal: controller.signal,

@@ -3,13 +3,15 @@
  * the agent bundle) plugs in by replacing the placeholders or adding stages (registry.ts).
  */
 import {createHash} from 'node:crypto'
-import {createReadStream, statSync} from 'node:fs'
-import {copyFile, writeFile} from 'node:fs/promises'
+import {createReadStream, createWriteStream, statSync} from 'node:fs'
+import {copyFile, rm, writeFile} from 'node:fs/promises'
+import {pipeline} from 'node:stream/promises'
 import {join} from 'node:path'
 import {assembleElement, assembleFromSpec} from './assemble.js'
 import type {BuildContext} from './context.js'
 import {compressFile, compressorVersion} from './compress.js'
-import {CPIO_FORMAT, writeCpio} from './cpio.js'
+import {CPIO_FORMAT, resolveOwners, writeCpio} from './cpio.js'
+import {planLayers} from './layers.js'
 import {ElementCatalog, elementSearchPaths, HOOK_PHASES, resolveElements} from './elements.js'
 import {BuildError} from './errors.js'
 import {runHooks} from './hooks.js'
@@ -58,6 +60,8 @@ export const resolveElementsStage: Stage = {
       roots: [
         ...ctx.flavor.defaultElements.map((name) => ({name, requiredBy: `flavor ${ctx.flavor.name}`})),
         ...ctx.spec.elements.map((name) => ({name, requiredBy: 'the build spec'})),
+        // Baked SSH keys need an SSH server: whatever element provides `sshd` (dynamic-login).
+        ...(ctx.spec.sshKeys.length && !ctx.spec.elements.includes('sshd') ? [{name: 'sshd', requiredBy: 'sshKeys (--ssh-key)'}] : []),
       ],
     })
     for (const el of ctx.elements) for (const h of el.ignoredHooks) ctx.log(`warning: element ${el.name}: ${h} is not run`)
@@ -124,24 +128,42 @@ export const assembleTreeStage: Stage = {
 
 export const packInitramfsStage: Stage = {
   name: 'pack-initramfs',
-  description: 'write the tree as a deterministic newc cpio archive and compress it (cached by tree digest)',
+  description: 'write the tree as deterministic newc cpio layers (src/build/layers.ts), compress each (cached by its digest) and concatenate them',
   produces: ['initramfs'],
   async run(ctx) {
     if (!ctx.needs('initramfs')) return 'skipped: no format needs an initramfs'
     if (ctx.tree.size === 0) throw new BuildError('the image tree is empty: no element added anything')
     const digest = ctx.tree.digest()
     const compressor = await compressorVersion(ctx.spec.compress)
-    const inputs = {tree: digest, cpio: CPIO_FORMAT, compress: ctx.spec.compress, compressor, mtime: ctx.spec.sourceDateEpoch}
+    const owners = Object.fromEntries([...(await resolveOwners(ctx.tree))].sort(([a], [b]) => (a < b ? -1 : 1)))
+    const layers = planLayers(ctx.tree, ctx.layers)
     let cpioBytes = 0
-    const cached = await ctx.cache.file('initramfs', inputs, async (out) => {
-      const cpio = join(ctx.workDir, 'initramfs.cpio')
-      cpioBytes = (await writeCpio(ctx.tree, cpio, {mtime: ctx.spec.sourceDateEpoch})).bytes
-      await compressFile(ctx.spec.compress, cpio, out)
-    })
+    const packed = await Promise.all(
+      layers.map(async (layer) => {
+        // Mostly executables and libraries: worth the x86 BCJ filter (xz only).
+        const x86 = layer.x86Bytes * 2 > layer.bytes
+        const inputs = {layer: layer.digest, firstIno: layer.firstIno, owners, cpio: CPIO_FORMAT, compress: ctx.spec.compress, compressor, x86, mtime: ctx.spec.sourceDateEpoch}
+        const cached = await ctx.cache.file('initramfs-layer', inputs, async (out) => {
+          const cpio = join(ctx.workDir, `initramfs-${layer.index}-${layer.name}.cpio`)
+          cpioBytes += (await writeCpio(ctx.tree, cpio, {mtime: ctx.spec.sourceDateEpoch, include: layer.include, firstIno: layer.firstIno})).bytes
+          await compressFile(ctx.spec.compress, cpio, out, {x86})
+          await rm(cpio, {force: true})
+        })
+        return {layer, cached, size: cachedSize(cached.path)}
+      }),
+    )
     const a = ctx.outputs.add('initramfs', `${ctx.spec.name}.initramfs`)
-    await ctx.cache.copyOut(cached.path, a.tempPath)
-    ctx.data.set('initramfs', {treeDigest: digest, compressor, cacheKey: cached.key, cached: cached.hit})
-    return cached.hit ? `reused from cache (tree ${digest.slice(0, 12)})` : `${humanBytes(cpioBytes)} cpio → ${humanBytes(cachedSize(cached.path))} ${ctx.spec.compress}`
+    const out = createWriteStream(a.tempPath, {mode: 0o644})
+    try {
+      for (const p of packed) await pipeline(createReadStream(p.cached.path, {highWaterMark: 1 << 20}), out, {end: false})
+    } finally {
+      await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())))
+    }
+    const reused = packed.filter((p) => p.cached.hit).length
+    ctx.data.set('initramfs', {treeDigest: digest, compressor, layers: packed.map((p) => ({name: p.layer.name, digest: p.layer.digest, entries: p.layer.entries, bytes: p.layer.bytes, compressed: p.size, cached: p.cached.hit}))})
+    const detail = packed.map((p) => `${p.layer.name} ${humanBytes(p.size)}${p.cached.hit ? ' (cached)' : ''}`).join(', ')
+    if (reused === packed.length) return `reused from cache (${packed.length} layers, tree ${digest.slice(0, 12)})`
+    return `${packed.length} layers, ${reused} from cache; ${humanBytes(cpioBytes)} cpio packed → ${ctx.spec.compress}: ${detail}`
   },
 }
 
