@@ -333,7 +333,7 @@ describe('Node in the ramdisk', () => {
       addSymlink: (path: string, target: string) => void added.push({kind: 'symlink', path: '/' + path.replace(/^\//, ''), target}),
       addDir: (path: string) => void added.push({kind: 'dir', path}),
     }
-    const info = await addNodeRuntime(sink, {cacheDir: dir, strip: false, node: process.execPath})
+    const info = await addNodeRuntime(sink, {cacheDir: dir, strip: false, icu: 'full', node: process.execPath})
     expect(info.version).toBe(process.version)
     expect(info.sha256).toMatch(/^[0-9a-f]{64}$/)
     expect(info.sha256).toBe(info.sourceSha256)

@@ -63,7 +63,9 @@ describe('build spec defaults', () => {
       elements: [],
       elementPaths: [],
       kernelArgs: {},
-      compress: 'gzip',
+      compress: 'xz',
+      nodeIcu: 'en',
+      kernelModules: [],
       formats: ['kernel', 'initramfs'],
       sourceDateEpoch: DEFAULT_SOURCE_DATE_EPOCH,
       cacheDir: join(cwd, 'home', '.cache', 'rdk'),
@@ -179,7 +181,7 @@ debianSuite: trixie
       expect(table.map((x) => x.name)).toContain(f)
     }
     expect(table.find((f) => f.name === 'kernel-arg')!).toMatchObject({multiple: true})
-    expect(table.find((f) => f.name === 'compress')!.help).toMatch(/\[gzip\|xz\|zstd\|none\].*rdk\.yaml: compress; default: gzip/)
+    expect(table.find((f) => f.name === 'compress')!.help).toMatch(/\[gzip\|xz\|zstd\|none\].*rdk\.yaml: compress; default: xz/)
   })
 
   it('renders kernel arguments, quoting values with spaces', () => {

@@ -8,6 +8,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import {
   DEFAULT_MODULES,
+  EXTRA_MODULE_SETS,
+  moduleList,
   installKernelModules,
   KernelModuleError,
   moduleIndex,
@@ -109,5 +111,17 @@ describe('Debian kernel', () => {
       `default modules: ${all.modules.length} modules, ${(all.sizes.modules / 1e6).toFixed(1)} MB raw; vmlinuz ${(all.sizes.vmlinuz / 1e6).toFixed(1)} MB; ` +
         `missing firmware for ${[...new Set(all.missingFirmware.map((m) => m.module))].join(', ')}`,
     )
+  })
+})
+
+describe('moduleList (the kernelModules setting)', () => {
+  it('adds names and @sets to the defaults, once each, and names the sets when one is unknown', () => {
+    expect(moduleList()).toEqual([...new Set(DEFAULT_MODULES)])
+    expect(DEFAULT_MODULES).not.toContain('mlx4_en')
+    const more = moduleList(['@networkExtra', 'xfs', 'virtio_net'])
+    expect(more).toEqual(expect.arrayContaining([...EXTRA_MODULE_SETS.networkExtra, 'xfs']))
+    expect(more.filter((m) => m === 'virtio_net')).toHaveLength(1)
+    expect(() => moduleList(['@nope'])).toThrow(KernelModuleError)
+    expect(() => moduleList(['@nope'])).toThrow(/no module set '@nope': the sets are .*@networkExtra/)
   })
 })

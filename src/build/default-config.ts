@@ -11,7 +11,8 @@ flavor: tiny
 # output: ./out
 elements: []                  # added to the flavor's default elements
 formats: [kernel, initramfs]
-compress: gzip                # gzip needs no host tool; xz and zstd are smaller
+compress: xz                  # smallest (x86 BCJ); gzip needs no host tool; zstd unpacks fastest
+nodeIcu: en                   # root + English ICU data in Node (full: every locale, +29 MB)
 kernelArgs: {}
 # sshKeys: [~/.ssh/id_ed25519.pub]
 # hardwareManagers: [./my-managers]

@@ -24,6 +24,9 @@ export const FORMATS = ['kernel', 'initramfs', 'iso', 'pxe', 'ipxe', 'tar', 'zip
 export type Format = (typeof FORMATS)[number]
 
 /** mtime of everything in the image when SOURCE_DATE_EPOCH is not set: 2024-01-01T00:00:00Z. Never "now". */
+export const NODE_ICU = ['en', 'full'] as const
+export type NodeIcu = (typeof NODE_ICU)[number]
+
 export const DEFAULT_SOURCE_DATE_EPOCH = 1704067200
 
 export const DEFAULT_DEBIAN_MIRROR = 'http://deb.debian.org/debian'
@@ -45,6 +48,10 @@ export interface BuildSpec {
   /** Hardware-manager modules or directories of them (absolute), installed for the agent. */
   hardwareManagers: string[]
   compress: Compression
+  /** Kernel modules (names, aliases or `@set`) added to the flavor's default set. */
+  kernelModules: string[]
+  /** ICU data kept in the image's Node: `en` (root + English; ≈29 MB smaller) or `full`. */
+  nodeIcu: NodeIcu
   formats: Format[]
   sourceDateEpoch: number
   cacheDir: string
@@ -90,7 +97,9 @@ export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'kernelArgs', flag: 'kernel-arg', kind: 'map', repeatable: true, help: 'kernel command-line parameter K=V for the boot artefacts (repeatable)', defaultHelp: 'none', default: () => ({})},
   {key: 'sshKeys', flag: 'ssh-key', kind: 'pathList', repeatable: true, help: "authorized_keys file (public keys) for root's SSH login (repeatable)", defaultHelp: 'none', default: () => []},
   {key: 'hardwareManagers', flag: 'hardware-manager', kind: 'pathList', repeatable: true, help: 'custom hardware-manager module (.js/.mjs) or directory of them, installed for the agent (repeatable)', defaultHelp: 'none', default: () => []},
-  {key: 'compress', flag: 'compress', kind: 'enum', choices: COMPRESSIONS, help: 'initramfs compression: gzip (no host tool needed), xz, zstd, none', defaultHelp: 'gzip', default: () => 'gzip'},
+  {key: 'compress', flag: 'compress', kind: 'enum', choices: COMPRESSIONS, help: "initramfs compression: xz (smallest; x86 BCJ filter, 32 MiB dictionary), gzip (no host tool needed), zstd, none", defaultHelp: 'xz', default: () => 'xz'},
+  {key: 'kernelModules', flag: 'kernel-module', kind: 'list', repeatable: true, help: 'kernel module (name or alias) or @set (@storageExtra, @networkExtra, @networkNonFreeFirmware, @filesystemsExtra) added to the default drivers, with its dependencies (repeatable)', defaultHelp: 'none', default: () => []},
+  {key: 'nodeIcu', flag: 'node-icu', kind: 'enum', choices: NODE_ICU, help: "ICU data in the image's Node: en keeps root and English locale data (Intl in other locales falls back to it), full keeps every locale", defaultHelp: 'en', default: () => 'en'},
   {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs, iso (hybrid BIOS+UEFI), pxe (TFTP tree), ipxe (script), tar (.tar.gz bundle), zip (bundle)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
   {key: 'sourceDateEpoch', flag: 'source-date-epoch', kind: 'int', help: 'timestamp (seconds) given to every file in the image', defaultHelp: `$SOURCE_DATE_EPOCH, else ${DEFAULT_SOURCE_DATE_EPOCH}`, default: (e) => sourceDateEpochFromEnv(e.env)},
   {key: 'cacheDir', flag: 'cache-dir', kind: 'path', help: 'cache of downloaded packages and stage outputs', defaultHelp: '$XDG_CACHE_HOME/rdk or ~/.cache/rdk', default: (e) => (e.env.XDG_CACHE_HOME ? join(e.env.XDG_CACHE_HOME, 'rdk') : join(e.home, '.cache', 'rdk'))},

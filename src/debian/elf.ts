@@ -203,6 +203,37 @@ export function readElfSection(buf: Buffer, name: string, file = 'ELF image'): B
   return s ? buf.subarray(s.offset, s.offset + s.size) : undefined
 }
 
+/** A symbol of `.dynsym` (survives `strip --strip-all`) and where its bytes are in the file. */
+export interface ElfSymbol {
+  name: string
+  /** Virtual address (st_value) and size in bytes (st_size). */
+  value: number
+  size: number
+  /** File offset of the symbol's bytes, when they lie in a section with file contents (not .bss). */
+  fileOffset?: number
+}
+
+const SHT_NOBITS = 8
+
+/** The dynamic symbols of an ELF64 image whose names satisfy `match` (all of them by default). */
+export function dynamicSymbols(buf: Buffer, match: (name: string) => boolean = () => true, file = 'ELF image'): ElfSymbol[] {
+  const info = parseElf(buf, file)
+  const dynsym = info.sections.find((s) => s.name === '.dynsym')
+  const dynstr = info.sections.find((s) => s.name === '.dynstr')
+  if (!dynsym || !dynstr) return []
+  const strtab = buf.subarray(dynstr.offset, dynstr.offset + dynstr.size)
+  const out: ElfSymbol[] = []
+  for (let o = dynsym.offset; o + 24 <= dynsym.offset + dynsym.size; o += 24) {
+    const name = cstr(strtab, buf.readUInt32LE(o))
+    if (!name || !match(name)) continue
+    const value = u64(buf, o + 8)
+    const size = u64(buf, o + 16)
+    const sec = info.sections.find((s) => s.type !== SHT_NOBITS && s.addr && value >= s.addr && value + size <= s.addr + s.size)
+    out.push({name, value, size, ...(sec ? {fileOffset: sec.offset + (value - sec.addr)} : {})})
+  }
+  return out
+}
+
 // ---------------------------------------------------------------------------------------------
 // closure
 

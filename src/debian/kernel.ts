@@ -30,9 +30,9 @@ export const MODULE_SETS = {
     'megaraid_sas', 'mpt3sas', 'hpsa', 'smartpqi', 'aacraid', 'mptsas', 'vmw_pvscsi',
     'xhci_pci', 'ehci_pci', 'ohci_pci', 'uhci_hcd', 'usb_storage', 'uas',
   ],
-  /** NICs that work without non-free firmware: virtual, Intel, Mellanox, Broadcom NetXtreme(-E), Realtek. */
+  /** NICs that work without non-free firmware: virtual, Intel, Mellanox ConnectX-4 and later, Broadcom NetXtreme(-E), Realtek. */
   network: [
-    'virtio_net', 'e1000', 'e1000e', 'igb', 'igc', 'ixgbe', 'i40e', 'ice', 'mlx4_en', 'mlx5_core', 'bnxt_en',
+    'virtio_net', 'e1000', 'e1000e', 'igb', 'igc', 'ixgbe', 'i40e', 'ice', 'mlx5_core', 'bnxt_en',
     'tg3', 'vmxnet3', 'r8169', '8021q',
   ],
   /** Filesystems the agent creates or reads: the ESP and config drives (vfat, iso9660), ext4; efivarfs for efibootmgr. */
@@ -47,8 +47,8 @@ export const MODULE_SETS = {
 export const EXTRA_MODULE_SETS = {
   /** Older or rarer HBAs. */
   storageExtra: ['mptspi', 'isci', 'pm80xx', 'mvsas', '3w-9xxx', '3w-sas', 'arcmsr', 'mmc_block', 'hv_storvsc', 'xen-blkfront'],
-  /** Less common NICs, SR-IOV VFs and cloud NICs. */
-  networkExtra: ['igbvf', 'ixgbevf', 'iavf', 'be2net', 'enic', 'cxgb4', 'sfc', 'ena', 'gve', 'hv_netvsc', 'xen-netfront', 'bonding'],
+  /** Less common or older NICs (Mellanox ConnectX-3: mlx4_en, 240 kB of xz), SR-IOV VFs and cloud NICs. */
+  networkExtra: ['mlx4_en', 'igbvf', 'ixgbevf', 'iavf', 'be2net', 'enic', 'cxgb4', 'sfc', 'ena', 'gve', 'hv_netvsc', 'xen-netfront', 'bonding'],
   /** NICs that do not work at all without non-free firmware (firmware-bnx2, firmware-bnx2x, firmware-qlogic from non-free-firmware). */
   networkNonFreeFirmware: ['bnx2', 'bnx2x', 'qede'],
   /** Filesystems for partition images with other root filesystems (sizes raw: xfs 4.2 MB, btrfs 3.9 MB). */
@@ -56,6 +56,25 @@ export const EXTRA_MODULE_SETS = {
 } as const
 
 export const DEFAULT_MODULES: readonly string[] = Object.values(MODULE_SETS).flat()
+
+/**
+ * The modules of a build: DEFAULT_MODULES plus `extra`, where an entry is a module name or alias, or
+ * `@set` for one of MODULE_SETS / EXTRA_MODULE_SETS (`@networkExtra`). An unknown set is an error.
+ */
+export function moduleList(extra: readonly string[] = []): string[] {
+  const sets: Record<string, readonly string[]> = {...MODULE_SETS, ...EXTRA_MODULE_SETS}
+  const out = [...DEFAULT_MODULES]
+  for (const m of extra) {
+    if (!m.startsWith('@')) {
+      out.push(m)
+      continue
+    }
+    const set = sets[m.slice(1)]
+    if (!set) throw new KernelModuleError(`no module set '${m}': the sets are ${Object.keys(sets).map((k) => '@' + k).join(', ')}`)
+    out.push(...set)
+  }
+  return [...new Set(out)]
+}
 
 /** Firmware packages searched by default: only `main` (free). Non-free firmware (firmware-misc-nonfree, firmware-bnx2x, …) lives in `non-free-firmware`, which must be in apt's sources to use. */
 export const DEFAULT_FIRMWARE_PACKAGES: readonly string[] = ['firmware-linux-free']

@@ -2,7 +2,7 @@
  * The deploy toolset of the tiny flavour: the Debian packages whose programs the agent runs, and
  * exactly which executables (and the few data files) to keep from each, plus the shared-library
  * closure of those executables — nothing else (no docs, man pages, locales, maintainer scripts).
- * busybox (from busybox-static) provides init's shell, udhcpc and the small utilities; its applet
+ * busybox (Debian's dynamically linked build: half the static one's size, and libc is there anyway) provides init's shell, udhcpc and the small utilities; its applet
  * links are only created where no real tool is installed.
  *
  * Decisions (docs/debian.md has the reasons): udev (systemd-udevd + udevadm) rather than mdev, since
@@ -61,9 +61,8 @@ export const DEPLOY_TOOLSET: readonly ToolPackage[] = [
   },
   {package: 'tcpdump', executables: ['tcpdump'], why: 'LLDP capture'},
   {package: 'coreutils', executables: ['shred', 'sync', 'dd'], why: 'shred --force --zero --verbose --iterations N; dd for GPT wiping'},
-  {package: 'openssl', executables: ['openssl'], data: ['etc/ssl/openssl.cnf', 'usr/lib/ssl/openssl.cnf'], why: 'rescue password hashing (openssl passwd -6)'},
   {package: 'kmod', executables: ['kmod', 'modprobe', 'insmod', 'rmmod', 'lsmod', 'modinfo'], why: 'module loading (the agent runs modprobe)'},
-  {package: 'busybox-static', executables: ['busybox'], why: 'init shell, udhcpc, small utilities (applet links)'},
+  {package: 'busybox', executables: ['busybox'], why: 'init shell, udhcpc, small utilities (applet links)'},
 ]
 
 /**
@@ -243,7 +242,7 @@ export async function buildToolset(sink: TreeSink, opts: ToolsetOptions): Promis
   if (bb) {
     for (const a of opts.busyboxApplets ?? BUSYBOX_APPLETS) {
       if (a === 'init' || a === 'linuxrc' || all.has(`usr/bin/${a}`) || all.has(`usr/sbin/${a}`)) continue
-      sink.addSymlink(`usr/bin/${a}`, bb === 'usr/bin/busybox' ? 'busybox' : `/${bb}`, {source: 'busybox-static'})
+      sink.addSymlink(`usr/bin/${a}`, bb === 'usr/bin/busybox' ? 'busybox' : `/${bb}`, {source: 'busybox'})
       busyboxLinks.push(`usr/bin/${a}`)
     }
   }

@@ -5,10 +5,16 @@
  */
 import type {Stage, StageRegistry} from '../../build/registry.js'
 import {extractDeb} from '../../debian/extract.js'
-import {installKernelModules, prepareKernel} from '../../debian/kernel.js'
+import {installKernelModules, moduleList, prepareKernel} from '../../debian/kernel.js'
 import {fetchPackages, resolvePackages} from '../../debian/packages.js'
-import {buildToolset, DEPLOY_TOOLSET} from '../../debian/toolset.js'
+import {buildToolset, DEPLOY_TOOLSET, PRUNED_DEPENDENCIES} from '../../debian/toolset.js'
+import type {ExtractEntryInfo} from '../../debian/extract.js'
 import {addAgentBundle, addNodeRuntime} from './node.js'
+
+/** Shared libraries (and their symlinks) of a dependency package: lib*.so* anywhere under usr/lib. */
+function isSharedLibrary(e: ExtractEntryInfo): boolean {
+  return /^\/?usr\/lib\/(?:[^/]+\/)*lib[^/]*\.so(?:\.[0-9.]+)?$/.test(e.path)
+}
 
 const fetchPackagesStage: Stage = {
   name: 'fetch-packages',
@@ -16,18 +22,29 @@ const fetchPackagesStage: Stage = {
   async run(ctx) {
     const cacheDir = ctx.spec.cacheDir
     const report = await ctx.tree.withSource('toolset', () => buildToolset(ctx.tree, {cacheDir, compress: false}))
-    for (const p of report.packages) ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: 'toolset'})
-    const inToolset = new Set(DEPLOY_TOOLSET.map((t) => t.package))
+    ctx.layers.set('toolset', 'toolset')
+    for (const p of report.packages) {
+      ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: 'toolset'})
+      ctx.layers.set(p.name, 'toolset')
+    }
+    const inToolset = new Set([...DEPLOY_TOOLSET.map((t) => t.package), ...report.packages.map((p) => p.name)])
     const extra = ctx.packageRequests().filter((r) => !inToolset.has(r.name))
+    let deps = 0
     if (extra.length) {
-      const resolved = await resolvePackages(extra.map((r) => r.name), {noDependencies: true})
+      // What elements ask for is installed whole; its dependencies (those the toolset does not
+      // already bring, minus maintainer-script machinery) contribute their shared libraries only.
+      const resolved = await resolvePackages(extra.map((r) => r.name), {exclude: [...PRUNED_DEPENDENCIES, ...inToolset]})
       const paths = await fetchPackages(resolved, cacheDir)
+      const asked = new Map(extra.map((r) => [r.name, r.element]))
       for (const [i, p] of resolved.entries()) {
-        await ctx.tree.withSource(extra[i]?.element ?? p.name, () => extractDeb(paths[i]!, ctx.tree))
-        ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: extra[i]?.element})
+        const element = asked.get(p.name)
+        const source = element ?? p.name
+        if (!element) deps++
+        await ctx.tree.withSource(source, () => extractDeb(paths[i]!, ctx.tree, {source, ...(element ? {} : {filter: isSharedLibrary})}))
+        ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: element ?? `(dependency)`})
       }
     }
-    return `${report.packages.length} toolset packages${extra.length ? ` + ${extra.length} from elements` : ''}`
+    return `${report.packages.length} toolset packages${extra.length ? ` + ${extra.length} from elements${deps ? ` (+ ${deps} dependencies' libraries)` : ''}` : ''}`
   },
 }
 
@@ -35,8 +52,9 @@ const fetchKernelStage: Stage = {
   name: 'fetch-kernel',
   description: "Debian's kernel (linux-image-amd64) and the deploy ramdisk's modules with their dependency closure, depmod'ed",
   async run(ctx) {
-    const kernel = await prepareKernel({cacheDir: ctx.spec.cacheDir})
+    const kernel = await prepareKernel({cacheDir: ctx.spec.cacheDir, modules: moduleList(ctx.spec.kernelModules)})
     const installed = await ctx.tree.withSource('kernel-modules', () => installKernelModules(kernel, ctx.tree, {workDir: ctx.workDir, compress: false}))
+    ctx.layers.set('kernel', 'modules')
     ctx.kernel = {path: kernel.vmlinuz, version: kernel.kernelVersion, source: kernel.package.filename}
     ctx.packages.push({name: kernel.package.name, version: kernel.package.version, arch: kernel.package.arch, element: 'kernel'})
     return `kernel ${kernel.kernelVersion}, ${kernel.modules.length} modules, ${installed.files.length} files`
@@ -47,7 +65,8 @@ const addAgentStage: Stage = {
   name: 'add-agent',
   description: 'Node runtime (stripped host node + libraries) and the agent bundle (/usr/lib/rdk/agent.mjs)',
   async run(ctx) {
-    const node = await ctx.tree.withSource('node', () => addNodeRuntime(ctx.tree, {cacheDir: ctx.spec.cacheDir}))
+    const node = await ctx.tree.withSource('node', () => addNodeRuntime(ctx.tree, {cacheDir: ctx.spec.cacheDir, icu: ctx.spec.nodeIcu}))
+    ctx.layers.set('node', 'node')
     const agent = await ctx.tree.withSource('agent', () => addAgentBundle(ctx.tree))
     ctx.manifestExtra.node = node
     ctx.manifestExtra.agent = agent
