@@ -97,6 +97,16 @@ describe('reproducible builds', () => {
 })
 
 describe('build result and manifest', () => {
+  it('reports contributors and the initramfs layers, whose compressed sizes add up to the initramfs', async () => {
+    const spec = await testSpec(freshDir(), {compress: 'xz'})
+    const r = (await build(spec)).result
+    expect(r.layers.map((l) => l.name)).toEqual(['dirs', 'image'])
+    const initramfs = r.artefacts.find((a) => a.kind === 'initramfs')!
+    expect(r.layers.reduce((n, l) => n + l.compressed, 0)).toBe(initramfs.size)
+    expect(r.contributions.map((c) => c.name)).toEqual(expect.arrayContaining(['hello']))
+    expect(r.contributions.reduce((n, c) => n + c.bytes, 0)).toBe(r.sizes.reduce((n, x) => n + x.bytes, 0))
+  })
+
   it('reports artefacts with size and sha256, stage timings and per-element sizes', async () => {
     const spec = await testSpec(freshDir(), {kernelArgs: {console: 'ttyS0'}})
     const {result, log} = await build(spec)

@@ -45,9 +45,29 @@ export interface BuildResult {
   stages: StageTiming[]
   elements: {name: string; dir: string; origin: 'built-in' | 'user'; files: number; bytes: number}[]
   sizes: {source: string; entries: number; files: number; bytes: number}[]
+  /**
+   * Uncompressed bytes by contributor: each element, and the flavor's inputs (the toolset's packages
+   * together, the kernel modules, Node, the agent), largest first.
+   */
+  contributions: {name: string; files: number; bytes: number}[]
+  /** The initramfs layers as packed: entries, bytes, compressed size, reused from the cache. */
+  layers: {name: string; entries: number; bytes: number; compressed: number; cached: boolean}[]
   treeDigest: string
   cache: {dir: string; hits: number; misses: number}
   durationMs: number
+}
+
+/** Sizes by source folded into contributors: sources of the `toolset` layer count as one. */
+export function contributions(sizes: BuildResult['sizes'], layers: ReadonlyMap<string, string>): BuildResult['contributions'] {
+  const acc = new Map<string, {name: string; files: number; bytes: number}>()
+  for (const s of sizes) {
+    const name = layers.get(s.source) === 'toolset' ? 'toolset' : s.source
+    const a = acc.get(name) ?? {name, files: 0, bytes: 0}
+    a.files += s.files
+    a.bytes += s.bytes
+    acc.set(name, a)
+  }
+  return [...acc.values()].filter((a) => a.bytes > 0).sort((a, b) => b.bytes - a.bytes || (a.name < b.name ? -1 : 1))
 }
 
 /** A stage failed; `cause` is the original error, `stage` its name. */
@@ -210,6 +230,8 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
       return {name: e.name, dir: e.dir, origin: e.builtin ? 'built-in' : 'user', files: s?.files ?? 0, bytes: s?.bytes ?? 0}
     }),
     sizes,
+    contributions: contributions(sizes, ctx.layers),
+    layers: ((ctx.data.get('initramfs') as {layers?: BuildResult['layers']} | undefined)?.layers ?? []).map(({name, entries, bytes, compressed, cached}) => ({name, entries, bytes, compressed, cached})),
     treeDigest: tree.digest(),
     cache: {dir: cache.dir, hits: cache.stats.hits, misses: cache.stats.misses},
     durationMs: Date.now() - started,

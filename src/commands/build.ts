@@ -43,8 +43,8 @@ export default class Build extends Command {
         return
       }
       for (const a of result.artefacts) this.log(`${a.path}  ${mb(a.size)}  sha256:${a.sha256}`)
-      const top = result.elements.filter((e) => e.bytes > 0).sort((a, b) => b.bytes - a.bytes)
-      if (top.length) this.log(`size by element: ${top.map((e) => `${e.name} ${mb(e.bytes)}`).join(', ')}`)
+      if (result.contributions.length) this.log(`size by contributor (uncompressed): ${result.contributions.map((e) => `${e.name} ${mb(e.bytes)}`).join(', ')}`)
+      if (result.layers.length) this.log(`initramfs layers (${spec.compress}): ${result.layers.map((l) => `${l.name} ${mb(l.compressed)}${l.cached ? ' (cached)' : ''}`).join(', ')}`)
     } catch (err) {
       if (err instanceof StageFailedError && err.userFacing) this.error(err.message, {exit: 1})
       if (isUserError(err)) this.error(err.message, {exit: err instanceof StageFailedError ? 1 : 2})
