@@ -100,7 +100,8 @@ describe('PXE tree and iPXE script from rdk build: network boots reach a real Ir
 
   it('BIOS PXE: pxelinux.0 over qemu TFTP boots the tree', async () => {
     const serial = await bootAndHeartbeat('pxe-bios', '52:54:00:a4:02:01', {kind: 'tftp', dir: join(out, 'rdk-tiny-pxe'), bootfile: 'pxelinux.0'}, false)
-    expect(serial).toMatch(/rdk: booting rdk-tiny/)
+    expect(serial).toMatch(/PXELINUX 6\.\d+ PXE/)
+    expect(serial).toMatch(/Loading rdk-tiny\.kernel\.\.\. ?ok\r?\nLoading rdk-tiny\.initramfs\.\.\. ?ok/)
   }, 480_000)
 
   it('UEFI PXE: grubx64.efi over qemu TFTP boots the tree', async () => {

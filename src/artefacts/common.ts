@@ -12,9 +12,13 @@ import {fileURLToPath} from 'node:url'
 import {createGunzip} from 'node:zlib'
 import ejs from 'ejs'
 import {runBuffer} from '../common/exec.js'
+import {BuildError} from '../build/errors.js'
 
-/** A bad input or an output that cannot be written: the message says it all. */
-export class ArtefactError extends Error {
+/**
+ * A bad input or an output that cannot be written: the message says it all. A BuildError, so
+ * `rdk build` prints it without a stack trace when a format stage fails.
+ */
+export class ArtefactError extends BuildError {
   constructor(message: string) {
     super(message)
     this.name = 'ArtefactError'

@@ -22,6 +22,8 @@ export default class Iso extends Command {
     label: Flags.string({description: 'ISO 9660 volume label', default: 'RDK'}),
     title: Flags.string({description: 'boot menu title [default: the ISO file name without .iso]'}),
     'secure-boot': Flags.boolean({description: "UEFI through Debian's signed shim and GRUB (packages shim-signed, grub-efi-amd64-signed)"}),
+    shim: Flags.string({description: 'signed shim to use with --secure-boot instead of the installed /usr/lib/shim/shimx64.efi.signed', dependsOn: ['signed-grub']}),
+    'signed-grub': Flags.string({description: 'signed GRUB (gcdx64.efi.signed) to use with --secure-boot instead of the installed one', dependsOn: ['shim']}),
     'source-date-epoch': Flags.integer({description: 'timestamp (seconds) of every file [default: $SOURCE_DATE_EPOCH, else 2024-01-01]'}),
     timeout: Flags.integer({description: 'boot menu timeout in seconds', default: 1}),
   }
@@ -36,7 +38,7 @@ export default class Iso extends Command {
         kernelArgs: flags['kernel-arg'] ?? [],
         label: flags.label,
         title: flags.title,
-        secureBoot: flags['secure-boot'],
+        secureBoot: flags.shim && flags['signed-grub'] ? {shim: flags.shim, grub: flags['signed-grub']} : flags['secure-boot'],
         sourceDateEpoch: flags['source-date-epoch'],
         timeout: flags.timeout,
       })
