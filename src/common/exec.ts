@@ -46,6 +46,7 @@ export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   mdadm: 'mdadm',
   efibootmgr: 'efibootmgr',
   'qemu-img': 'qemu-utils',
+  prlimit: 'util-linux',
   'mkfs.ext4': 'e2fsprogs',
   'mkfs.vfat': 'dosfstools',
   tcpdump: 'tcpdump',

@@ -17,7 +17,7 @@ import {randomBytes} from 'node:crypto'
 import {open, rm} from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import {CommandFailedError, run} from '../../common/exec.js'
+import {CommandFailedError, run, ToolMissingError} from '../../common/exec.js'
 import type {AgentConfig} from '../config.js'
 import {
   CommandExecutionError,
@@ -186,13 +186,29 @@ async function spool(dl: ImageDownload, source: AsyncIterable<Buffer>, dir: stri
   return file
 }
 
+/**
+ * qemu-img, as IPA runs it on untrusted images: an explicit source format (never probed), a 2 GiB
+ * address-space cap (prlimit) and few malloc arenas, so a hostile image cannot eat the ramdisk.
+ */
+async function qemuImg(args: string[], log: Logger, timeoutMs?: number): ReturnType<typeof run> {
+  const opts = {env: {LC_ALL: 'C', MALLOC_ARENA_MAX: '3'}, timeoutMs}
+  try {
+    return await run('prlimit', [`--as=${QEMU_IMG_ADDRESS_SPACE}`, '--', 'qemu-img', ...args], opts)
+  } catch (err) {
+    if (err instanceof CommandFailedError && /failed to execute qemu-img/.test(err.stderr)) throw new ToolMissingError('qemu-img')
+    if (!(err instanceof ToolMissingError && err.tool === 'prlimit')) throw err
+    log.warn('prlimit is missing: running qemu-img without its address-space cap')
+    return run('qemu-img', args, opts)
+  }
+}
+const QEMU_IMG_ADDRESS_SPACE = 2048 * 1024 * 1024
+
 /** qemu-img convert of a spooled, checksum-verified image whose format was detected from its bytes. */
 async function convertSpool(file: string, format: ImageFormat, target: Target, log: Logger): Promise<number> {
-  const env = {LC_ALL: 'C', MALLOC_ARENA_MAX: '3'}
   const qfmt = format === 'gpt' ? 'raw' : format
   let info: {'virtual-size'?: number; 'backing-filename'?: string; 'format-specific'?: {data?: {extents?: {filename?: string}[]}}}
   try {
-    info = JSON.parse((await run('qemu-img', ['info', '--output=json', '-f', qfmt, file], {env, timeoutMs: 120_000})).stdout)
+    info = JSON.parse((await qemuImg(['info', '--output=json', '-f', qfmt, file], log, 120_000)).stdout)
   } catch (err) {
     throw new InvalidImage(`qemu-img cannot read the ${format} image: ${(err as Error).message}`)
   }
@@ -205,7 +221,8 @@ async function convertSpool(file: string, format: ImageFormat, target: Target, l
   await target.drain()
   log.info('converting the spooled image with qemu-img', {format, virtual_size: vsize})
   try {
-    await run('qemu-img', ['convert', '-f', qfmt, '-O', 'raw', '-n', '-W', '-t', 'none', file, target.path], {env})
+    // -n: keep the device; qemu-img then writes zeros itself where the image reads as zero.
+    await qemuImg(['convert', '-f', qfmt, '-O', 'raw', '-n', '-W', ...(target.isBlockDevice ? ['-t', 'none'] : []), file, target.path], log)
   } catch (err) {
     if (err instanceof CommandFailedError) throw new ImageWriteError(target.path, err.exitCode ?? -1, err.stdout, err.stderr)
     throw err
