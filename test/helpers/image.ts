@@ -141,12 +141,20 @@ export const sha256File = (file: string, length?: number): Promise<string> =>
   })
 
 /**
- * A raw disk of `mib` MiB: random data with zero holes (every third MiB, and a hole over the
- * last but one MiB), optionally with a DOS partition table so it passes the partition check.
+ * A raw disk of `mib` MiB: random data, compressible data and zero holes (a third each, and a hole
+ * over the last but one MiB), optionally with a DOS partition table so it passes the partition check.
  */
 export async function makeRawImage(file: string, mib: number, opts: {dos?: boolean} = {}): Promise<void> {
   const buf = randomBytes(mib * MIB)
-  for (let i = 0; i < mib; i++) if (i % 3 === 1 || i === mib - 2) buf.fill(0, i * MIB, (i + 1) * MIB)
+  for (let i = 0; i < mib; i++) {
+    if (i % 3 === 1 || i === mib - 2) buf.fill(0, i * MIB, (i + 1) * MIB)
+    // every third MiB compresses (so `qemu-img convert -c` really makes compressed clusters):
+    // a repeated phrase with a random byte every 512
+    if (i % 3 === 2) {
+      buf.fill(`rdk image line ${i} `, i * MIB, (i + 1) * MIB)
+      for (let j = i * MIB; j < (i + 1) * MIB; j += 512) buf[j] = buf[j + 7]! ^ (j >> 9)
+    }
+  }
   buf.fill(0, 0, MIB) // room for a partition table
   writeFileSync(file, buf)
   if (opts.dos) await run('sfdisk', ['-q', file], {input: 'label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=8192, type=83\n'})

@@ -22,6 +22,8 @@ import {BufferPool, isZero, TargetFullError, type Target} from './target.js'
 const QCOW2_MAGIC = 0x514649fb
 const MAX_L1_BYTES = 32 * 1024 * 1024
 const TWO32 = 2 ** 32
+/** Data clusters known but not yet streamed past (~50 bytes each). */
+const MAX_MAPPED_AHEAD = 1_000_000
 
 export interface Qcow2Header {
   version: number
@@ -358,6 +360,10 @@ export class Qcow2Stream {
       this.stats.dataClusters++
       if (h >= this.idx) {
         if (this.data.has(h) || this.meta.has(h)) throw new Qcow2OrderError(`qcow2 host cluster ${off} is mapped twice`)
+        if (this.data.size >= MAX_MAPPED_AHEAD) {
+          // L2 tables far ahead of their data (preallocation=metadata): the map would outgrow RAM.
+          throw new Qcow2OrderError(`more than ${MAX_MAPPED_AHEAD} qcow2 data clusters are mapped ahead of the stream`)
+        }
         this.data.set(h, guest)
       } else {
         const past = this.pending.get(h) ?? (this.prev?.idx === h ? this.prev.buf : undefined)
@@ -370,11 +376,12 @@ export class Qcow2Stream {
   private async addCompressed(b: CompressedBlob): Promise<void> {
     const cs = this.cs
     const endIdx = Math.floor((b.end - 1) / cs)
-    if (endIdx > this.idx) {
+    // (Inside processCluster, this.idx already names the next cluster to arrive.)
+    if (endIdx >= this.idx) {
       const list = this.compByEnd.get(endIdx) ?? []
       list.push(b)
       this.compByEnd.set(endIdx, list)
-      for (let c = Math.floor(b.start / cs); c < endIdx; c++) if (c > this.idx) this.compStart.add(c)
+      for (let c = Math.floor(b.start / cs); c < endIdx; c++) if (c >= this.idx) this.compStart.add(c)
       return
     }
     // Entirely behind us (or in the L2 cluster being parsed, which cannot hold data): from pending.
