@@ -261,6 +261,25 @@ describe('download', () => {
     dl.verify('x')
   })
 
+  it('follows redirects (and a resume goes through them again)', async () => {
+    srv.behaviour.set('/moved.raw', {redirect: '/disk.raw'})
+    srv.behaviour.set('/disk.raw', {dropAfter: 4 * MIB, times: 1})
+    try {
+      const before = srv.requests.length
+      const {file} = await write('disk.raw', {urls: [`${srv.url}/moved.raw`]})
+      expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
+      expect(srv.requests.slice(before).map((r) => `${r.path} ${r.range ?? ''}`.trim())).toEqual([
+        '/moved.raw',
+        '/disk.raw',
+        expect.stringMatching(/^\/moved\.raw bytes=\d+-$/),
+        expect.stringMatching(/^\/disk\.raw bytes=\d+-$/),
+      ])
+    } finally {
+      srv.behaviour.delete('/moved.raw')
+      srv.behaviour.delete('/disk.raw')
+    }
+  })
+
   it('goes through image_info.proxies (and not for no_proxy hosts); basic auth from the URL', async () => {
     const proxy = await startProxy()
     try {

@@ -26,6 +26,8 @@ export interface Behaviour {
   truncateAt?: number
   /** Answer with this status and no image. */
   status?: number
+  /** Answer 302 to this location. */
+  redirect?: string
 }
 
 export interface SeenRequest {
@@ -55,6 +57,11 @@ export async function startImageServer(): Promise<ImageServer> {
     const n = (b.served ?? 0) + 1
     b.served = n
     const file = files.get(p)
+    if (b.redirect) {
+      res.writeHead(302, {Location: b.redirect})
+      res.end()
+      return
+    }
     if (b.status || !file) {
       res.writeHead(b.status ?? 404, {'Content-Type': 'text/plain'})
       res.end(b.status ? `status ${b.status}` : 'no such image')

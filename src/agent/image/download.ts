@@ -253,7 +253,7 @@ export async function getWithRetries(url: string, id: string, opts: RequestOptio
   for (let attempt = 0; ; attempt++) {
     let status = 0
     try {
-      const res = await httpGet(url, opts)
+      const res = await followRedirects(url, opts)
       status = res.statusCode ?? 0
       if (accept(status)) return res
       const body = (await readBody(res, 4096).catch(() => Buffer.alloc(0))).toString('utf8')
@@ -264,6 +264,28 @@ export async function getWithRetries(url: string, id: string, opts: RequestOptio
       log.warn('unable to connect, retrying', {url: redact(url), attempt: attempt + 1, of: retries, err: (err as Error).message})
       await sleep(retryInterval * 1000)
     }
+  }
+}
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308])
+const MAX_REDIRECTS = 10
+
+/**
+ * httpGet, following redirects as python-requests does for IPA (at most 10). Credentials from
+ * image_info are not sent to another host.
+ */
+async function followRedirects(url: string, opts: RequestOptions): Promise<IncomingMessage> {
+  const origin = new URL(url).host
+  let current = url
+  for (let hop = 0; ; hop++) {
+    const sameHost = new URL(current).host === origin
+    const res = await httpGet(current, sameHost ? opts : {...opts, info: {...opts.info, image_server_auth_strategy: null}})
+    const location = res.headers.location
+    if (!REDIRECTS.has(res.statusCode ?? 0) || !location) return res
+    res.resume()
+    if (hop >= MAX_REDIRECTS) throw new HttpStatusError(0, `more than ${MAX_REDIRECTS} redirects from ${redact(url)}`)
+    current = new URL(location, current).href
+    opts.settings.log.debug('following a redirect', {to: redact(current)})
   }
 }
 
