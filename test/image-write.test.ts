@@ -290,8 +290,9 @@ describe('download', () => {
       const req = srv.requests.slice(before).find((r) => r.path === '/disk.raw')!
       expect(req.viaProxy).toBe(true)
       expect(req.authorization).toBe('Basic ' + Buffer.from('user:s3cret').toString('base64'))
-      await write('disk.raw', {proxies: {http: proxy.url}, no_proxy: 'localhost,127.0.0.1'})
+      await write('disk.raw', {proxies: {http: proxy.url}, no_proxy: 'localhost,127.0.0.1', image_request_authorization: Buffer.from('Bearer f00').toString('base64')})
       expect(proxy.seen).toHaveLength(1)
+      expect(srv.requests.at(-1)!.authorization).toBe('Bearer f00')
     } finally {
       await proxy.close()
     }

@@ -37,6 +37,8 @@ export interface ImageInfo {
   image_server_auth_strategy?: string | null
   image_server_user?: string | null
   image_server_password?: string | null
+  /** base64 of a whole Authorization header value (e.g. "Bearer …"). */
+  image_request_authorization?: string | null
   node_uuid?: string | null
   configdrive?: string | null
   deploy_boot_mode?: string | null
@@ -142,7 +144,7 @@ export function redact(url: string): string {
 }
 
 export interface RequestOptions {
-  info: Pick<ImageInfo, 'proxies' | 'no_proxy' | 'image_server_auth_strategy' | 'image_server_user' | 'image_server_password'>
+  info: Pick<ImageInfo, 'proxies' | 'no_proxy' | 'image_server_auth_strategy' | 'image_server_user' | 'image_server_password' | 'image_request_authorization'>
   settings: DownloadSettings
   headers?: Record<string, string>
 }
@@ -154,7 +156,10 @@ export function httpGet(urlText: string, opts: RequestOptions): Promise<Incoming
     return Promise.reject(new HttpStatusError(0, `unsupported URL scheme ${url.protocol} (only http and https)`))
   }
   const headers: Record<string, string> = {'User-Agent': 'rdk-agent', ...opts.headers}
-  if (url.username || url.password) {
+  if (typeof opts.info.image_request_authorization === 'string' && opts.info.image_request_authorization) {
+    // Ironic's instance_info image_request_authorization_secret, base64 of the whole header value.
+    headers.Authorization = Buffer.from(opts.info.image_request_authorization, 'base64').toString('utf8')
+  } else if (url.username || url.password) {
     headers.Authorization = basicAuth(decodeURIComponent(url.username), decodeURIComponent(url.password))
   } else if (opts.info.image_server_auth_strategy === 'http_basic' && opts.info.image_server_user) {
     headers.Authorization = basicAuth(opts.info.image_server_user, opts.info.image_server_password ?? '')
@@ -279,7 +284,7 @@ async function followRedirects(url: string, opts: RequestOptions): Promise<Incom
   let current = url
   for (let hop = 0; ; hop++) {
     const sameHost = new URL(current).host === origin
-    const res = await httpGet(current, sameHost ? opts : {...opts, info: {...opts.info, image_server_auth_strategy: null}})
+    const res = await httpGet(current, sameHost ? opts : {...opts, info: {...opts.info, image_server_auth_strategy: null, image_request_authorization: null}})
     const location = res.headers.location
     if (!REDIRECTS.has(res.statusCode ?? 0) || !location) return res
     res.resume()
