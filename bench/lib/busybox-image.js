@@ -8,7 +8,7 @@
 // through the Debian layer's verified cache (dist/debian/*), so the build's cache dir is reused.
 import {rm, stat} from 'node:fs/promises'
 import {join} from 'node:path'
-import {compressFile} from '../../dist/build/compress.js'
+import {COMPRESSIONS, compressFile} from '../../dist/build/compress.js'
 import {writeCpio} from '../../dist/build/cpio.js'
 import {FileTree} from '../../dist/build/tree.js'
 import {addUsrMergeLinks, extractDeb, noDocs} from '../../dist/debian/extract.js'
@@ -55,6 +55,7 @@ exit 0
  * modules must come from the same package, or the check fails loudly.
  */
 export async function buildBusyboxInitramfs({cacheDir, workDir, compress, kernelVersion, mtime = 1704067200}) {
+  if (!COMPRESSIONS.includes(compress)) throw new Error(`the image's compression '${compress}' is not one rdk knows (${COMPRESSIONS.join(', ')})`)
   const t0 = Date.now()
   const kernel = await prepareKernel({cacheDir, modules: MODULES, firmwarePackages: []})
   if (kernelVersion && kernel.kernelVersion !== kernelVersion) {
