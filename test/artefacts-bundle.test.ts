@@ -157,7 +157,7 @@ describe('rdk build --format tar,zip', () => {
     const m = JSON.parse(await readFile(join(x, 'manifest.json'), 'utf8'))
     expect(m.spec.kernelArgs).toEqual({'ipa-debug': '1'})
     expect(m.elements.map((e: {name: string}) => e.name)).toContain('base')
-    expect(m.packages.find((p: {name: string}) => p.name === 'busybox-static')?.version).toBeTruthy()
+    expect(m.packages.find((p: {name: string}) => p.name === 'qemu-utils')?.version).toBeTruthy()
     expect(m.files.find((f: {name: string}) => f.name === 'rdk-tiny.iso').size).toBeGreaterThan(1e6)
     // The initramfs in the bundle is the one written next to it.
     expect(m.files.find((f: {name: string}) => f.name === 'rdk-tiny.initramfs').sha256).toBe(ra.artefacts.find((f) => f.file === 'rdk-tiny.initramfs')!.sha256)
