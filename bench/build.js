@@ -134,7 +134,7 @@ async function main() {
   let stub
   try {
     console.log(`rdk build/boot benchmark — node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU(s), ${fmt(os.totalmem() / 2 ** 30)} GiB RAM${opts.quick ? ' (--quick)' : ''}`)
-    console.log(`work dir ${work}; this takes ${opts.quick ? '~5' : '~10'} minutes (each qemu boot 20–40 s under TCG)\n`)
+    console.log(`work dir ${work}; this takes ${opts.quick ? '~5' : '10–15'} minutes (each qemu boot 20–40 s under TCG)\n`)
 
     // --- builds --------------------------------------------------------------------------------
     const cacheDir = opts.quick ? QUICK_CACHE : path.join(work, 'cache')
