@@ -77,7 +77,8 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
       await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
       let vm: Vm | undefined
       try {
-        vm = await startVm({boot: {kind: 'iso', path: iso, as: w.as}, uefi: w.uefi, mac: w.mac, memoryMiB: 1024, portForwards: [{guestPort: 9999, hostPort}]})
+        // A (sparse) disk, as a real node has: without one the agent waits up to 27 s for a root device.
+        vm = await startVm({boot: {kind: 'iso', path: iso, as: w.as}, uefi: w.uefi, mac: w.mac, memoryMiB: 1024, disks: [{path: join(dir, `disk-${w.mac.slice(-2)}.img`), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
         const dii = await waitForHeartbeat(ironic, node.uuid, 300_000)
         times[`${w.fw}-${w.as}`] = Date.now() - vm.startedAt
         expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
@@ -119,7 +120,7 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
     await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
     let vm: Vm | undefined
     try {
-      vm = await startVm({boot: {kind: 'iso', path: sbIso, as: 'cdrom'}, secureBoot: true, mac, memoryMiB: 1024, portForwards: [{guestPort: 9999, hostPort}]})
+      vm = await startVm({boot: {kind: 'iso', path: sbIso, as: 'cdrom'}, secureBoot: true, mac, memoryMiB: 1024, disks: [{path: join(dir, 'disk-sb.img'), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
       const dii = await waitForHeartbeat(ironic, node.uuid, 360_000)
       times['UEFI-secure-boot'] = Date.now() - vm.startedAt
       expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)

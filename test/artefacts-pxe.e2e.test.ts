@@ -79,7 +79,8 @@ describe('PXE tree and iPXE script from rdk build: network boots reach a real Ir
     await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
     let vm: Vm | undefined
     try {
-      vm = await startVm({boot, uefi, mac, memoryMiB: 1024, portForwards: [{guestPort: 9999, hostPort}]})
+      // A (sparse) disk, as a real node has: without one the agent waits up to 27 s for a root device.
+      vm = await startVm({boot, uefi, mac, memoryMiB: 1024, disks: [{path: join(dir, `disk-${name}.img`), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
       const dii = await waitForHeartbeat(ironic, node.uuid, 360_000)
       times[name] = Date.now() - vm.startedAt
       expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)

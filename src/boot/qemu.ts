@@ -27,7 +27,7 @@
  */
 import {spawn, type ChildProcess} from 'node:child_process'
 import {createHash} from 'node:crypto'
-import {constants as fsConstants, createWriteStream, rmSync, type WriteStream} from 'node:fs'
+import {constants as fsConstants, copyFileSync, createWriteStream, existsSync, mkdirSync, rmSync, type WriteStream} from 'node:fs'
 import {access, mkdir, mkdtemp, open, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -545,6 +545,11 @@ interface LaunchedVm extends Vm {
 }
 
 async function launch(opts: VmOptions, r: ResolvedVm): Promise<LaunchedVm> {
+  if (r.pflash?.tempDir && !existsSync(r.pflash.vars)) {
+    // A restart (KVM → TCG) after the first qemu's exit removed the private variable store.
+    mkdirSync(r.pflash.tempDir, {recursive: true})
+    copyFileSync(OVMF_SECURE.vars, r.pflash.vars)
+  }
   const args = qemuArgs(opts, r)
   const argv = [r.qemu, ...args]
   opts.onLaunch?.({argv, resolved: r})
