@@ -313,7 +313,12 @@ export class Qcow2Stream {
       const hi = l1.readUInt32BE(j * 8)
       const lo = l1.readUInt32BE(j * 8 + 4)
       const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
-      if (off === 0) continue
+      if (off === 0) {
+        // No L2 table: the whole region reads as zeros. Check the disk now, overlapping the stream.
+        const start = j * l2Coverage
+        await this.target.ensureZero(start, Math.min(l2Coverage, this.header!.virtualSize - start), this.header!.virtualSize)
+        continue
+      }
       if (off % this.cs !== 0) throw new InvalidImage(`qcow2 L2 table offset ${off} is not cluster-aligned`)
       const l2idx = off / this.cs
       if (l2idx >= this.idx) {
@@ -336,12 +341,20 @@ export class Qcow2Stream {
     const x = 62 - (bits - 8) // compressed: offset bits
     const hiOffMask = 2 ** (x - 32) - 1
     const sectorsMask = 2 ** (bits - 8) - 1
+    // Runs of zero/unallocated clusters are checked on the disk right away (ensureZero).
+    let zeroStart = -1
+    const endZeroRun = async (end: number): Promise<void> => {
+      if (zeroStart < 0) return
+      await this.target.ensureZero(zeroStart, Math.min(end, vsize) - zeroStart, vsize)
+      zeroStart = -1
+    }
     for (let k = 0; k < cs / 8 && k * 8 + 8 <= table.length; k++) {
       const guest = j * l2Coverage + k * cs
       if (guest >= vsize) break
       const hi = table.readUInt32BE(k * 8)
       const lo = table.readUInt32BE(k * 8 + 4)
       if (hi & 0x40000000) {
+        await endZeroRun(guest)
         const start = (hi & hiOffMask) * TWO32 + lo
         const nb = ((hi >>> (x - 32)) & sectorsMask) + 1
         const end = start + nb * 512 - (start % 512)
@@ -351,10 +364,12 @@ export class Qcow2Stream {
       }
       const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
       if (off === 0 || (lo & 1) === 1) {
-        // Unallocated or an explicit zero cluster (v3 bit 0): reads as zeros, written as a gap.
+        // Unallocated or an explicit zero cluster (v3 bit 0): reads as zeros, never written.
         this.stats.zeroClusters++
+        if (zeroStart < 0) zeroStart = guest
         continue
       }
+      await endZeroRun(guest)
       if (off % cs !== 0) throw new InvalidImage(`qcow2 data cluster offset ${off} is not cluster-aligned`)
       const h = off / cs
       this.stats.dataClusters++
@@ -371,6 +386,7 @@ export class Qcow2Stream {
         await this.writeData(guest, past)
       }
     }
+    await endZeroRun((j + 1) * l2Coverage)
   }
 
   private async addCompressed(b: CompressedBlob): Promise<void> {

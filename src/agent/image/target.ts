@@ -10,6 +10,8 @@ import type {Logger} from '../log.js'
 
 const MAX_IN_FLIGHT = 4
 const ZERO_PIECE = 1024 * 1024
+const CHECK_PIECE = 1024 * 1024
+const CHECK_PARALLEL = 4
 /** Size of the reusable write buffers (BufferPool). */
 export const BLOCK_SIZE = 2 * 1024 * 1024
 
@@ -96,6 +98,7 @@ const ZERO = Buffer.alloc(ZERO_PIECE)
 export class Target {
   private inFlight: Promise<unknown>[] = []
   private failure: unknown
+  private readonly checkPool = new BufferPool(MAX_IN_FLIGHT, ZERO_PIECE)
   bytesWritten = 0
   coverage: Coverage
 
@@ -147,6 +150,32 @@ export class Target {
     return {done: p}
   }
 
+  /**
+   * Make [pos, pos+len) read as zeros (read it; rewrite only non-zero pieces), queued like a write
+   * so it overlaps the download. Used for holes the stream already revealed (raw zero blocks).
+   */
+  async ensureZero(pos: number, len: number, limit = Infinity): Promise<void> {
+    if (this.failure) throw this.failure
+    const p = (async () => {
+      const buf = await this.checkPool.get()
+      try {
+        for (let off = pos; off < pos + len; off += buf.length) {
+          const n = Math.min(buf.length, pos + len - off)
+          const {bytesRead} = await this.fh.read(buf, 0, n, off)
+          if (bytesRead > 0 && !isZero(buf.subarray(0, bytesRead))) await this.fh.write(ZERO, 0, bytesRead, off)
+        }
+      } finally {
+        this.checkPool.release(buf)
+      }
+      this.coverage.mark(pos, pos + len, limit)
+    })().catch((err: unknown) => {
+      this.failure ??= err
+    })
+    this.inFlight.push(p)
+    if (this.inFlight.length >= MAX_IN_FLIGHT) await this.inFlight.shift()
+    if (this.failure) throw this.failure
+  }
+
   /** Wait for every queued write. */
   async drain(): Promise<void> {
     await Promise.all(this.inFlight)
@@ -160,21 +189,28 @@ export class Target {
    */
   async zeroGaps(size: number, log?: Logger): Promise<{checked: number; zeroed: number}> {
     await this.drain()
-    const buf = Buffer.alloc(ZERO_PIECE)
     let checked = 0
     let zeroed = 0
-    for (const [a, b] of this.coverage.gaps(size)) {
-      for (let off = a; off < b; off += ZERO_PIECE) {
-        const len = Math.min(ZERO_PIECE, b - off)
+    // Pieces of at most CHECK_PIECE bytes, CHECK_PARALLEL reads in flight (each with its buffer).
+    const pieces = (function* (gaps: Iterable<[number, number]>): Generator<[number, number]> {
+      for (const [a, b] of gaps) for (let off = a; off < b; off += CHECK_PIECE) yield [off, Math.min(CHECK_PIECE, b - off)]
+    })(this.coverage.gaps(size))
+    const worker = async (): Promise<void> => {
+      const buf = Buffer.allocUnsafe(CHECK_PIECE)
+      for (const [off, len] of pieces) {
         const {bytesRead} = await this.fh.read(buf, 0, len, off)
         checked += len
         if (bytesRead === 0) continue // past the end of a regular file: reads as zeros already
         if (!isZero(buf.subarray(0, bytesRead))) {
-          await this.fh.write(ZERO, 0, bytesRead, off)
+          for (let o = 0; o < bytesRead; o += ZERO.length) {
+            const n = Math.min(ZERO.length, bytesRead - o)
+            await this.fh.write(ZERO, 0, n, off + o)
+          }
           zeroed += bytesRead
         }
       }
     }
+    await Promise.all(Array.from({length: CHECK_PARALLEL}, worker))
     if (!this.isBlockDevice) {
       // A regular file shorter than the image must still be as long as the image.
       const st = await this.fh.stat()

@@ -125,17 +125,24 @@ async function streamRaw(source: AsyncIterable<Buffer>, target: Target): Promise
   let base = 0
   const flush = async (): Promise<void> => {
     const done: Promise<unknown>[] = []
-    let runStart = -1
+    // Runs of data are written; runs of zeros are checked on the disk right away (ensureZero),
+    // overlapping the download instead of a pass over all holes at the end.
+    let runStart = 0
+    let runZero: boolean | undefined
+    const endRun = async (end: number): Promise<void> => {
+      if (runZero === undefined || end <= runStart) return
+      if (runZero) await target.ensureZero(base + runStart, end - runStart)
+      else done.push((await target.write(block.subarray(runStart, end), base + runStart)).done)
+    }
     for (let off = 0; off < fill; off += ZERO_CHECK) {
-      const end = Math.min(fill, off + ZERO_CHECK)
-      const zero = isZero(block.subarray(off, end))
-      if (!zero && runStart < 0) runStart = off
-      if (zero && runStart >= 0) {
-        done.push((await target.write(block.subarray(runStart, off), base + runStart)).done)
-        runStart = -1
+      const zero = isZero(block.subarray(off, Math.min(fill, off + ZERO_CHECK)))
+      if (zero !== runZero) {
+        await endRun(off)
+        runStart = off
+        runZero = zero
       }
     }
-    if (runStart >= 0) done.push((await target.write(block.subarray(runStart, fill), base + runStart)).done)
+    await endRun(fill)
     const used = block
     void Promise.all(done).then(() => pool.release(used))
     base += fill
