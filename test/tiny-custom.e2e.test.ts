@@ -4,7 +4,7 @@
  * `--kernel-arg ipa-*` (baked into the agent's config, honoured although the boot passes none of
  * them); and at boot, DIB dynamic-login's `sshkey="…"` parameter.
  */
-import {mkdtemp, readFile, rm} from 'node:fs/promises'
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -22,6 +22,21 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
     dir = await mkdtemp(join(tmpdir(), 'rdk-tiny-custom-'))
     out = join(dir, 'out')
     for (const k of ['baked', 'boot']) await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `rdk-${k}`, '-f', join(dir, k)])
+    // A user's manager, as docs/hardware-managers.md describes: supported everywhere, one clean step.
+    await writeFile(
+      join(dir, 'rack-tag.mjs'),
+      `export default (rdk) => {
+  class RackTagManager extends rdk.HardwareManager {
+    static HARDWARE_MANAGER_NAME = 'rack_tag_manager'
+    static HARDWARE_MANAGER_VERSION = '1.2'
+    evaluate_hardware_support() { return rdk.HardwareSupport.SERVICE_PROVIDER }
+    get_clean_steps() { return [{step: 'write_rack_tag', priority: 0, interface: 'deploy', reboot_requested: false, abortable: true}] }
+    async write_rack_tag() { return {tag: 'r42'} }
+  }
+  return new RackTagManager()
+}
+`,
+    )
   }, 60_000)
   afterAll(async () => {
     await vm?.stop()
@@ -39,7 +54,7 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
   it('builds with --ssh-key, --hardware-manager and baked --kernel-arg; the manifest records them', async () => {
     const r = await run(
       process.execPath,
-      ['bin/run.js', 'build', '--output', out, '--json', '--ssh-key', join(dir, 'baked.pub'), '--hardware-manager', 'examples/hardware-managers/example-vendor.mjs',
+      ['bin/run.js', 'build', '--output', out, '--json', '--ssh-key', join(dir, 'baked.pub'), '--hardware-manager', join(dir, 'rack-tag.mjs'),
         '--kernel-arg', 'ipa-standalone=1', '--kernel-arg', `ipa-agent-token=${TOKEN}`],
       {timeoutMs: 900_000},
     )
@@ -69,11 +84,11 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
       expect(refused.status).toBe(401)
       const res = await fetch(url(TOKEN), {method: 'POST', headers: {'content-type': 'application/json'}, body})
       expect(res.status).toBe(200)
-      const cmd = (await res.json()) as {command_status: string; command_result: {clean_steps: Record<string, {step: string}[]>}}
+      const cmd = (await res.json()) as {command_status: string; command_result: {clean_steps: Record<string, {step: string}[]>; hardware_manager_version: Record<string, string>}}
       expect(cmd.command_status).toBe('SUCCEEDED')
-      const steps = Object.values(cmd.command_result.clean_steps).flat().map((s) => s.step)
-      expect(steps).toContain('example_firmware_check')
-      expect(steps).toContain('erase_devices_metadata')
+      expect(cmd.command_result.clean_steps.RackTagManager?.map((s) => s.step)).toEqual(['write_rack_tag'])
+      expect(cmd.command_result.hardware_manager_version).toMatchObject({rack_tag_manager: '1.2'})
+      expect(Object.values(cmd.command_result.clean_steps).flat().map((s) => s.step)).toContain('erase_devices_metadata')
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- serial ---\n${vm.serialLog().slice(-4000)}`)
     }
@@ -84,7 +99,7 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
     const baked = await ssh('baked', 'cat /proc/cmdline; ls /usr/share/rdk/hardware-managers')
     expect(baked.exitCode, baked.stderr + vm!.serialLog().slice(-2000)).toBe(0)
     expect(baked.stdout).toMatch(/sshkey=/)
-    expect(baked.stdout).toMatch(/example-vendor\.mjs/)
+    expect(baked.stdout).toMatch(/rack-tag\.mjs/)
     const boot = await ssh('boot', 'id -u')
     expect(boot.exitCode, boot.stderr).toBe(0)
     expect(boot.stdout.trim()).toBe('0')

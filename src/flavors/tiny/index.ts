@@ -9,6 +9,8 @@ import {installKernelModules, moduleList, prepareKernel} from '../../debian/kern
 import {fetchPackages, resolvePackages} from '../../debian/packages.js'
 import {buildToolset, DEPLOY_TOOLSET, PRUNED_DEPENDENCIES} from '../../debian/toolset.js'
 import type {ExtractEntryInfo} from '../../debian/extract.js'
+import {isElf, parseElf} from '../../debian/elf.js'
+import {baseOf, FileTree, type TreeEntry} from '../../build/tree.js'
 import {addAgentBundle, addNodeRuntime} from './node.js'
 
 /** Shared libraries (and their symlinks) of a dependency package: lib*.so* anywhere under usr/lib. */
@@ -27,24 +29,44 @@ const fetchPackagesStage: Stage = {
       ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: 'toolset'})
       ctx.layers.set(p.name, 'toolset')
     }
-    const inToolset = new Set([...DEPLOY_TOOLSET.map((t) => t.package), ...report.packages.map((p) => p.name)])
+    const inToolset = new Set(DEPLOY_TOOLSET.map((t) => t.package))
     const extra = ctx.packageRequests().filter((r) => !inToolset.has(r.name))
     let deps = 0
     if (extra.length) {
-      // What elements ask for is installed whole; its dependencies (those the toolset does not
-      // already bring, minus maintainer-script machinery) contribute their shared libraries only.
-      const resolved = await resolvePackages(extra.map((r) => r.name), {exclude: [...PRUNED_DEPENDENCIES, ...inToolset]})
+      // What elements ask for is installed whole. Of its dependencies (minus maintainer-script
+      // machinery) only the shared libraries that its programs load, directly or through each
+      // other, and that the image does not have yet (from the toolset or Node) are added.
+      const resolved = await resolvePackages(extra.map((r) => r.name), {exclude: PRUNED_DEPENDENCIES})
       const paths = await fetchPackages(resolved, cacheDir)
       const asked = new Map(extra.map((r) => [r.name, r.element]))
+      const needed = new Set<string>()
+      const collect = async (tree: FileTree, entries: readonly TreeEntry[]) => {
+        for (const e of entries) {
+          if (e.type !== 'file' || e.size < 64) continue
+          const head = await tree.read(e.path)
+          if (isElf(head)) for (const n of parseElf(head, e.path).needed) needed.add(n)
+        }
+      }
       for (const [i, p] of resolved.entries()) {
         const element = asked.get(p.name)
-        const source = element ?? p.name
-        if (!element) deps++
-        await ctx.tree.withSource(source, () => extractDeb(paths[i]!, ctx.tree, {source, ...(element ? {} : {filter: isSharedLibrary})}))
-        ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: element ?? `(dependency)`})
+        if (!element) continue
+        await ctx.tree.withSource(element, () => extractDeb(paths[i]!, ctx.tree, {source: element}))
+        await collect(ctx.tree, ctx.tree.entries().filter((e) => e.source === element))
+        ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element})
+      }
+      for (const [i, p] of resolved.entries()) {
+        if (asked.has(p.name)) continue
+        const staged = new FileTree(ctx.tree.blobs)
+        await extractDeb(paths[i]!, staged, {source: `dependency:${p.name}`, filter: isSharedLibrary})
+        const libs = staged.entries().filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
+        if (!libs.length) continue
+        for (const e of libs) ctx.tree.insert(e)
+        await collect(ctx.tree, libs.filter((e) => e.type === 'file'))
+        if (!ctx.packages.some((q) => q.name === p.name)) ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: '(library)'})
+        deps++
       }
     }
-    return `${report.packages.length} toolset packages${extra.length ? ` + ${extra.length} from elements${deps ? ` (+ ${deps} dependencies' libraries)` : ''}` : ''}`
+    return `${report.packages.length} toolset packages${extra.length ? ` + ${extra.length} from elements${deps ? ` (+ libraries from ${deps} of their dependencies)` : ''}` : ''}`
   },
 }
 
