@@ -205,6 +205,10 @@ async function main() {
       network: /rdk-init: network: eth0 \d+\.\d+\.\d+\.\d+/,
       agentStart: /rdk-init: agent: starting/,
     }
+    // The image's boot artefacts carry the flavor's arguments (root=/dev/ram0: ramfs, not a tmpfs
+    // capped at half the RAM); the bench boots with them, as the ISO/PXE/iPXE configs do.
+    const bootArgs = cached.manifest?.kernelCmdline ?? ''
+    figures.bootArgs = bootArgs
     const boot = (kind, memoryMiB, extra = {}) => {
       log(`boot ${kind} with ${memoryMiB} MiB`)
       return benchBoot({
@@ -217,6 +221,7 @@ async function main() {
         cacheDir,
         timeoutMs: BOOT_TIMEOUT_MS,
         marks: kind === 'agent' ? agentMarks : {init: /bench-init: started/, network: /bench-init: network up/},
+        bootArgs,
         ...extra,
       }).then((r) => {
         log(`  → ${r.ok ? `first heartbeat after ${sec(r.heartbeatMs)}` : `FAILED: ${r.failure}`}`)

@@ -136,7 +136,7 @@ describe('build result and manifest', () => {
     expect(hello.bytes).toBeGreaterThan(0)
     expect(hello.origin).toBe('user')
     const manifest = JSON.parse(readFileSync(join(spec.output, 'rdk-tiny.manifest.json'), 'utf8'))
-    expect(manifest.kernelCmdline).toBe('console=ttyS0')
+    expect(manifest.kernelCmdline).toBe('root=/dev/ram0 console=ttyS0') // the tiny flavor's own argument first
     expect(manifest.elements.map((e: {name: string}) => e.name)).toEqual(['base-lite', 'hello'])
     expect(manifest.artefacts).toEqual([{file: 'rdk-tiny.initramfs', kind: 'initramfs', size: result.artefacts[0]!.size, sha256: result.artefacts[0]!.sha256}])
     expect(manifest.spec.output).toBeUndefined() // host-only fields stay out: the manifest is reproducible

@@ -64,16 +64,22 @@ async function pollStatus(vm, port, signal) {
  * 'busybox' (the baseline: a wget to the stub). Returns {ok, memoryMiB, heartbeatMs, statusMs,
  * marks, failure, serialTail, argv}.
  */
-export async function benchBoot({kind, kernel, initrd, memoryMiB, stub, workDir, cacheDir, timeoutMs = 120_000, probeStatus = false, marks = {}}) {
+export async function benchBoot({kind, kernel, initrd, memoryMiB, stub, workDir, cacheDir, timeoutMs = 120_000, probeStatus = false, marks = {}, bootArgs = ''}) {
   const mac = randomMac()
   const node = stub.addNode({mac, memoryMiB, baseline: kind === 'busybox'})
   const disk = join(workDir, `disk-${process.pid}-${++seq}.img`)
   const hostPort = await freeLoopbackPort()
   const bootif = `BOOTIF=01-${mac.replace(/:/g, '-')}`
-  const append =
+  // bootArgs: the command line the image's boot artefacts carry (manifest kernelCmdline), given to
+  // both images so that they unpack into the same kind of root filesystem.
+  const append = [
+    bootArgs,
     kind === 'agent'
       ? `${bootif} ipa-api-url=${stub.guestUrl} ipa-advertise-host=127.0.0.1 ipa-advertise-port=${hostPort} ipa-insecure=1`
-      : `${bootif} rdk.bench-url=${stub.guestUrl}/v1/heartbeat/${node.uuid}`
+      : `${bootif} rdk.bench-url=${stub.guestUrl}/v1/heartbeat/${node.uuid}`,
+  ]
+    .filter(Boolean)
+    .join(' ')
   const result = {kind, memoryMiB, ok: false, heartbeatMs: undefined, lookupMs: undefined, statusMs: undefined, marks: {}, failure: undefined, serialTail: '', argv: []}
   const stop = new AbortController()
   let vm

@@ -13,7 +13,7 @@ import {join} from 'node:path'
 import type {BuildContext} from '../build/context.js'
 import {BuildError} from '../build/errors.js'
 import type {Stage} from '../build/registry.js'
-import type {Format} from '../build/spec.js'
+import {bootKernelArgs, type Format} from '../build/spec.js'
 import {BUNDLE_EXTENSIONS, sha256Line, writeBundle, type BundleEntry, type BundleFormat} from './bundle.js'
 import {volumeLabel} from './common.js'
 import {writeIpxeScript} from './ipxe.js'
@@ -57,7 +57,7 @@ export const isoStage: Stage = {
     const r = await makeIso({
       ...inputs(ctx),
       output: path,
-      kernelArgs: ctx.spec.kernelArgs,
+      kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec),
       label: volumeLabel(ctx.spec.name),
       title: ctx.spec.name,
       sourceDateEpoch: ctx.spec.sourceDateEpoch,
@@ -76,7 +76,7 @@ export const pxeStage: Stage = {
     if (!how) return 'skipped: pxe not requested'
     const path = target(ctx, 'pxe', `${ctx.spec.name}-pxe`, how)
     await ensureScratch(ctx)
-    const r = await makePxeTree({...inputs(ctx), output: path, name: ctx.spec.name, kernelArgs: ctx.spec.kernelArgs, sourceDateEpoch: ctx.spec.sourceDateEpoch, workDir: ctx.workDir})
+    const r = await makePxeTree({...inputs(ctx), output: path, name: ctx.spec.name, kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec), sourceDateEpoch: ctx.spec.sourceDateEpoch, workDir: ctx.workDir})
     return `${r.files.length} files${how === 'bundle' ? ' (for the bundle)' : ''}`
   },
 }
@@ -91,7 +91,7 @@ export const ipxeStage: Stage = {
     const path = target(ctx, 'ipxe', `${ctx.spec.name}.ipxe`, how)
     await ensureScratch(ctx)
     const baseUrl = process.env.RDK_IPXE_BASE_URL || undefined
-    await writeIpxeScript(path, {name: ctx.spec.name, baseUrl, kernelArgs: ctx.spec.kernelArgs})
+    await writeIpxeScript(path, {name: ctx.spec.name, baseUrl, kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec)})
     return baseUrl ? `from ${baseUrl}` : 'URLs relative to the script'
   },
 }

@@ -13,7 +13,15 @@ import {genericStages} from './stages.js'
 export function createDefaultRegistry(): StageRegistry {
   const r = new StageRegistry()
   r.defineFlavor(
-    {name: 'tiny', description: 'small busybox ramdisk: the agent, its tools and a kernel, no systemd', defaultElements: ['base', 'agent'], implemented: true},
+    {
+      name: 'tiny',
+      description: 'small busybox ramdisk: the agent, its tools and a kernel, no systemd',
+      defaultElements: ['base', 'agent'],
+      implemented: true,
+      // Any root= makes the kernel unpack the initramfs into ramfs instead of a tmpfs capped at half
+      // the RAM: the image then boots in 384 MiB instead of 416 (the /init inside is run either way).
+      kernelArgs: {root: '/dev/ram0'},
+    },
     genericStages(),
   )
   r.defineFlavor({name: 'debian', description: 'full Debian root filesystem with systemd (not implemented yet)', defaultElements: ['base'], implemented: false}, genericStages())

@@ -34,6 +34,8 @@ export interface FlavorDefinition {
   defaultElements: string[]
   /** false: `rdk build --flavor X` says "not implemented yet". */
   implemented: boolean
+  /** Kernel arguments every boot artefact of this flavor carries, before the spec's (which win). */
+  kernelArgs?: Record<string, string | null>
 }
 
 export interface StagePosition {

@@ -243,6 +243,11 @@ export function parseKernelArgs(raw: unknown, where: string, fromFlag: boolean):
   throw new SpecError(`${where}: kernelArgs: expected a mapping of K: V (or a list of "K=V"), got ${describe(raw)}`)
 }
 
+/** The flavor's boot arguments overlaid with the spec's (the spec wins; insertion order kept). */
+export function bootKernelArgs(flavor: {kernelArgs?: Record<string, string | null>}, spec: {kernelArgs: Record<string, string | null>}): Record<string, string | null> {
+  return {...(flavor.kernelArgs ?? {}), ...spec.kernelArgs}
+}
+
 /** The kernel command line the artefacts are booted with (insertion order). */
 export function kernelCmdline(args: Record<string, string | null>): string {
   return Object.entries(args)

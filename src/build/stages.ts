@@ -16,7 +16,7 @@ import {ElementCatalog, elementSearchPaths, HOOK_PHASES, resolveElements} from '
 import {BuildError} from './errors.js'
 import {runHooks} from './hooks.js'
 import {FINAL_STAGE, type Stage} from './registry.js'
-import {kernelCmdline} from './spec.js'
+import {bootKernelArgs, kernelCmdline} from './spec.js'
 import {RDK_VERSION} from '../common/version.js'
 import {artefactStages} from '../artefacts/stages.js'
 
@@ -189,7 +189,7 @@ export async function buildManifest(ctx: BuildContext): Promise<Record<string, u
     name: ctx.spec.name,
     flavor: ctx.spec.flavor,
     spec,
-    kernelCmdline: kernelCmdline(ctx.spec.kernelArgs),
+    kernelCmdline: kernelCmdline(bootKernelArgs(ctx.flavor, ctx.spec)),
     elements: ctx.elements.map((e) => {
       const s = sizes.find((x) => x.source === e.name)
       return {name: e.name, description: e.manifest.description, origin: e.builtin ? 'built-in' : 'user', bytes: s?.bytes ?? 0, files: s?.files ?? 0}
