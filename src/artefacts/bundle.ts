@@ -8,6 +8,7 @@
  * user/group names, modes 0644/0755, the gzip header pinned, zip times stored as DOS times of the
  * UTC date (no extended-timestamp field, no dependence on the machine's time zone).
  */
+import {createHash} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
 import {stat} from 'node:fs/promises'
 import type {Readable} from 'node:stream'
@@ -82,7 +83,7 @@ async function collect(entries: readonly BundleEntry[], manifest: Record<string,
   items.sort((a, b) => byBytes(a.name, b.name))
   const files: BundleFile[] = items.map((i) => ({name: i.name, size: i.size, sha256: i.sha256!}))
   const manifestText = Buffer.from(JSON.stringify({...manifest, files}, null, 2) + '\n')
-  const manifestFile = {name: 'manifest.json', size: manifestText.length, sha256: (await import('node:crypto')).createHash('sha256').update(manifestText).digest('hex')}
+  const manifestFile = {name: 'manifest.json', size: manifestText.length, sha256: createHash('sha256').update(manifestText).digest('hex')}
   const sums = Buffer.from(sha256sums([...files, manifestFile]))
   items.push({name: 'manifest.json', source: manifestText, size: manifestText.length, sha256: manifestFile.sha256})
   items.push({name: 'SHA256SUMS', source: sums, size: sums.length})

@@ -52,15 +52,6 @@ export function kernelArgWords(args: KernelArgs | undefined): string[] {
   return words
 }
 
-/** `K=V` flag values → words (K alone for a bare word). */
-export function parseKernelArgFlags(values: readonly string[]): string[] {
-  return values.map((v) => {
-    const t = v.trim()
-    if (!t || /^=/.test(t)) throw new ArtefactError(`--kernel-arg '${v}': expected K=V (or a bare word K)`)
-    return t
-  })
-}
-
 /** The serial + VGA consoles every rdk boot menu adds in front of the user's arguments (serial last = /dev/console). */
 export const CONSOLE_ARGS = ['console=tty0', 'console=ttyS0,115200n8']
 

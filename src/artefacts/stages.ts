@@ -8,7 +8,7 @@
  * The iPXE script's base URL comes from $RDK_IPXE_BASE_URL (else the URLs are relative to the
  * script).
  */
-import {writeFile} from 'node:fs/promises'
+import {mkdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import type {BuildContext} from '../build/context.js'
 import {BuildError} from '../build/errors.js'
@@ -97,7 +97,6 @@ export const ipxeStage: Stage = {
 }
 
 async function ensureScratch(ctx: BuildContext): Promise<void> {
-  const {mkdir} = await import('node:fs/promises')
   await mkdir(join(ctx.workDir, 'bundle'), {recursive: true})
 }
 
