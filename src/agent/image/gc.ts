@@ -28,7 +28,7 @@ function getGc(): GcFn | null {
 /** Call with each chunk's size; runs a minor GC every `every` bytes. */
 export class GcNudger {
   private since = 0
-  constructor(private readonly every = 8 * 1024 * 1024) {}
+  constructor(private readonly every = 4 * 1024 * 1024) {}
 
   add(bytes: number): void {
     this.since += bytes
