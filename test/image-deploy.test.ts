@@ -213,6 +213,9 @@ describe('whole-disk deploy on loop devices', () => {
     expect(b.command_error).toMatchObject({type: 'CommandExecutionError'})
     expect(b.command_error.details).toBe('Config drive for node node-1 is not base64 encoded or the content is malformed. Error: characters outside the base64 alphabet.')
 
+    b = await deploy(imageInfo('dos.raw', {id: 'dos-dict'}), {meta_data: {}})
+    expect(b.command_error).toMatchObject({type: 'InvalidCommandParamsError', code: 400})
+
     b = await deploy(imageInfo('dos.raw'), null, {serial: 'no-such-serial'})
     expect(b.command_error).toMatchObject({type: 'DeviceNotFound', code: 404})
     expect(b.command_error.details).toBe('No suitable device was found for deployment using these hints {"serial":"no-such-serial"}')

@@ -349,6 +349,9 @@ export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, co
   validateImageInfo(imageInfo)
   // IPA: configdrive comes as its own argument, or (older Ironic) inside image_info.
   const cd = configdrive ?? (typeof imageInfo.configdrive === 'string' ? imageInfo.configdrive : null)
+  if (cd !== null && typeof cd !== 'string') {
+    throw new InvalidCommandParamsError('configdrive must be a string: gzip+base64 ISO data or an http(s) URL to it')
+  }
   if (imageInfo.image_type === 'partition') {
     throw new NotImplementedYet('writing partition images (image_type "partition")', 'partition images: later; whole-disk images work')
   }
