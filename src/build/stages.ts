@@ -12,6 +12,7 @@ import type {BuildContext} from './context.js'
 import {compressFile, compressorVersion} from './compress.js'
 import {CPIO_FORMAT, resolveOwners, writeCpio} from './cpio.js'
 import {planLayers} from './layers.js'
+import {sha256File} from './tree.js'
 import {ElementCatalog, elementSearchPaths, HOOK_PHASES, resolveElements} from './elements.js'
 import {BuildError} from './errors.js'
 import {runHooks} from './hooks.js'
@@ -41,13 +42,8 @@ export async function sha256OfFile(path: string): Promise<{sha256: string; size:
     }
     return {sha256: createHash('sha256').update(lines).digest('hex'), size: total}
   }
-  const h = createHash('sha256')
-  let size = 0
-  for await (const chunk of createReadStream(path, {highWaterMark: 1 << 20})) {
-    h.update(chunk as Buffer)
-    size += (chunk as Buffer).length
-  }
-  return {sha256: h.digest('hex'), size}
+  const {hash, size} = await sha256File(path)
+  return {sha256: hash, size}
 }
 
 export const resolveElementsStage: Stage = {
