@@ -199,6 +199,15 @@ describe('flags', () => {
     expect(o.disks?.[0]).toMatchObject({size: '1G', bus: 'nvme'})
     expect((await vmOptionsFromCli(base)).portForwards).toEqual([{guestPort: 9999}])
     await expect(vmOptionsFromCli({...base, memory: 16})).rejects.toThrow(/at least 64/)
+    // The build's own boot arguments (manifest kernelCmdline) come first, then --append; not for --kernel.
+    expect((await vmOptionsFromCli({...base, append: 'x=1'})).append).toBe('x=1')
+    await writeFile(join(dir, 'rdk-tiny.manifest.json'), JSON.stringify({kernelCmdline: 'root=/dev/ram0 ipa-debug=1'}))
+    expect((await vmOptionsFromCli({...base, append: 'x=1'})).append).toBe('root=/dev/ram0 ipa-debug=1 x=1')
+    expect((await vmOptionsFromCli(base)).append).toBe('root=/dev/ram0 ipa-debug=1')
+    expect((await vmOptionsFromCli({...base, kernel: join(dir, 'rdk-tiny.kernel'), initrd: join(dir, 'rdk-tiny.initramfs')})).append).toBeUndefined()
+    await writeFile(join(dir, 'rdk-tiny.manifest.json'), '{broken')
+    await expect(vmOptionsFromCli(base)).rejects.toThrow(/manifest\.json is not valid JSON/)
+    await rm(join(dir, 'rdk-tiny.manifest.json'))
 
     // --dry-run prints the command line and creates nothing (the disk stays missing).
     const said: string[] = []

@@ -6,7 +6,7 @@
  * firmware instead (SeaBIOS, or OVMF with --uefi), as a real machine would. The serial console is this terminal (qemu's mux: Ctrl-A x
  * quits, Ctrl-A c is the monitor); rdk's own lines go to stderr before qemu starts.
  */
-import {stat} from 'node:fs/promises'
+import {readFile, stat} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 import {PXE_BOOTFILES} from '../artefacts/pxe.js'
 import {
@@ -87,7 +87,23 @@ export async function vmOptionsFromCli(o: BootCliOptions): Promise<VmOptions> {
   if (!(await isFile(initrd))) {
     throw new BootError(o.initrd ? `initramfs ${initrd} does not exist` : `no initramfs at ${initrd}: run 'rdk build' first, or give --initrd`)
   }
-  return {kernel, initrd, append: o.append, ...(await commonVmOptions(o))}
+  // Booting what rdk build wrote: the command line its boot artefacts carry (the manifest's
+  // kernelCmdline, e.g. the tiny flavor's root=/dev/ram0) comes first, then --append.
+  const built = o.kernel ? undefined : await manifestCmdline(join(o.output, `${o.name}.manifest.json`))
+  const append = [built, o.append].filter(Boolean).join(' ') || undefined
+  return {kernel, initrd, append, ...(await commonVmOptions(o))}
+}
+
+/** kernelCmdline of a build manifest, or undefined when there is none (or it is not readable JSON). */
+async function manifestCmdline(path: string): Promise<string | undefined> {
+  const text = await readFile(path, 'utf8').catch(() => undefined)
+  if (text === undefined) return undefined
+  try {
+    const v = (JSON.parse(text) as {kernelCmdline?: unknown}).kernelCmdline
+    return typeof v === 'string' && v.trim() ? v.trim() : undefined
+  } catch {
+    throw new BootError(`${path} is not valid JSON: rebuild, or boot with --kernel/--initrd`)
+  }
 }
 
 async function commonVmOptions(o: BootCliOptions): Promise<VmOptions> {
