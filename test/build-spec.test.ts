@@ -203,6 +203,7 @@ describe('spec errors', () => {
     expect(await specError(workdir(), 'elements: {a: 1}\n')).toMatch(/rdk\.yaml:1:11: elements: expected a list of strings, got a mapping/)
     expect(await specError(workdir(), 'name: 12\n')).toMatch(/rdk\.yaml:1:7: name: expected a string, got the number 12/)
     expect(await specError(workdir(), 'compress: lz4\n')).toMatch(/compress: 'lz4' is not one of gzip, xz, zstd, none/)
+    expect(await specError(workdir(), 'ipxeBaseUrl: ftp://x/\n')).toMatch(/ipxeBaseUrl: 'ftp:\/\/x\/' is not an http:\/\/ or https:\/\/ URL/)
     expect(await specError(workdir(), 'formats: [initramfs, isoo]\n')).toMatch(/'isoo' is not one of .*\(did you mean 'iso'\?\)/)
     expect(await specError(workdir(), 'sourceDateEpoch: -5\n')).toMatch(/sourceDateEpoch: must be between 0 and 4294967295/)
     expect(await specError(workdir(), 'sourceDateEpoch: soon\n')).toMatch(/sourceDateEpoch: expected a whole number, got the string "soon"/)
@@ -266,5 +267,14 @@ describe('docs/build.md', () => {
       expect(doc, s.key).toContain(`| \`${s.key}\` | \`--${s.flag}`)
     }
     for (const stage of genericStages()) expect(doc, stage.name).toContain(`| \`${stage.name}\` |`)
+  })
+})
+
+describe('ipxeBaseUrl', () => {
+  it('comes from the file or flag, else $RDK_IPXE_BASE_URL, else empty', async () => {
+    const cwd = workdir()
+    expect((await spec(cwd)).ipxeBaseUrl).toBe('')
+    expect((await spec(cwd, undefined, {}, {RDK_IPXE_BASE_URL: 'http://env.example/rdk/'})).ipxeBaseUrl).toBe('http://env.example/rdk/')
+    expect((await spec(cwd, 'ipxeBaseUrl: https://file.example/r/\n', {}, {RDK_IPXE_BASE_URL: 'http://env.example/'})).ipxeBaseUrl).toBe('https://file.example/r/')
   })
 })

@@ -5,7 +5,7 @@
  *
  * The bundles (tar, zip) hold every boot artefact, so the ISO, PXE tree and iPXE script are made
  * for them too (in the scratch directory) when they were not asked for as formats of their own.
- * The iPXE script's base URL comes from $RDK_IPXE_BASE_URL (else the URLs are relative to the
+ * The iPXE script's base URL comes from the spec's ipxeBaseUrl ($RDK_IPXE_BASE_URL by default; else the URLs are relative to the
  * script).
  */
 import {mkdir, writeFile} from 'node:fs/promises'
@@ -83,14 +83,14 @@ export const pxeStage: Stage = {
 
 export const ipxeStage: Stage = {
   name: 'make-ipxe',
-  description: 'write <name>.ipxe: iPXE script loading kernel + initramfs over HTTP ($RDK_IPXE_BASE_URL or relative URLs)',
+  description: 'write <name>.ipxe: iPXE script loading kernel + initramfs over HTTP (ipxeBaseUrl or relative URLs)',
   produces: ['ipxe'],
   async run(ctx) {
     const how = wanted(ctx, 'ipxe')
     if (!how) return 'skipped: ipxe not requested'
     const path = target(ctx, 'ipxe', `${ctx.spec.name}.ipxe`, how)
     await ensureScratch(ctx)
-    const baseUrl = process.env.RDK_IPXE_BASE_URL || undefined
+    const baseUrl = ctx.spec.ipxeBaseUrl || undefined
     await writeIpxeScript(path, {name: ctx.spec.name, baseUrl, kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec)})
     return baseUrl ? `from ${baseUrl}` : 'URLs relative to the script'
   },

@@ -50,6 +50,8 @@ export interface BuildSpec {
   compress: Compression
   /** Kernel modules (names, aliases or `@set`) added to the flavor's default set. */
   kernelModules: string[]
+  /** Base URL of the iPXE script's kernel/initramfs (http/https), or '' for URLs relative to the script. */
+  ipxeBaseUrl: string
   /** ICU data kept in the image's Node: `en` (root + English; ≈29 MB smaller) or `full`. */
   nodeIcu: NodeIcu
   formats: Format[]
@@ -99,6 +101,7 @@ export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'hardwareManagers', flag: 'hardware-manager', kind: 'pathList', repeatable: true, help: 'custom hardware-manager module (.js/.mjs) or directory of them, installed for the agent (repeatable)', defaultHelp: 'none', default: () => []},
   {key: 'compress', flag: 'compress', kind: 'enum', choices: COMPRESSIONS, help: "initramfs compression: xz (smallest; x86 BCJ filter, 32 MiB dictionary), gzip (no host tool needed), zstd, none", defaultHelp: 'xz', default: () => 'xz'},
   {key: 'kernelModules', flag: 'kernel-module', kind: 'list', repeatable: true, help: 'kernel module (name or alias) or @set (@storageExtra, @networkExtra, @networkNonFreeFirmware, @filesystemsExtra) added to the default drivers, with its dependencies (repeatable)', defaultHelp: 'none', default: () => []},
+  {key: 'ipxeBaseUrl', flag: 'ipxe-base-url', kind: 'string', help: "http(s) URL the iPXE script loads <name>.kernel and <name>.initramfs from (empty: relative to the script's own URL)", defaultHelp: '$RDK_IPXE_BASE_URL, else empty', default: (e) => e.env.RDK_IPXE_BASE_URL ?? ''},
   {key: 'nodeIcu', flag: 'node-icu', kind: 'enum', choices: NODE_ICU, help: "ICU data in the image's Node: en keeps root and English locale data (Intl in other locales falls back to it), full keeps every locale", defaultHelp: 'en', default: () => 'en'},
   {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs, iso (hybrid BIOS+UEFI), pxe (TFTP tree), ipxe (script), tar (.tar.gz bundle), zip (bundle)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
   {key: 'sourceDateEpoch', flag: 'source-date-epoch', kind: 'int', help: 'timestamp (seconds) given to every file in the image', defaultHelp: `$SOURCE_DATE_EPOCH, else ${DEFAULT_SOURCE_DATE_EPOCH}`, default: (e) => sourceDateEpochFromEnv(e.env)},
@@ -462,6 +465,7 @@ export async function finishSpec(partial: Partial<BuildSpec>, envIn: Partial<Spe
   }
   for (const [k, v] of Object.entries(b.kernelArgs)) checkKernelArg(k, v, 'kernelArgs')
   if (b.formats.length === 0) throw new SpecError('formats: at least one format is needed (kernel, initramfs, …)')
+  if (b.ipxeBaseUrl && !/^https?:\/\/[^\s"'`]+$/.test(b.ipxeBaseUrl)) throw new SpecError(`ipxeBaseUrl: '${b.ipxeBaseUrl}' is not an http:// or https:// URL`)
   if (!/^(https?|file):\/\/\S+$/.test(b.debianMirror)) throw new SpecError(`debianMirror: '${b.debianMirror}' must be an http://, https:// or file:// URL`)
   b.debianMirror = b.debianMirror.replace(/\/+$/, '')
   if (!/^[a-z0-9][a-z0-9.-]*$/.test(b.debianSuite)) throw new SpecError(`debianSuite: '${b.debianSuite}' is not a suite name (e.g. bookworm)`)
