@@ -45,6 +45,7 @@ import {
 } from './inventory.js'
 import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
+import {collectDmi, collectNumaTopology, collectPciDevices, type CollectorRoots} from './collectors.js'
 import {HardwareManager, type ManagerRegistry} from './manager.js'
 import {
   HardwareSupport,
@@ -322,6 +323,34 @@ export class GenericHardwareManager extends HardwareManager {
   async collect_lldp_data(interface_names: string[]): Promise<Record<string, [number, string][] | null>> {
     const map = await collectLldp(interface_names, this.ctx.config.lldpTimeout, {log: this.ctx.log})
     return Object.fromEntries(map)
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Extra inspection collectors (ipa-inspection-collectors; docs/inspection.md)
+
+  /** sysfs roots for the collect_* methods below; tests point them at fixture trees. */
+  collectorRoots: Partial<CollectorRoots> = {}
+
+  /** Inspection collector `pci-devices`: IPA's `pci_devices` list. */
+  async collect_pci_devices(_data?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return {pci_devices: await collectPciDevices(this.collectorRoots.pciDevices, this.ctx.log)}
+  }
+
+  /** Inspection collector `numa-topology`: `numa_topology`, or nothing (a warning) without usable NUMA data. */
+  async collect_numa_topology(_data?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const topology = await collectNumaTopology(this.collectorRoots, this.ctx.log)
+    return topology ? {numa_topology: topology} : {}
+  }
+
+  /** Inspection collector `dmi-decode`: `dmi` (bios, cpu, memory) from dmidecode. */
+  async collect_dmi_decode(_data?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return {dmi: await collectDmi(this.ctx.log)}
+  }
+
+  /** Inspection collector `lldp`: `lldp_raw`, the raw TLVs of every interface but lo. */
+  async collect_lldp(_data?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const names = await interfaceNames(this.collectorRoots.classNet, this.ctx.log)
+    return {lldp_raw: await this._piece('collect_lldp_data', names)}
   }
 
   private _bmcInfo(): Promise<BmcInfo> {
