@@ -261,4 +261,21 @@ describe('through collectInspectionData', () => {
     expect(data.numa_topology).toMatchObject({ram: [{numa_node: 0}, {numa_node: 1}], nics: [{name: 'eth0'}, {name: 'eth1'}]})
     expect((data.configuration as {collectors: string[]}).collectors).toEqual(['default', 'pci-devices', 'numa-topology'])
   })
+
+  it('dmi-decode and lldp: dmi (or the dmidecode failure in `error`) and lldp_raw arrive', async () => {
+    const config = resolveConfig({cmdline: 'ipa-inspection-collectors=dmi-decode,lldp ipa-lldp-timeout=1', flags: {'disk-wait-attempts': 0}})
+    const m = new GenericHardwareManager()
+    m.skipBmcDetect = true
+    const registry = new ManagerRegistry()
+    await registry.load([m], {config, log: quiet})
+    const data = await collectInspectionData({config, registry, log: quiet} as unknown as AgentRuntime)
+    expect(Object.keys(data.lldp_raw as object)).not.toContain('lo')
+    if (existsSync('/sys/firmware/dmi/tables/DMI')) {
+      expect(data.dmi).toMatchObject({bios: expect.any(Object), cpu: expect.any(Array), memory: expect.any(Object)})
+      expect(data.error).toBeNull()
+    } else {
+      expect(data.dmi).toBeUndefined()
+      expect(data.error).toMatch(/^collector dmi-decode failed: .*dmidecode/)
+    }
+  })
 })
