@@ -17,7 +17,7 @@
  */
 import {createHash} from 'node:crypto'
 import {closeSync, openSync, readSync} from 'node:fs'
-import type {TreeEntry, FileTree} from './tree.js'
+import {entryDigestLine, type FileTree, type TreeEntry} from './tree.js'
 
 /** Is the blob an x86-64 ELF executable or shared library (what the xz x86 BCJ filter helps)? */
 function isX86Code(tree: FileTree, e: TreeEntry): boolean {
@@ -79,7 +79,7 @@ export function planLayers(tree: FileTree, layerOf: ReadonlyMap<string, string>)
     s.entries++
     s.bytes += e.type === 'file' ? e.size : 0
     if (isX86Code(tree, e)) s.x86Bytes += e.size
-    s.hash.update([e.path, e.type, e.mode.toString(8), e.uid, e.gid, e.owner ?? '', e.hash ?? '', e.target ?? '', e.major ?? '', e.minor ?? ''].join('\0') + '\n')
+    s.hash.update(entryDigestLine(e))
   }
   const out: Layer[] = []
   for (const name of order) {

@@ -190,6 +190,11 @@ function parseOwner(owner: string | undefined, path: string): {uid: number; gid:
 }
 
 /** The in-memory image tree. */
+/** What a tree digest hashes of one entry: everything that reaches the archive, content by hash. */
+export function entryDigestLine(e: TreeEntry): string {
+  return [e.path, e.type, e.mode.toString(8), e.uid, e.gid, e.owner ?? '', e.hash ?? '', e.target ?? '', e.major ?? '', e.minor ?? ''].join('\0') + '\n'
+}
+
 export class FileTree {
   readonly blobs: BlobStore
   private readonly map = new Map<string, TreeEntry>([['/', ROOT]])
@@ -420,11 +425,7 @@ export class FileTree {
   digest(): string {
     const h = createHash('sha256')
     h.update('rdk-tree-v1\n')
-    for (const e of [this.root(), ...this.entries()]) {
-      h.update(
-        [e.path, e.type, e.mode.toString(8), e.uid, e.gid, e.owner ?? '', e.hash ?? '', e.target ?? '', e.major ?? '', e.minor ?? ''].join('\0') + '\n',
-      )
-    }
+    for (const e of [this.root(), ...this.entries()]) h.update(entryDigestLine(e))
     return h.digest('hex')
   }
 
