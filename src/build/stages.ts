@@ -57,7 +57,7 @@ export const resolveElementsStage: Stage = {
         ...ctx.flavor.defaultElements.map((name) => ({name, requiredBy: `flavor ${ctx.flavor.name}`})),
         ...ctx.spec.elements.map((name) => ({name, requiredBy: 'the build spec'})),
         // Baked SSH keys need an SSH server: whatever element provides `sshd` (dynamic-login).
-        ...(ctx.spec.sshKeys.length && !ctx.spec.elements.includes('sshd') ? [{name: 'sshd', requiredBy: 'sshKeys (--ssh-key)'}] : []),
+        ...(ctx.spec.sshKeys.length ? [{name: 'sshd', requiredBy: 'sshKeys (--ssh-key)'}] : []),
       ],
     })
     for (const el of ctx.elements) for (const h of el.ignoredHooks) ctx.log(`warning: element ${el.name}: ${h} is not run`)
