@@ -100,9 +100,9 @@ export function parseIcuPackage(data: Buffer): IcuPackage {
 const align16 = (n: number): number => (n + 15) & ~15
 
 /** A new package holding the items `keep` selects, in the same (sorted) order; fits in `data.length`. */
-export function repackIcu(data: Buffer, keep: (name: string) => boolean): {data: Buffer; bytes: number; kept: number; dropped: number} {
+export function repackIcu(data: Buffer, keep: (name: string, size: number) => boolean): {data: Buffer; bytes: number; kept: number; dropped: number} {
   const pkg = parseIcuPackage(data)
-  const chosen = pkg.items.filter((i) => keep(i.name))
+  const chosen = pkg.items.filter((i) => keep(i.name, i.size))
   const names = chosen.map((i) => Buffer.from(i.name + '\0', 'latin1'))
   const tocHead = 4 + chosen.length * 8
   let cursor = align16(tocHead + names.reduce((n, b) => n + b.length, 0))
@@ -149,10 +149,7 @@ export function slimIcuInBinary(binary: Buffer, keep: (name: string) => boolean 
   }
   const sym = syms[0]!
   const region = binary.subarray(sym.fileOffset!, sym.fileOffset! + sym.size)
-  const pkg = parseIcuPackage(region)
-  const sizes = new Map(pkg.items.map((i) => [i.name, i.size]))
-  const filter = (name: string): boolean => keep(name) && !(name.endsWith('.cnv') && (sizes.get(name) ?? 0) >= MAX_CONVERTER_BYTES)
-  const r = repackIcu(region, filter)
+  const r = repackIcu(region, (name, size) => keep(name) && !(name.endsWith('.cnv') && size >= MAX_CONVERTER_BYTES))
   r.data.copy(region)
   return {symbol: sym.name, symbolBytes: sym.size, keptBytes: r.bytes, keptItems: r.kept, droppedItems: r.dropped}
 }
