@@ -45,6 +45,7 @@ import {
 } from './inventory.js'
 import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
+import {injectFiles} from '../image/inject.js'
 import {collectDmi, collectNumaTopology, collectPciDevices, type CollectorRoots} from './collectors.js'
 import {HardwareManager, type ManagerRegistry} from './manager.js'
 import {
@@ -66,7 +67,6 @@ type StepArgs = Record<string, unknown> | undefined
 
 /** Which later piece of work brings each not-yet-implemented step (the lead may update these). */
 export const NOT_YET_ISSUE: Readonly<Record<string, string>> = {
-  inject_files: 'the deploy issue, #5',
   execute_bootc_install: 'a later issue',
   clean_uefi_nvram: 'a later issue',
   apply_configuration: 'a later issue (software RAID)',
@@ -708,8 +708,19 @@ export class GenericHardwareManager extends HardwareManager {
   async burnin_gpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('burnin_gpu')
   }
-  async inject_files(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('inject_files')
+  /** Deploy step inject_files: src/agent/image/inject.ts. */
+  async inject_files(node: NodeInfo, _ports: Port[], args?: StepArgs): Promise<null> {
+    const registry = this._dispatcher
+    return injectFiles(
+      {
+        config: this.ctx.config,
+        log: this.ctx.log,
+        installDevice: async () => String(registry ? await registry.dispatchToManagers('get_os_install_device', true) : await this.get_os_install_device(true)),
+      },
+      node as unknown as Record<string, unknown>,
+      args?.files,
+      args?.verify_ca,
+    )
   }
   async execute_bootc_install(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('execute_bootc_install')

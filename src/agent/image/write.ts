@@ -34,6 +34,7 @@ import type {Logger} from '../log.js'
 import {createConfigDrivePartition, diskIdentifier, partitionTable, partitionUuids, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type DownloadSettings, type ImageInfo} from './download.js'
 import {DETECT_BYTES, detectFormat, validateFormat, type ImageFormat} from './format.js'
+import {preparePartitionImage} from './partition.js'
 import {Qcow2OrderError, Qcow2Stream, type Qcow2Result} from './qcow2.js'
 import {BufferPool, isZero, Target, TargetFullError} from './target.js'
 
@@ -352,9 +353,7 @@ export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, co
   if (cd !== null && typeof cd !== 'string') {
     throw new InvalidCommandParamsError('configdrive must be a string: gzip+base64 ISO data or an http(s) URL to it')
   }
-  if (imageInfo.image_type === 'partition') {
-    throw new NotImplementedYet('writing partition images (image_type "partition")', 'partition images: later; whole-disk images work')
-  }
+  if (imageInfo.image_type === 'partition') return preparePartitionImage(ctx, imageInfo, cd)
   const device = await ctx.installDevice()
   assertDeviceAllowed(device, config.deviceAllowlist)
   log.info('preparing image', {image: imageInfo.id, device})
