@@ -19,7 +19,15 @@ const COMMANDS: Record<string, string[]> = {
   'lshw.txt': ['lshw', '-quiet', '-json'],
   'lspci.txt': ['lspci', '-vv'],
 }
-const FILES = ['/proc/cmdline', '/proc/mdstat', '/proc/meminfo', '/proc/cpuinfo', '/etc/resolv.conf', '/var/log/rdk-init.log']
+/**
+ * Files copied as they are. /run/rdk/init.log is the tiny image's /init progress (drivers, NICs,
+ * disks, DHCP, clock); /var/log/rdk-agent.log holds the agent's output across restarts (the
+ * in-memory agent.log only this run's).
+ */
+const FILES = [
+  '/proc/cmdline', '/proc/mdstat', '/proc/meminfo', '/proc/cpuinfo', '/proc/partitions', '/proc/mounts', '/etc/resolv.conf',
+  '/run/rdk/init.log', '/var/log/rdk-agent.log',
+]
 
 async function collect(rt: AgentRuntime): Promise<Record<string, Buffer>> {
   const out: Record<string, Buffer> = {}
