@@ -3,7 +3,10 @@ import {mkdir, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 import type {Extension} from '../commands.js'
 import {sha512Crypt} from '../crypt.js'
-import {CommandExecutionError, InvalidCommandParamsError, NotImplementedYet} from '../errors.js'
+import {CommandExecutionError, InvalidCommandParamsError} from '../errors.js'
+import {installSoftRaidBootloader} from '../hardware/raid.js'
+import {installBootloader, type InstallBootloaderArgs} from '../image/bootloader.js'
+import {deployState} from '../image/write.js'
 import type {AgentRuntime} from '../runtime.js'
 
 export const poll: Extension<AgentRuntime> = {
@@ -38,10 +41,20 @@ export const image: Extension<AgentRuntime> = {
         prep_boot_part_uuid: 'optional',
         target_boot_mode: 'optional',
         ignore_bootloader_failure: 'optional',
+        // Ironic 21.4 sends it (agent_client.install_bootloader) when the root device is software RAID.
+        software_raid: 'optional',
       },
-      run: async () => {
-        throw new NotImplementedYet('image.install_bootloader', 'the deploy issue, #5')
-      },
+      run: (p, rt) =>
+        installBootloader(
+          {
+            config: rt.config,
+            log: rt.log,
+            installDevice: async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true)),
+            imageType: deployState(rt.registry).imageType,
+            softRaid: (args) => installSoftRaidBootloader({config: rt.config, log: rt.log}, args),
+          },
+          p as InstallBootloaderArgs,
+        ),
     },
   },
 }

@@ -322,6 +322,8 @@ export interface DeployState {
   /** null until an image was written (get_partition_uuids then answers {}). */
   partitionUuids: Record<string, unknown> | null
   lastWrite?: WriteResult
+  /** What the last prepare_image wrote (image.install_bootloader acts on it). */
+  imageType?: 'partition' | 'whole-disk'
 }
 
 const states = new WeakMap<object, DeployState>()
@@ -363,6 +365,7 @@ export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, co
     state.lastWrite = await writeWholeDisk(ctx, imageInfo, device)
     state.cachedImageId = imageInfo.id
   }
+  state.imageType = 'whole-disk'
   await fixGpt(device, log)
   await validatePartitioning(device, log)
   if (cd !== null && cd !== undefined) {
