@@ -288,7 +288,10 @@ describe('steps', () => {
     const clean = await registry.getSteps('clean', {}, [])
     expect(Object.keys(clean)).toEqual(['GenericHardwareManager'])
     expect(clean.GenericHardwareManager).toHaveLength(12)
-    for (const name of ['inject_files', 'apply_configuration', 'create_configuration', 'delete_configuration', 'burnin_cpu', 'clean_uefi_nvram']) {
+    // software RAID steps exist now (test/hardware-raid.test.ts): no target_raid_config → {}; apply without a config → parameter error
+    await expect(registry.dispatchToManagers('create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
+    await expect(registry.dispatchToManagers('apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
+    for (const name of ['inject_files', 'burnin_cpu', 'clean_uefi_nvram']) {
       await expect(registry.dispatchToManagers(name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     }
     await expect(registry.dispatchToManagers('inject_files', {}, [], {})).rejects.toThrow(/inject_files is not implemented in this rdk agent yet \(the deploy issue, #5\)/)

@@ -7,15 +7,16 @@
  * `(node, ports, args)` where `args` holds the step's keyword arguments.
  *
  * Implemented: inventory, erase_devices, erase_devices_metadata, erase_devices_express,
- * erase_pstore, erase_block_device, write_image (whole-disk images, src/agent/image/). Every other
- * IPA step exists and fails with NotImplementedYet.
+ * erase_pstore, erase_block_device, write_image (whole-disk images, src/agent/image/), software RAID
+ * (create_configuration, delete_configuration, apply_configuration: raid.ts, docs/raid.md). Every
+ * other IPA step exists and fails with NotImplementedYet.
  */
 import {readFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
 import os from 'node:os'
 import {performance} from 'node:perf_hooks'
 import {run, ToolMissingError} from '../../common/exec.js'
-import {BlockDeviceEraseError, DeviceNotFound, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
+import {BlockDeviceEraseError, DeviceNotFound, InvalidCommandParamsError, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
 import {assertDeviceAllowed, guessRootDisk, kernelName, listBlockDevices, matchDeviceHints, parentDiskOf, skipListFromNode} from './disks.js'
 import {
   assertNoSpecialFilesystems,
@@ -45,6 +46,8 @@ import {
 } from './inventory.js'
 import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
+import {createSoftwareRaid, deleteSoftwareRaid, softRaidRootDevice, softwareRaidConfig, validateRaidConfig, type RaidConfig} from './raid.js'
+import {runningFromRamdisk} from '../system.js'
 import {injectFiles} from '../image/inject.js'
 import {collectDmi, collectNumaTopology, collectPciDevices, type CollectorRoots} from './collectors.js'
 import {HardwareManager, type ManagerRegistry} from './manager.js'
@@ -69,9 +72,6 @@ type StepArgs = Record<string, unknown> | undefined
 export const NOT_YET_ISSUE: Readonly<Record<string, string>> = {
   execute_bootc_install: 'a later issue',
   clean_uefi_nvram: 'a later issue',
-  apply_configuration: 'a later issue (software RAID)',
-  create_configuration: 'a later issue (software RAID)',
-  delete_configuration: 'a later issue (software RAID)',
   burnin_cpu: 'a later issue (burn-in)',
   burnin_disk: 'a later issue (burn-in)',
   burnin_memory: 'a later issue (burn-in)',
@@ -190,7 +190,26 @@ export class GenericHardwareManager extends HardwareManager {
   }
 
   override async initialize(): Promise<void> {
+    await this._md_scan_and_assemble()
     await Promise.all([this.skipBmcDetect ? undefined : this._load_ipmi_modules(), this.wait_for_disks()])
+  }
+
+  /**
+   * IPA assembles existing software RAID arrays at start, so a node whose RAID was made during
+   * cleaning deploys onto the same md device after its reboot. Only in a ramdisk (the md modules are
+   * loaded first): an agent run as a host process never touches the host's arrays.
+   */
+  async _md_scan_and_assemble(): Promise<void> {
+    if (!(await runningFromRamdisk())) return
+    try {
+      await run('modprobe', ['-a', 'md_mod', 'raid0', 'raid1', 'raid10', 'raid456'], {allowFailure: true, timeoutMs: 30_000})
+      const r = await run('mdadm', ['--assemble', '--scan', '--verbose'], {allowFailure: true, timeoutMs: 120_000})
+      if (r.exitCode !== 0) this.ctx.log.info('No new RAID devices assembled during start-up')
+      else this.ctx.log.info('software RAID arrays assembled', {output: r.stderr.trim().split('\n').slice(-4)})
+    } catch (err) {
+      if (err instanceof ToolMissingError) this.ctx.log.warn('mdadm has not been found, RAID devices will not be supported')
+      else this.ctx.log.warn('assembling software RAID arrays failed', {err})
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -392,6 +411,12 @@ export class GenericHardwareManager extends HardwareManager {
     const hints = hintsOf(node?.instance_info?.root_device) ?? hintsOf(node?.properties?.root_device)
     const devices = await this.list_block_devices_check_skip_list(node)
     if (!hints) {
+      // Software RAID in the node's target_raid_config: deploy onto its (root) md device.
+      const md = await softRaidRootDevice(node, devices, this.ctx.log)
+      if (md) {
+        this.ctx.log.info('picked the software RAID root device', {device: md})
+        return md
+      }
       if (devices.length === 0) throw new DeviceNotFound('No devices found')
       const dev = guessRootDisk(devices)
       if (!dev) {
@@ -675,6 +700,53 @@ export class GenericHardwareManager extends HardwareManager {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Software RAID (raid.ts, docs/raid.md)
+
+  /** Disks that may hold RAID partitions: every listed disk but the md devices themselves. */
+  private async _raidCandidates(node: NodeInfo | undefined): Promise<BlockDevice[]> {
+    const devices = await this.list_block_devices_check_skip_list(node)
+    return devices.filter((d) => !/^md/.test(kernelName(d.name)))
+  }
+
+  /** Clean step (raid interface): the software RAID of node.target_raid_config; {} without one. */
+  async create_configuration(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<RaidConfig | Record<string, never>> {
+    const raidConfig = node?.target_raid_config
+    if (!raidConfig || Object.keys(raidConfig).length === 0) {
+      this.ctx.log.debug('No target_raid_config found')
+      return {}
+    }
+    return this._do_create_configuration(node, raidConfig as RaidConfig)
+  }
+
+  /** Deploy step (raid interface): validate, delete the existing RAID (unless delete_existing is false), create. */
+  async apply_configuration(node: NodeInfo, ports: Port[], args?: StepArgs): Promise<RaidConfig | Record<string, never>> {
+    const raidConfig = args?.raid_config as RaidConfig | undefined
+    const candidates = await this._raidCandidates(node)
+    if (!validateRaidConfig(raidConfig, node?.uuid, candidates.length)) {
+      throw new InvalidCommandParamsError('raid_config must be a RAID configuration with logical_disks')
+    }
+    if (flag(args?.delete_existing, true)) await this.delete_configuration(node, ports)
+    return this._do_create_configuration(node, raidConfig ?? {})
+  }
+
+  private async _do_create_configuration(node: NodeInfo, raidConfig: RaidConfig): Promise<RaidConfig | Record<string, never>> {
+    if (!softwareRaidConfig(raidConfig)) {
+      this.ctx.log.debug('No Software RAID config found')
+      return {}
+    }
+    this.ctx.log.info('Creating Software RAID')
+    const devices = await this._raidCandidates(node)
+    validateRaidConfig(raidConfig, node?.uuid, devices.length)
+    return createSoftwareRaid({config: this.ctx.config, log: this.ctx.log, node, devices}, raidConfig)
+  }
+
+  /** Clean step (raid interface): stop and erase every software RAID array found (not only the node's). */
+  async delete_configuration(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
+    await deleteSoftwareRaid({config: this.ctx.config, log: this.ctx.log, allDevices: () => this.list_block_devices_check_skip_list(node, true)})
+    return null
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Steps that exist in IPA but come later in rdk: they fail clearly.
 
   private _notYet(name: string): never {
@@ -683,15 +755,6 @@ export class GenericHardwareManager extends HardwareManager {
 
   async clean_uefi_nvram(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('clean_uefi_nvram')
-  }
-  async delete_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('delete_configuration')
-  }
-  async create_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('create_configuration')
-  }
-  async apply_configuration(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('apply_configuration')
   }
   async burnin_cpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
     this._notYet('burnin_cpu')
