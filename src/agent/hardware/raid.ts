@@ -7,14 +7,14 @@
  * only carry it out, so the unit tests check the plan and a VM test checks the real thing.
  */
 import {existsSync} from 'node:fs'
-import {mkdtemp, readdir, rm, stat} from 'node:fs/promises'
-import os from 'node:os'
+import {stat} from 'node:fs/promises'
 import path from 'node:path'
 import {CommandFailedError, run, ToolMissingError} from '../../common/exec.js'
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, SoftwareRAIDError} from '../errors.js'
 import type {Logger} from '../log.js'
 import {runningFromRamdisk} from '../system.js'
+import {addUefiBootEntries, findEfiLoaders, imageGrubInstall, withMount} from '../image/bootloader.js'
 import {matchDeviceHints, parentDiskOf, runLsblk, selectBlockDevices, resolveAllowlist, udevSettle, type LsblkRow} from './disks.js'
 import {parseBlkidExport, partitionsOf, probeDevice} from './erase.js'
 import type {BlockDevice, NodeInfo} from './types.js'
@@ -763,46 +763,21 @@ async function uefiOnHolders(ctx: RaidContext, md: string, holders: string[], pa
   } else {
     await run('mkfs.vfat', ['-n', 'efi-part', espMd], {timeoutMs: 120_000})
   }
-  // Boot entries: the loaders found on the mirrored ESP, one entry per holder's ESP partition.
-  const mnt = await mkdtemp(path.join(os.tmpdir(), 'rdk-esp-'))
-  let loaders: string[] = []
-  try {
-    await run('mount', ['-o', 'ro', espMd, mnt], {timeoutMs: 60_000})
-    try {
-      loaders = await findLoaders(mnt)
-    } finally {
-      await run('umount', [mnt], {allowFailure: true, timeoutMs: 60_000})
-    }
-  } finally {
-    await rm(mnt, {recursive: true, force: true})
-  }
-  if (!loaders.length) {
-    throw new CommandExecutionError(`No EFI loader found on the image's ESP (${imageEsp ?? 'none: an empty ESP was made'}); cannot add UEFI boot entries for ${md}`)
-  }
-  const loader = loaders[0]!
-  for (const [i, p] of espParts.entries()) {
-    const efiPath = '\\' + loader.split('/').join('\\')
-    await run('efibootmgr', ['-v', '-c', '-d', p.holder, '-p', String(p.number), '-w', '-L', `ironic${i + 1}`, '-l', efiPath], {timeoutMs: 60_000})
-  }
-  log.info('UEFI boot entries added for the software RAID holders', {loader, holders: espParts.map((p) => p.holder)})
-}
-
-/** EFI loaders on a mounted ESP, preferred first: shim, grub, then any .efi under EFI/ (paths relative to the ESP). */
-async function findLoaders(root: string): Promise<string[]> {
-  const found: string[] = []
-  const walk = async (dir: string, rel: string, depth: number): Promise<void> => {
-    if (depth > 3) return
-    for (const e of await readdir(dir, {withFileTypes: true}).catch(() => [])) {
-      const r = rel ? `${rel}/${e.name}` : e.name
-      if (e.isDirectory()) await walk(path.join(dir, e.name), r, depth + 1)
-      else if (/\.efi$/i.test(e.name)) found.push(r)
-    }
-  }
-  const efiDir = (await readdir(root).catch(() => [] as string[])).find((n) => n.toLowerCase() === 'efi')
-  if (!efiDir) return []
-  await walk(path.join(root, efiDir), efiDir, 0)
-  const rank = (p: string): number => (/shim/i.test(p) ? 0 : /grub/i.test(p) ? 1 : /\/boot\//i.test(p) ? 3 : 2)
-  return found.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
+  // Boot entries: the loaders found on the mirrored ESP, one set per holder's ESP partition.
+  await withMount(
+    espMd,
+    async (dir) => {
+      const loaders = await findEfiLoaders(dir)
+      if (!loaders.length) {
+        throw new CommandExecutionError(`No EFI loader found on the image's ESP (${imageEsp ?? 'none: an empty ESP was made'}); cannot add UEFI boot entries for ${md}`)
+      }
+      for (const p of espParts) {
+        await addUefiBootEntries({disk: p.holder, partition: p.number, loaders, espDir: dir, labelSuffix: path.basename(p.holder), log})
+      }
+      log.info('UEFI boot entries added for the software RAID holders', {loaders, holders: espParts.map((p) => p.holder)})
+    },
+    {fstype: 'vfat', options: ['ro'], log},
+  )
 }
 
 async function biosOnHolders(
@@ -824,31 +799,35 @@ async function biosOnHolders(
   }
   const root = pickImageRoot(parts, rootUuid)
   if (!root) throw new CommandExecutionError(`No root filesystem found on ${md} (root uuid ${rootUuid ?? 'not given'}); cannot install GRUB on the software RAID holders`)
-  const mnt = await mkdtemp(path.join(os.tmpdir(), 'rdk-root-'))
-  const mounted: string[] = []
-  try {
-    await run('mount', [root, mnt], {timeoutMs: 60_000})
-    mounted.push(mnt)
-    const grubInstall = ['usr/sbin/grub-install', 'usr/sbin/grub2-install', 'sbin/grub-install', 'sbin/grub2-install'].find((p) => existsSync(path.join(mnt, p)))
-    if (!grubInstall) {
-      throw new CommandExecutionError(
-        `The image on ${md} has no grub-install (looked for /usr/sbin/grub-install and grub2-install in ${root}): a BIOS boot from software RAID needs GRUB installed on every holder disk, and only the image can provide it`,
-      )
-    }
-    for (const fs of ['dev', 'proc', 'sys']) {
-      const target = path.join(mnt, fs)
-      if (!(await stat(target).catch(() => null))?.isDirectory()) continue
-      await run('mount', ['--bind', `/${fs}`, target], {timeoutMs: 30_000})
-      mounted.push(target)
-    }
-    for (const holder of holders) {
-      log.info(`Installing GRUB2 on disk holder ${holder}`)
-      await run('chroot', [mnt, `/${grubInstall}`, '--target=i386-pc', '--modules=mdraid1x part_gpt part_msdos', holder], {timeoutMs: 600_000})
-    }
-  } finally {
-    for (const m of mounted.reverse()) await run('umount', [m], {allowFailure: true, timeoutMs: 60_000})
-    await rm(mnt, {recursive: true, force: true})
-  }
+  await withMount(
+    root,
+    async (mnt) => {
+      const grub = await imageGrubInstall(mnt)
+      if (!grub) {
+        throw new CommandExecutionError(
+          `The image on ${md} has no grub-install or grub2-install (looked in /usr/sbin, /sbin, /usr/bin, /bin of ${root}): a BIOS boot from software RAID needs GRUB installed on every holder disk, and only the image can provide it`,
+        )
+      }
+      const binds: string[] = []
+      try {
+        for (const fs of ['dev', 'proc', 'sys']) {
+          const target = path.join(mnt, fs)
+          if (!(await stat(target).catch(() => null))?.isDirectory()) continue
+          await run('mount', ['--bind', `/${fs}`, target], {timeoutMs: 30_000})
+          binds.push(target)
+        }
+        for (const holder of holders) {
+          log.info(`Installing GRUB2 on disk holder ${holder}`)
+          await run('chroot', [mnt, `${grub}-install`, '--target=i386-pc', '--modules=mdraid1x part_gpt part_msdos', holder], {
+            timeoutMs: 600_000,
+            env: {PATH: '/usr/sbin:/usr/bin:/sbin:/bin'},
+          })
+        }
+      } finally {
+        for (const m of binds.reverse()) await run('umount', [m], {allowFailure: true, timeoutMs: 60_000})
+      }
+    },
+    {log},
+  )
 }
 
-export const _internal = {findLoaders}
