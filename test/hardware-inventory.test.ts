@@ -291,10 +291,12 @@ describe('steps', () => {
     // software RAID steps exist now (test/hardware-raid.test.ts): no target_raid_config → {}; apply without a config → parameter error
     await expect(registry.dispatchToManagers('create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
     await expect(registry.dispatchToManagers('apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
-    for (const name of ['inject_files', 'burnin_cpu', 'clean_uefi_nvram']) {
+    for (const name of ['burnin_cpu', 'clean_uefi_nvram']) {
       await expect(registry.dispatchToManagers(name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     }
-    await expect(registry.dispatchToManagers('inject_files', {}, [], {})).rejects.toThrow(/inject_files is not implemented in this rdk agent yet \(the deploy issue, #5\)/)
+    // inject_files exists now (test/image-inject.test.ts): bad files are a parameter error, none is a no-op
+    await expect(registry.dispatchToManagers('inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
+    await expect(registry.dispatchToManagers('inject_files', {}, [], {})).resolves.toBeNull()
     // write_image exists now (test/image-deploy.test.ts): without image_info it is a parameter error
     await expect(registry.dispatchToManagers('write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
     // internal helpers are not reachable as steps
