@@ -202,7 +202,7 @@ describe('whole-disk deploy on loop devices', () => {
 
     let b = await deploy(imageInfo('dos.raw', {os_hash_value: 'ab'.repeat(32)}))
     expect(b.command_error).toMatchObject({type: 'ImageChecksumError', message: 'Error verifying image checksum'})
-    expect(b.command_error.details).toMatch(/image ID: dos\.raw; image checksum: (ab){32}; verification checksum: [0-9a-f]{64}/)
+    expect(b.command_error.details).toMatch(/image ID: dos\.raw; image checksum: (ab){32} \(sha256\); verification checksum: [0-9a-f]{64} \(sha256\)/)
     expect(await table(A.device)).toBeNull()
 
     b = await deploy(imageInfo('missing.raw', {os_hash_value: 'ab'.repeat(32)}))

@@ -1,6 +1,7 @@
 /**
  * Shared pieces of the image tests: a loopback HTTP image server whose misbehaviour is scripted
- * per request (drop the connection mid-stream, ignore Range, close early, 404), a tiny forward
+ * per request (drop the connection mid-stream, ignore Range, a body shorter than its Content-Length,
+ * 404 — also for GET only, after a HEAD that succeeded), a tiny forward
  * proxy, and test images built with the real qemu-img from a random raw disk with holes.
  */
 import {createHash, randomBytes} from 'node:crypto'
@@ -15,22 +16,35 @@ export const MIB = 1024 * 1024
 export const quiet: Logger = {debug() {}, info() {}, warn() {}, error() {}, child: () => quiet}
 
 export interface Behaviour {
-  /** Close the connection after this many body bytes (first `times` requests only). */
+  /**
+   * Destroy the socket after this many body bytes of a response (first `times` requests only;
+   * `times: Infinity` drops every response, so resuming with Range never completes either).
+   */
   dropAfter?: number
   times?: number
   /** Requests served under this behaviour so far (set by the server). */
   served?: number
   /** Answer Range requests with 200 and the whole body. */
   ignoreRange?: boolean
-  /** Always send only this many bytes of the body, then close (announcing the full length). */
+  /**
+   * The file ends here for this server: bytes at and after this offset are never sent, yet every
+   * response announces the full length; the server then closes the connection cleanly (FIN), as a
+   * server whose copy is shorter than it claims. A Range resume at or past it gets a 206 and no bytes.
+   */
   truncateAt?: number
   /** Answer with this status and no image. */
   status?: number
+  /**
+   * Answer GET (not HEAD) with this status: HEAD still says 200 with the full length, as when the
+   * image vanishes between Ironic's check (it HEADs every image URL) and the agent's download.
+   */
+  getStatus?: number
   /** Answer 302 to this location. */
   redirect?: string
 }
 
 export interface SeenRequest {
+  method?: string
   path: string
   range?: string
   authorization?: string
@@ -52,7 +66,7 @@ export async function startImageServer(): Promise<ImageServer> {
   const behaviour = new Map<string, Behaviour>()
   const server = http.createServer((req, res) => {
     const p = new URL(req.url!, 'http://x').pathname
-    requests.push({path: p, range: req.headers.range, authorization: req.headers.authorization, viaProxy: req.headers['x-via-test-proxy'] === '1'})
+    requests.push({method: req.method, path: p, range: req.headers.range, authorization: req.headers.authorization, viaProxy: req.headers['x-via-test-proxy'] === '1'})
     const b = behaviour.get(p) ?? {}
     const n = (b.served ?? 0) + 1
     b.served = n
@@ -62,9 +76,10 @@ export async function startImageServer(): Promise<ImageServer> {
       res.end()
       return
     }
-    if (b.status || !file) {
-      res.writeHead(b.status ?? 404, {'Content-Type': 'text/plain'})
-      res.end(b.status ? `status ${b.status}` : 'no such image')
+    const status = b.status ?? (b.getStatus && req.method !== 'HEAD' ? b.getStatus : undefined)
+    if (status || !file) {
+      res.writeHead(status ?? 404, {'Content-Type': 'text/plain'})
+      res.end(status ? `status ${status}` : 'no such image')
       return
     }
     const size = statSync(file).size
@@ -76,17 +91,33 @@ export async function startImageServer(): Promise<ImageServer> {
     } else {
       res.writeHead(200, {'Content-Length': size, 'Accept-Ranges': b.ignoreRange ? 'none' : 'bytes'})
     }
-    let limit = Infinity
-    if (b.truncateAt !== undefined) limit = b.truncateAt
-    if (b.dropAfter !== undefined && n <= (b.times ?? 1)) limit = b.dropAfter
-    if (limit === Infinity) {
+    let end = size
+    let graceful = false
+    if (b.truncateAt !== undefined && b.truncateAt < end) {
+      end = Math.max(start, b.truncateAt)
+      graceful = true
+    }
+    if (b.dropAfter !== undefined && n <= (b.times ?? 1) && start + b.dropAfter < end) {
+      end = start + b.dropAfter
+      graceful = false
+    }
+    if (req.method === 'HEAD') {
+      res.end()
+      return
+    }
+    if (end === size) {
       createReadStream(file, {start}).pipe(res)
       return
     }
-    const end = Math.min(size, start + limit)
+    const cut = () => setTimeout(() => (graceful ? res.socket?.end() : res.socket?.destroy()), 20)
+    if (end <= start) {
+      res.flushHeaders()
+      cut()
+      return
+    }
     const rs = createReadStream(file, {start, end: end - 1})
     rs.on('data', (c) => res.write(c))
-    rs.on('end', () => setTimeout(() => res.socket?.destroy(), 20))
+    rs.on('end', cut)
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   const port = (server.address() as net.AddressInfo).port

@@ -461,7 +461,11 @@ export class ImageDownload {
         if (err instanceof RESTError) throw err
         this.res.destroy()
         if (++failures > retries) {
-          throw new ImageDownloadError(this.info.id, `connection to ${redact(this.url)} failed after ${delivered} bytes and ${retries} retries: ${(err as Error).message}`)
+          const of = total !== undefined ? ` of ${total}` : ''
+          throw new ImageDownloadError(
+            this.info.id,
+            `the download from ${redact(this.url)} ended early, after ${delivered}${of} bytes and ${retries} retries: ${(err as Error).message}`,
+          )
         }
         log.warn('image download interrupted, resuming', {url: redact(this.url), at: delivered, attempt: failures, of: retries, err: (err as Error).message})
         await sleep(retryInterval * 1000)
@@ -509,7 +513,8 @@ export class ImageDownload {
     const actual = this.digest()
     if (actual !== this.expected) {
       this.settings.log.error('image checksum mismatch', {location, algo: this.algo, expected: this.expected, actual})
-      throw new ImageChecksumError(this.info.id, location, this.expected, actual)
+      // IPA's text, with the algorithm after each value so the mismatch is readable on its own.
+      throw new ImageChecksumError(this.info.id, location, `${this.expected} (${this.algo})`, `${actual} (${this.algo})`)
     }
     this.settings.log.info('image checksum verified', {algo: this.algo, location})
   }
