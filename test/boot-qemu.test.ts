@@ -148,6 +148,26 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     expect(ok.pvh).toBe(false)
   })
 
+  it('UEFI with a persistent variable store (uefiVars): plain OVMF code + the caller\'s store as pflash, created once and kept; disk boots', async () => {
+    const vars = join(dir, 'vm.vars')
+    const r = await resolveVm({accel: 'tcg', fromDisk: true, uefiVars: vars, disks: [{path: join(dir, 'd.img'), size: '1M'}]})
+    expect(r.pflash).toEqual({code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars, plain: true})
+    expect(await readFile(vars)).toEqual(await readFile('/usr/share/OVMF/OVMF_VARS_4M.fd'))
+    await writeFile(vars, Buffer.concat([await readFile(vars), Buffer.from('guest wrote this')]))
+    await resolveVm({accel: 'tcg', fromDisk: true, uefiVars: vars, disks: [{path: join(dir, 'd.img')}]})
+    expect((await readFile(vars)).subarray(-16).toString()).toBe('guest wrote this') // not replaced
+    const a = qemuArgs({fromDisk: true, uefiVars: vars}, r)
+    expect(after(a, '-machine')).toEqual(['q35'])
+    expect(a).not.toContain('driver=cfi.pflash01,property=secure,value=on')
+    expect(after(a, '-drive').slice(0, 2)).toEqual([`if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd`, `if=pflash,format=raw,unit=1,file=${vars}`])
+    expect(a).not.toContain('-kernel')
+    expect(a).not.toContain('-bios')
+    const rr = (o: VmOptions) => resolveVm({accel: 'tcg', ...o}, {dryRun: true})
+    await expect(rr({fromDisk: true})).rejects.toThrow(/booting from disk needs at least one disk/)
+    await expect(rr({fromDisk: true, kernel: join(dir, 'a.iso'), disks: [{path: 'x'}]})).rejects.toThrow(/not both/)
+    await expect(rr({kernel: join(dir, 'a.iso'), uefiVars: vars, secureBoot: true})).rejects.toThrow(/cannot be combined with Secure Boot/)
+  })
+
   it('rdk boot --iso/--pxe/--ipxe flags: one at a time, never with --kernel; PXE boot file by firmware', async () => {
     const base: BootCliOptions = {
       output: dir, name: 'none', memory: 1024, cpus: 1, disks: [], diskBus: 'virtio', portForwards: [], uefi: false,

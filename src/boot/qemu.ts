@@ -114,6 +114,15 @@ export interface VmOptions {
   /** Boot with OVMF (UEFI): true for the Debian `ovmf` firmware, or a firmware file. */
   uefi?: boolean | string
   /**
+   * UEFI with a persistent, writable variable store (NVRAM), without Secure Boot: OVMF_CODE_4M.fd
+   * (Debian `ovmf`) as read-only pflash and this file as the variable store, created as a copy of
+   * OVMF_VARS_4M.fd when it does not exist and kept afterwards: boot entries the guest writes
+   * (efibootmgr) are there at the next boot that names the same file. Implies UEFI.
+   */
+  uefiVars?: string
+  /** Neither a kernel nor `boot`: the firmware boots from the VM's disks (under UEFI: its NVRAM entries, see uefiVars). */
+  fromDisk?: boolean
+  /**
    * BIOS boots: boot the kernel's uncompressed ELF (extracted once from the bzImage, cached) through
    * its PVH entry point, skipping the real-mode setup and the decompressor: the same kernel, 3–4 s
    * sooner under TCG. Default true; ignored with UEFI (OVMF needs the EFI stub).
@@ -144,8 +153,11 @@ export interface ResolvedVm {
   accelReason: string
   forwards: Required<PortForward>[]
   firmware?: string
-  /** Secure Boot: the OVMF code (read-only) and this VM's copy of the variable store, as pflash. */
-  pflash?: {code: string; vars: string; tempDir?: string}
+  /**
+   * OVMF as pflash: the code (read-only) and the variable store. Secure Boot: a private copy of the
+   * store (removed with tempDir); `plain`: no Secure Boot/SMM, the caller's persistent store (uefiVars).
+   */
+  pflash?: {code: string; vars: string; tempDir?: string; plain?: boolean}
   disks: Required<DiskSpec>[]
 }
 
@@ -334,6 +346,9 @@ export async function pvhKernel(bzImage: string, cacheDir: string): Promise<{pat
 /** Secure-Boot OVMF (SMM, Microsoft keys enrolled) from Debian's `ovmf`. */
 export const OVMF_SECURE = {code: '/usr/share/OVMF/OVMF_CODE_4M.ms.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.ms.fd'}
 
+/** OVMF without Secure Boot or SMM, split into code and a variable-store template (Debian `ovmf`). */
+export const OVMF_PLAIN = {code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd'}
+
 export async function findOvmf(): Promise<string> {
   for (const p of OVMF_PATHS) {
     if (await stat(p).then((s) => s.isFile(), () => false)) return p
@@ -343,11 +358,12 @@ export async function findOvmf(): Promise<string> {
 
 /** The qemu arguments for a resolved VM (pure: for the command line shown to users and tests). */
 export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
-  const args: string[] = ['-name', 'rdk', '-machine', r.pflash ? 'q35,smm=on' : 'q35', '-accel', r.accel, '-cpu', opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max')]
+  const secure = r.pflash && !r.pflash.plain
+  const args: string[] = ['-name', 'rdk', '-machine', secure ? 'q35,smm=on' : 'q35', '-accel', r.accel, '-cpu', opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max')]
   args.push('-m', String(opts.memoryMiB ?? DEFAULT_MEMORY_MIB), '-smp', String(opts.cpus ?? 1))
   args.push('-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none')
   if (r.pflash) {
-    args.push('-global', 'driver=cfi.pflash01,property=secure,value=on')
+    if (secure) args.push('-global', 'driver=cfi.pflash01,property=secure,value=on')
     args.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${chardevValue(r.pflash.code)}`)
     args.push('-drive', `if=pflash,format=raw,unit=1,file=${chardevValue(r.pflash.vars)}`)
   } else if (r.firmware) args.push('-bios', r.firmware)
@@ -390,6 +406,12 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
 /** Exactly one of kernel / boot; the ISO or TFTP tree exists; network boots need a network. */
 async function checkFirmwareBoot(opts: VmOptions): Promise<void> {
   const boot = opts.boot
+  if (opts.fromDisk) {
+    if (opts.kernel || boot) throw new BootError('boot from disk, or a kernel / ISO / network boot, not both')
+    if (!opts.disks?.length) throw new BootError('booting from disk needs at least one disk')
+    if (opts.initrd || opts.append) throw new BootError('--initrd/--append only apply to a kernel boot')
+    return
+  }
   if (opts.kernel && boot) throw new BootError(`boot either a kernel or ${boot.kind === 'iso' ? 'an ISO' : 'over the network'}, not both`)
   if (!opts.kernel && !boot) throw new BootError('nothing to boot: give a kernel (and initrd), an ISO, a PXE directory or an iPXE URL')
   if (!boot) return
@@ -403,7 +425,7 @@ async function checkFirmwareBoot(opts: VmOptions): Promise<void> {
     }
   } else {
     if (!/^https?:\/\/\S+$/.test(boot.url)) throw new BootError(`iPXE URL '${boot.url}' must be an http:// or https:// URL`)
-    if (opts.uefi || opts.secureBoot) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
+    if (opts.uefi || opts.secureBoot || opts.uefiVars) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
   }
   if (opts.initrd || opts.append) throw new BootError('--initrd/--append only apply to a kernel boot; an ISO or PXE tree carries its own kernel command line')
 }
@@ -489,7 +511,16 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
       pflash = {code: OVMF_SECURE.code, vars, tempDir}
     }
   }
-  const firmware = pflash ? OVMF_SECURE.code : opts.uefi === true ? await findOvmf() : typeof opts.uefi === 'string' ? opts.uefi : undefined
+  if (opts.uefiVars) {
+    if (opts.secureBoot) throw new BootError('uefiVars (a plain OVMF variable store) cannot be combined with Secure Boot')
+    if (typeof opts.uefi === 'string') throw new BootError('uefiVars uses OVMF_CODE_4M.fd: it cannot be combined with a firmware file')
+    for (const f of [OVMF_PLAIN.code, OVMF_PLAIN.vars]) {
+      if (!(await stat(f).then((st) => st.isFile(), () => false))) throw new BootError(`UEFI firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
+    }
+    if (!dryRun && !existsSync(opts.uefiVars)) await writeFile(opts.uefiVars, await readFile(OVMF_PLAIN.vars), {flag: 'wx'})
+    pflash = {code: OVMF_PLAIN.code, vars: opts.uefiVars, plain: true}
+  }
+  const firmware = pflash ? pflash.code : opts.uefi === true ? await findOvmf() : typeof opts.uefi === 'string' ? opts.uefi : undefined
   let kernel = opts.kernel
   let pvh = false
   if (opts.kernel && !firmware && (opts.pvh ?? true)) {
