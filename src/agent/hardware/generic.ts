@@ -412,7 +412,7 @@ export class GenericHardwareManager extends HardwareManager {
     const devices = await this.list_block_devices_check_skip_list(node)
     if (!hints) {
       // Software RAID in the node's target_raid_config: deploy onto its (root) md device.
-      const md = await softRaidRootDevice(node, devices, this.ctx.log)
+      const md = await softRaidRootDevice(softwareRaidConfig(node?.target_raid_config) ?? this._appliedRaidConfig, devices, this.ctx.log)
       if (md) {
         this.ctx.log.info('picked the software RAID root device', {device: md})
         return md
@@ -702,6 +702,9 @@ export class GenericHardwareManager extends HardwareManager {
   // ---------------------------------------------------------------------------------------------
   // Software RAID (raid.ts, docs/raid.md)
 
+  /** The software RAID config created in this boot (apply_configuration's raid_config has no other home). */
+  private _appliedRaidConfig?: RaidConfig
+
   /** Disks that may hold RAID partitions: every listed disk but the md devices themselves. */
   private async _raidCandidates(node: NodeInfo | undefined): Promise<BlockDevice[]> {
     const devices = await this.list_block_devices_check_skip_list(node)
@@ -737,12 +740,16 @@ export class GenericHardwareManager extends HardwareManager {
     this.ctx.log.info('Creating Software RAID')
     const devices = await this._raidCandidates(node)
     validateRaidConfig(raidConfig, node?.uuid, devices.length)
-    return createSoftwareRaid({config: this.ctx.config, log: this.ctx.log, node, devices}, raidConfig)
+    const created = await createSoftwareRaid({config: this.ctx.config, log: this.ctx.log, node, devices}, raidConfig)
+    // A deploy with only an apply_configuration step (no target_raid_config) still deploys onto it.
+    this._appliedRaidConfig = raidConfig
+    return created
   }
 
   /** Clean step (raid interface): stop and erase every software RAID array found (not only the node's). */
   async delete_configuration(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
     await deleteSoftwareRaid({config: this.ctx.config, log: this.ctx.log, allDevices: () => this.list_block_devices_check_skip_list(node, true)})
+    this._appliedRaidConfig = undefined
     return null
   }
 

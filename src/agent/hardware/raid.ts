@@ -610,12 +610,13 @@ async function deletePass(ctx: RaidContext & {allDevices: () => Promise<BlockDev
 }
 
 /**
- * The md device to deploy onto when the node's target_raid_config is software RAID: the array of
+ * The md device to deploy onto when the RAID config (the node's target_raid_config, else what
+ * apply_configuration made in this boot) is software RAID: the array of
  * the logical disk flagged is_root_volume (else the first one), found by its volume name (an array
  * re-assembled after a reboot may be md127), else as /dev/md<i>. null when there is no such array.
  */
-export async function softRaidRootDevice(node: NodeInfo | undefined, devices: readonly BlockDevice[], log?: Logger): Promise<string | null> {
-  const cfg = softwareRaidConfig(node?.target_raid_config)
+export async function softRaidRootDevice(raidConfig: unknown, devices: readonly BlockDevice[], log?: Logger): Promise<string | null> {
+  const cfg = softwareRaidConfig(raidConfig)
   if (!cfg) return null
   const ordered = maxLast(cfg.logical_disks ?? [])
   let index = ordered.findIndex((l) => l.is_root_volume === true || String(l.is_root_volume).toLowerCase() === 'true')
