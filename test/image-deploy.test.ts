@@ -225,9 +225,10 @@ describe('whole-disk deploy on loop devices', () => {
     expect(b.command_error).toMatchObject({type: 'ImageWriteError', message: 'Error writing image to device'})
     expect(b.command_error.details).toMatch(new RegExp(`the image needs ${IMG_MIB * MIB} bytes but ${B.device} holds only ${16 * MIB}`))
 
+    // partition images are written by partition.ts (test/image-partition.test.ts): root_mb is required
     b = await deploy(imageInfo('dos.raw', {id: 'part', image_type: 'partition'}))
-    expect(b.command_error).toMatchObject({type: 'NotImplementedYet', message: 'Command execution failed'})
-    expect(b.command_error.details).toMatch(/partition images: later/)
+    expect(b.command_error).toMatchObject({type: 'InvalidCommandParamsError', code: 400})
+    expect(b.command_error.details).toBe("Image is missing 'root_mb' field, which partition images require.")
 
     b = await deploy({id: 'x', urls: []})
     expect(b.command_error).toMatchObject({type: 'InvalidCommandParamsError', code: 400})
