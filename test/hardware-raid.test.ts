@@ -266,3 +266,23 @@ describe('the image on the md device (install_bootloader with software RAID)', (
     expect(pickImageRoot(parts.slice(0, 1), null)).toBeNull()
   })
 })
+
+describe('isMdDevice (what the bootloader code asks of the install device)', () => {
+  it('an array has an md directory in sysfs; disks and partitions on arrays do not', async () => {
+    const {mkdtemp, mkdir, rm} = await import('node:fs/promises')
+    const {tmpdir} = await import('node:os')
+    const {join} = await import('node:path')
+    const {isMdDevice} = await import('../src/agent/hardware/raid.js')
+    const sys = await mkdtemp(join(tmpdir(), 'rdk-sysblock-'))
+    try {
+      await mkdir(join(sys, 'md0', 'md'), {recursive: true})
+      await mkdir(join(sys, 'md0p1', 'partition'), {recursive: true})
+      await mkdir(join(sys, 'vda'), {recursive: true})
+      expect(await isMdDevice('/dev/md0', sys)).toBe(true)
+      expect(await isMdDevice('/dev/md0p1', sys)).toBe(false)
+      expect(await isMdDevice('/dev/vda', sys)).toBe(false)
+    } finally {
+      await rm(sys, {recursive: true, force: true})
+    }
+  })
+})

@@ -410,6 +410,22 @@ async function rescan(dev: string): Promise<void> {
   await udevSettle()
 }
 
+/**
+ * Is `dev` a software RAID array (IPA's is_md_device)? The kernel's md directory in sysfs says so
+ * (partitions on an array have none); else `mdadm --detail` answers. Ironic 21.4 never sends
+ * install_bootloader's software_raid, so the bootloader code asks this of the install device.
+ */
+export async function isMdDevice(dev: string, sysClassBlock = '/sys/class/block'): Promise<boolean> {
+  const k = path.basename(dev)
+  if (existsSync(path.join(sysClassBlock, k, 'md'))) return true
+  if (!/^md/.test(k) || existsSync(path.join(sysClassBlock, k, 'partition'))) return false
+  try {
+    return (await mdadm(['--detail', dev], {allowFailure: true, timeoutMs: 30_000})).exitCode === 0
+  } catch {
+    return false // mdadm not installed
+  }
+}
+
 /** `mdadm --detail`, parsed; null when the device is not an md array (or mdadm fails). */
 export async function mdDetail(dev: string, log?: Logger): Promise<MdDetail | null> {
   const r = await mdadm(['--detail', dev], {allowFailure: true, timeoutMs: 30_000})
@@ -493,7 +509,7 @@ export async function createSoftwareRaid(ctx: RaidContext & {node: NodeInfo; dev
     await rescan(p.device)
   }
   for (const a of plan.arrays) {
-    log.info('creating md device', {device: a.device, components: a.components, level: a.logicalDisk.raid_level})
+    log.info('creating md device', {device: a.device, components: a.components, raid_level: a.logicalDisk.raid_level})
     try {
       await mdadm(a.args)
     } catch (err) {
