@@ -504,6 +504,8 @@ export async function setupUefi(ctx: BootloaderContext, device: string, args: In
               missing.push('the image has no grub-install or grub2-install')
               return 'none'
             }
+            // grub-install writes into the image: read-write from here on.
+            await run('mount', ['-o', 'remount,rw', rootDir])
             // grub-install wants the ESP at /boot/efi of the image: unmount ours first.
             await run('sync', []).catch(() => undefined)
             await umount(espDir, log)
@@ -514,7 +516,8 @@ export async function setupUefi(ctx: BootloaderContext, device: string, args: In
             }
             return 'grub-install'
           },
-          {log},
+          // Read-only while only reading: the root filesystem stays byte for byte the image.
+          {log, options: ['ro']},
         )
         loaders = await findEfiLoaders(espDir)
         if (!loaders.length) {
