@@ -14,6 +14,7 @@
  *    kernel: OVMF starts the "ironic1" entry and the GRUB marker appears on the serial console.
  */
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {open} from 'node:fs/promises'
 import os from 'node:os'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {startVm, type Vm} from '../src/boot/qemu.js'
@@ -136,6 +137,14 @@ describe('partition image, UEFI, in a VM', () => {
     } finally {
       await vm?.stop()
     }
+
+    // The root partition (after the 550 MiB ESP) holds exactly the image: install_bootloader only read it.
+    const img = readFileSync(join(dir, 'root.img'))
+    const fh = await open(disk, 'r')
+    const onDisk = Buffer.alloc(img.length)
+    await fh.read(onDisk, 0, img.length, 551 * 1024 * 1024)
+    await fh.close()
+    expect(onDisk.equals(img)).toBe(true)
 
     // The variable store now holds the agent's boot entry (labels are UTF-16 in EFI variables).
     const vars1 = readFileSync(vars)
