@@ -5,7 +5,7 @@
  * filesystem's /boot/efi/EFI, and the refusal to run efibootmgr on a machine without
  * /sys/firmware/efi (this host has none; the real NVRAM path is test/image-uefi-vm.e2e.test.ts).
  */
-import {existsSync, mkdtempSync, rmSync} from 'node:fs'
+import {copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {chmod, mkdir, readdir, readFile, symlink, writeFile} from 'node:fs/promises'
 import os from 'node:os'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -203,5 +203,95 @@ describe('BIOS', () => {
   it('a partition image without grub-install is a clear error naming what is missing', async () => {
     await expect(installBootloader(ctx(), {root_uuid: rootUuid, target_boot_mode: 'bios'})).rejects.toThrow(/Cannot install GRUB for BIOS boot on .*: the image on .*p2 has no grub-install or grub2-install/)
     await expect(installBootloader(ctx(), {root_uuid: rootUuid, target_boot_mode: 'floppy'})).rejects.toMatchObject({type: 'InvalidCommandParamsError'})
+  })
+})
+
+/**
+ * The grub-install paths, with an image whose grub-install / grub-mkconfig are shell scripts (static
+ * busybox) that log how they were called and what they saw: the chroot, the bind mounts, the ESP at
+ * /boot/efi, the arguments. (The real GRUB path needs a distribution image; the UEFI VM test covers
+ * the loader-copy path with a real GRUB.)
+ */
+describe('grub-install in a chroot of the image', () => {
+  let G: LoopDevice
+  let gEsp: string
+  let gRoot: string
+  const script = (lines: string[]) => ['#!/bin/sh', 'B=/bin/busybox', ...lines, ''].join('\n')
+
+  beforeAll(async () => {
+    G = await attachLoop(dir, 'grub', 96 * 1024 * 1024)
+    await run('sgdisk', ['-n', '1:0:+24M', '-t', '1:ef00', '-n', '2:0:0', '-t', '2:8300', G.device])
+    await run('partprobe', [G.device])
+    await run('udevadm', ['settle'], {allowFailure: true})
+    const img = join(dir, 'grub-root')
+    for (const d of ['bin', 'usr/sbin', 'dev', 'proc', 'sys', 'boot/efi', 'boot/grub', 'etc']) mkdirSync(join(img, d), {recursive: true})
+    copyFileSync('/bin/busybox', join(img, 'bin/busybox'))
+    symlinkSync('busybox', join(img, 'bin/sh'))
+    writeFileSync(
+      join(img, 'usr/sbin/grub-install'),
+      script([
+        'echo "grub-install $*" >> /grub.log',
+        '$B test -e /proc/self/status && echo proc-ok >> /grub.log',
+        '$B test -e /sys/kernel && echo sys-ok >> /grub.log',
+        '$B grep -q " /boot/efi " /proc/mounts && echo esp-mounted >> /grub.log',
+        'case "$*" in *x86_64-efi*)',
+        '  case "$*" in *--removable*) $B mkdir -p /boot/efi/EFI/BOOT && echo grub > /boot/efi/EFI/BOOT/BOOTX64.EFI && $B chmod 755 /boot/efi/EFI/BOOT/BOOTX64.EFI ;;',
+        '  *) $B mkdir -p /boot/efi/EFI/debian && echo grub > /boot/efi/EFI/debian/grubx64.efi ;; esac ;;',
+        'esac',
+      ]),
+      {mode: 0o755},
+    )
+    writeFileSync(join(img, 'usr/sbin/grub-mkconfig'), script(['echo "grub-mkconfig $* os-prober=$GRUB_DISABLE_OS_PROBER" >> /grub.log', 'echo generated > "$2"']), {mode: 0o755})
+    await run('mkfs.ext4', ['-q', '-F', '-L', 'ESP', `${G.device}p1`]) // stand-in for vfat (see above)
+    await run('mkfs.ext4', ['-q', '-F', '-L', 'groot', '-d', img, `${G.device}p2`])
+    gEsp = (await run('blkid', ['-s', 'UUID', '-o', 'value', `${G.device}p1`])).stdout.trim()
+    gRoot = (await run('blkid', ['-s', 'UUID', '-o', 'value', `${G.device}p2`])).stdout.trim()
+  })
+  afterAll(async () => {
+    if (G) await detachLoop(G)
+  })
+
+  it('UEFI, empty ESP, no /boot/efi/EFI in the image: grub-install --target=x86_64-efi --no-nvram (and --removable) fills the ESP', async () => {
+    const fw = mkdtempSync(join(dir, 'fw-'))
+    const ctx = {config: defaultConfig(), log: quiet, installDevice: async () => G.device, imageType: 'partition' as const, firmwareDir: fw}
+    // Everything up to efibootmgr runs; efibootmgr itself refuses on this host (no /sys/firmware/efi).
+    await expect(setupUefi(ctx, G.device, {root_uuid: gRoot, efi_system_part_uuid: gEsp, target_boot_mode: 'uefi'})).rejects.toThrow(/did not boot in UEFI mode/)
+    expect(await readFile('/proc/self/mounts', 'utf8')).not.toContain(G.device)
+    await withMount(`${G.device}p2`, async (root) => {
+      expect((await readFile(join(root, 'grub.log'), 'utf8')).split('\n')).toEqual([
+        'grub-install --target=x86_64-efi --efi-directory=/boot/efi --no-nvram',
+        'proc-ok',
+        'sys-ok',
+        'esp-mounted',
+        'grub-install --target=x86_64-efi --efi-directory=/boot/efi --no-nvram --removable',
+        'proc-ok',
+        'sys-ok',
+        'esp-mounted',
+        'grub-mkconfig -o /boot/grub/grub.cfg os-prober=true',
+        '',
+      ])
+      expect(await readFile(join(root, 'boot/grub/grub.cfg'), 'utf8')).toBe('generated\n')
+      expect(await readdir(join(root, 'boot/efi'))).toEqual([]) // the ESP was mounted there, not written into the root
+      await run('rm', [join(root, 'grub.log')])
+    })
+    await withMount(`${G.device}p1`, async (esp) => {
+      expect(await findEfiLoaders(esp)).toEqual(['EFI/BOOT/BOOTX64.EFI'])
+      expect(await readFile(join(esp, 'EFI/debian/grubx64.efi'), 'utf8')).toBe('grub\n')
+    })
+  })
+
+  it('BIOS with ipa-enable-bios-bootloader-install: grub-install --target=i386-pc <disk> and grub-mkconfig in the chroot', async () => {
+    const ctx = {config: {...defaultConfig(), enableBiosBootloaderInstall: true}, log: quiet, installDevice: async () => G.device, imageType: 'partition' as const}
+    await expect(installBootloader(ctx, {root_uuid: gRoot, target_boot_mode: 'bios'})).resolves.toBeNull()
+    await withMount(`${G.device}p2`, async (root) => {
+      expect((await readFile(join(root, 'grub.log'), 'utf8')).split('\n')).toEqual([
+        `grub-install --target=i386-pc ${G.device}`,
+        'proc-ok',
+        'sys-ok',
+        'grub-mkconfig -o /boot/grub/grub.cfg os-prober=true',
+        '',
+      ])
+    })
+    expect(await readFile('/proc/self/mounts', 'utf8')).not.toContain(G.device)
   })
 })
