@@ -7,12 +7,13 @@
  * streamed), the reported UUIDs and IPA's result text. Bad input fails before the disk is touched.
  */
 import {createHash, randomUUID} from 'node:crypto'
-import {mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {open, readFile} from 'node:fs/promises'
 import os from 'node:os'
 import {gzipSync} from 'node:zlib'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {defaultConfig, type AgentConfig} from '../src/agent/config.js'
+import {withMount} from '../src/agent/image/bootloader.js'
 import {partedArgs, planPartitions, partitionLayout} from '../src/agent/image/partition.js'
 import {prepareImage, type DeployState} from '../src/agent/image/write.js'
 import {run} from '../src/common/exec.js'
@@ -217,6 +218,26 @@ describe('partition image deploys onto a loop device', () => {
       ['83', 40],
     ])
     expect(await blk(`${A.device}p1`)).toMatchObject({TYPE: 'vfat'})
+  })
+})
+
+describe('preserve_ephemeral', () => {
+  it('keeps the table and the ephemeral filesystem, rewrites root; a different layout is refused', async () => {
+    const layout = {disk_label: 'gpt', ephemeral_mb: 16, ephemeral_format: 'ext4'}
+    await prepareImage(ctx({partitionUuids: null}), info('root.raw', layout) as never, null)
+    const eph = `${A.device}p2`
+    await withMount(eph, async (d) => writeFileSync(join(d, 'keep-me'), 'user data'))
+    const ephUuid = (await blk(eph)).UUID
+    const state: DeployState = {partitionUuids: null}
+    const msg = await prepareImage(ctx(state), info('root.qcow2', {...layout, preserve_ephemeral: true}) as never, null)
+    expect(msg).toContain(`root_uuid=${rootFsUuid}`)
+    expect((await blk(eph)).UUID).toBe(ephUuid)
+    await withMount(eph, async (d) => expect(readFileSync(join(d, 'keep-me'), 'utf8')).toBe('user data'))
+    expect(await sha256Prefix(`${A.device}p3`, rootSize)).toBe(sums.get('raw-sha'))
+    await expect(prepareImage(ctx({partitionUuids: null}), info('root.raw', {...layout, ephemeral_mb: 32, preserve_ephemeral: true}) as never, null)).rejects.toThrow(
+      /preserve_ephemeral: the partition table on .* does not match the requested layout \(partition 2 \(ephemeral\) differs\)/,
+    )
+    await withMount(eph, async (d) => expect(readFileSync(join(d, 'keep-me'), 'utf8')).toBe('user data'))
   })
 })
 

@@ -233,7 +233,6 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     await rescanDevice(device, log)
     for (const p of parts) await waitForBlockDevice(path(p))
     log.info('disk partitioned', {device, partitions: parts.map((p) => `${p.number}:${p.role}:${p.sizeMb}MiB`)})
-    touched = true
 
     const esp = byRole.get('efi system partition')
     if (esp) await mkfs('vfat', path(esp), 'efi-part')
