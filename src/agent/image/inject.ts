@@ -287,14 +287,15 @@ async function withPartitionHolding(ctx: InjectContext, device: string, detect: 
 }
 
 /** The inject_files deploy step. */
-export async function injectFiles(ctx: InjectContext, node: Record<string, unknown>, files: unknown, verifyCa?: unknown): Promise<null> {
+export async function injectFiles(ctx: InjectContext, node: Record<string, unknown>, files: unknown, verifyCa?: unknown, stepPorts?: unknown[]): Promise<null> {
   const props = (node?.properties ?? {}) as Record<string, unknown>
   const list = validateFiles(props.inject_files ?? [], files ?? [])
   if (!list.length) {
     ctx.log.info('No files to inject')
     return null
   }
-  const ports = Array.isArray((node as {ports?: unknown}).ports) ? ((node as {ports: unknown[]}).ports) : []
+  // {ports[...]} in URLs: the step's ports (as IPA), when the caller passes them.
+  const ports = Array.isArray(stepPorts) ? stepPorts : []
   const device = await ctx.installDevice()
   assertDeviceAllowed(device, ctx.config.deviceAllowlist)
   for (const fl of list) {
