@@ -272,6 +272,71 @@ export async function getWithRetries(url: string, id: string, opts: RequestOptio
   }
 }
 
+const BODY_HIGH_WATER = 4 * 1024 * 1024
+const BODY_LOW_WATER = 1024 * 1024
+
+/**
+ * A response body's chunks exactly as the socket delivers them ('data' events), paused above
+ * 4 MiB of backlog. `for await` over the response would call Readable.read(), which joins all
+ * buffered chunks into a new Buffer: one more copy of the image, measurable in an emulated VM.
+ * Ends when the response ends or closes (the caller checks `res.complete`); throws its error.
+ */
+async function* bodyChunks(res: IncomingMessage): AsyncGenerator<Buffer> {
+  const queue: Buffer[] = []
+  let head = 0
+  let queued = 0
+  let ended = false
+  let failure: Error | undefined
+  let wake: (() => void) | undefined
+  const notify = (): void => {
+    const w = wake
+    wake = undefined
+    w?.()
+  }
+  const onData = (c: Buffer): void => {
+    queue.push(c)
+    queued += c.length
+    if (queued >= BODY_HIGH_WATER) res.pause()
+    notify()
+  }
+  const onEnd = (): void => {
+    ended = true
+    notify()
+  }
+  const onError = (err: Error): void => {
+    failure ??= err
+    notify()
+  }
+  res.on('data', onData)
+  res.on('end', onEnd)
+  res.on('close', onEnd)
+  res.on('error', onError)
+  try {
+    for (;;) {
+      if (head < queue.length) {
+        const c = queue[head]!
+        queue[head++] = undefined as unknown as Buffer
+        if (head > 64) {
+          queue.splice(0, head)
+          head = 0
+        }
+        queued -= c.length
+        if (queued < BODY_LOW_WATER && res.isPaused() && !failure) res.resume()
+        yield c
+        continue
+      }
+      if (failure) throw failure
+      if (ended || res.destroyed) return
+      await new Promise<void>((r) => (wake = r))
+    }
+  } finally {
+    res.off('data', onData)
+    res.off('end', onEnd)
+    res.off('close', onEnd)
+    res.off('error', onError)
+  }
+}
+
 const REDIRECTS = new Set([301, 302, 303, 307, 308])
 const MAX_REDIRECTS = 10
 
@@ -413,83 +478,83 @@ export class ImageDownload {
     throw new ImageDownloadError(info.id, details.join('\n '))
   }
 
-  /** The image bytes, in order, exactly once; resumes transparently after a dropped connection. */
+  /**
+   * The image bytes, in order, exactly once; resumes transparently after a dropped connection.
+   * (One generator, not two: under emulation every async layer per 64 KiB chunk shows.)
+   */
   async *chunks(): AsyncGenerator<Buffer> {
     if (this.used) throw new Error('an ImageDownload can be read only once')
     this.used = true
     try {
-      yield* this.read()
+      const {retries, retryInterval, maxDuration, log} = this.settings
+      const total = this.size
+      let delivered = 0
+      let skip = 0 // bytes to drop from the current response (a server that ignored Range)
+      let failures = 0
+      const deadline = maxDuration > 0 ? this.started + maxDuration * 1000 : Infinity
+      const gc = new GcNudger()
+      for (;;) {
+        try {
+          for await (const raw of bodyChunks(this.res)) {
+            let chunk = raw as Buffer
+            if (Date.now() > deadline) {
+              this.res.destroy()
+              throw new ImageDownloadError(this.info.id, `the download took longer than image_download_max_duration (${maxDuration} s)`)
+            }
+            if (skip > 0) {
+              if (chunk.length <= skip) {
+                skip -= chunk.length
+                continue
+              }
+              chunk = chunk.subarray(skip)
+              skip = 0
+            }
+            this.hash.update(chunk)
+            gc.add(chunk.length)
+            delivered += chunk.length
+            this.stats.bytes = delivered
+            yield chunk
+          }
+          if (!this.res.complete) throw new Retryable('the connection closed before the response was complete')
+          if (total !== undefined && delivered < total) throw new Retryable(`the connection closed after ${delivered} of ${total} bytes`)
+          break
+        } catch (err) {
+          if (err instanceof RESTError) throw err
+          this.res.destroy()
+          if (++failures > retries) {
+            const of = total !== undefined ? ` of ${total}` : ''
+            throw new ImageDownloadError(
+              this.info.id,
+              `the download from ${redact(this.url)} ended early, after ${delivered}${of} bytes and ${retries} retries: ${(err as Error).message}`,
+            )
+          }
+          log.warn('image download interrupted, resuming', {url: redact(this.url), at: delivered, attempt: failures, of: retries, err: (err as Error).message})
+          await sleep(retryInterval * 1000)
+          const res = await getWithRetries(this.url, this.info.id, {info: this.info, settings: this.settings, headers: delivered > 0 ? {Range: `bytes=${delivered}-`} : {}}, (s) => s === 200 || s === 206)
+          this.stats.resumes++
+          if (res.statusCode === 206) {
+            const cr = parseContentRange(res.headers['content-range'])
+            if (!cr || cr.start !== delivered || (total !== undefined && cr.total !== undefined && cr.total !== total)) {
+              res.destroy()
+              throw new ImageDownloadError(this.info.id, `the server answered a resume at byte ${delivered} with Content-Range '${res.headers['content-range'] ?? ''}'`)
+            }
+            this.stats.rangeResumes++
+            skip = 0
+          } else {
+            // 200: the server ignored Range and sends everything again; drop what we already have.
+            log.info('the image server ignored the Range request: reading again from byte 0', {url: redact(this.url), skipping: delivered})
+            skip = delivered
+          }
+          this.res = res
+        }
+      }
+      this.actual = this.hash.digest('hex')
+      this.stats.seconds = (Date.now() - this.started) / 1000
+      log.info('image downloaded', {url: redact(this.url), bytes: delivered, seconds: this.stats.seconds, resumes: this.stats.resumes})
+  
     } finally {
       if (this.actual === undefined) this.close()
     }
-  }
-
-  private async *read(): AsyncGenerator<Buffer> {
-    const {retries, retryInterval, maxDuration, log} = this.settings
-    const total = this.size
-    let delivered = 0
-    let skip = 0 // bytes to drop from the current response (a server that ignored Range)
-    let failures = 0
-    const deadline = maxDuration > 0 ? this.started + maxDuration * 1000 : Infinity
-    const gc = new GcNudger()
-    for (;;) {
-      try {
-        for await (const raw of this.res) {
-          let chunk = raw as Buffer
-          if (Date.now() > deadline) {
-            this.res.destroy()
-            throw new ImageDownloadError(this.info.id, `the download took longer than image_download_max_duration (${maxDuration} s)`)
-          }
-          if (skip > 0) {
-            if (chunk.length <= skip) {
-              skip -= chunk.length
-              continue
-            }
-            chunk = chunk.subarray(skip)
-            skip = 0
-          }
-          this.hash.update(chunk)
-          gc.add(chunk.length)
-          delivered += chunk.length
-          this.stats.bytes = delivered
-          yield chunk
-        }
-        if (!this.res.complete) throw new Retryable('the connection closed before the response was complete')
-        if (total !== undefined && delivered < total) throw new Retryable(`the connection closed after ${delivered} of ${total} bytes`)
-        break
-      } catch (err) {
-        if (err instanceof RESTError) throw err
-        this.res.destroy()
-        if (++failures > retries) {
-          const of = total !== undefined ? ` of ${total}` : ''
-          throw new ImageDownloadError(
-            this.info.id,
-            `the download from ${redact(this.url)} ended early, after ${delivered}${of} bytes and ${retries} retries: ${(err as Error).message}`,
-          )
-        }
-        log.warn('image download interrupted, resuming', {url: redact(this.url), at: delivered, attempt: failures, of: retries, err: (err as Error).message})
-        await sleep(retryInterval * 1000)
-        const res = await getWithRetries(this.url, this.info.id, {info: this.info, settings: this.settings, headers: delivered > 0 ? {Range: `bytes=${delivered}-`} : {}}, (s) => s === 200 || s === 206)
-        this.stats.resumes++
-        if (res.statusCode === 206) {
-          const cr = parseContentRange(res.headers['content-range'])
-          if (!cr || cr.start !== delivered || (total !== undefined && cr.total !== undefined && cr.total !== total)) {
-            res.destroy()
-            throw new ImageDownloadError(this.info.id, `the server answered a resume at byte ${delivered} with Content-Range '${res.headers['content-range'] ?? ''}'`)
-          }
-          this.stats.rangeResumes++
-          skip = 0
-        } else {
-          // 200: the server ignored Range and sends everything again; drop what we already have.
-          log.info('the image server ignored the Range request: reading again from byte 0', {url: redact(this.url), skipping: delivered})
-          skip = delivered
-        }
-        this.res = res
-      }
-    }
-    this.actual = this.hash.digest('hex')
-    this.stats.seconds = (Date.now() - this.started) / 1000
-    log.info('image downloaded', {url: redact(this.url), bytes: delivered, seconds: this.stats.seconds, resumes: this.stats.resumes})
   }
 
   /** A Node stream of the image bytes (the same bytes as chunks()). */
