@@ -1,16 +1,24 @@
 /**
- * Software RAID for real, in a qemu VM (the host has no md driver): the tiny image boots with two
- * virtio disks and the agent is driven directly over /v1/commands (standalone, agent token).
+ * Software RAID for real, in a qemu VM (the host has no md driver, no UEFI): the tiny image boots
+ * under OVMF with two virtio disks and the agent is driven directly over /v1/commands (standalone,
+ * agent token). The node asks for UEFI (capabilities boot_mode:uefi).
  *
  *  1. clean step create_configuration, target_raid_config RAID-1 MAX → /proc/mdstat (from the
- *     log.collect_system_logs bundle) and the inventory show md0 over both disks;
- *  2. deploy step write_image of a raw image from a loopback image server → it lands on /dev/md0;
- *  3. the VM is powered off and the HOST reads both raw disk files: the md superblock (v1.2, 4 KiB
- *     into the RAID partition) names the array, and the image is at its data offset on both disks;
- *  4. the VM boots again on the same disks: the agent re-assembles the array at start, and
- *     delete_configuration leaves no md device, no superblock and no partition table.
+ *     log.collect_system_logs bundle) and the inventory show md0 over both disks (GPT holders, the
+ *     RAID partition at 551 MiB);
+ *  2. deploy step write_image of a whole-disk GPT image with its own ESP from a loopback image server
+ *     → it lands on /dev/md0; the VM is powered off and the HOST reads both raw disk files: the md
+ *     superblock (v1.2, 4 KiB into the RAID partition) names the array, and the image is at its data
+ *     offset on both disks;
+ *  3. the VM boots again: the agent re-assembles the array at start; image.install_bootloader with
+ *     software_raid=true makes an ESP on each holder, mirrors them (metadata 1.0), copies the image's
+ *     ESP in and adds an efibootmgr entry per holder; the host finds the image's loader in the ESP of
+ *     both disk files;
+ *  4. delete_configuration leaves no md device, superblock or partition table (checked on the host
+ *     after power-off).
  */
-import {mkdtemp, open, readFile, rm} from 'node:fs/promises'
+import {randomBytes} from 'node:crypto'
+import {mkdtemp, open, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gunzipSync} from 'node:zlib'
@@ -18,13 +26,15 @@ import tar from 'tar-stream'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import {startVm, type Vm} from '../src/boot/qemu.js'
-import {makeRawImage, MIB, sha256File, startImageServer, type ImageServer} from './helpers/image.js'
+import {MIB, sha256File, startImageServer, type ImageServer} from './helpers/image.js'
 
 const TOKEN = 'rdk-raid-token-0123456789abcdefghijklmnopqrstu'
 const DISK_SIZE = 1024 * MIB
-const IMAGE_MIB = 24
+const IMAGE_MIB = 40
+const ESP_MIB = 16
 const RAID1_MAX = {logical_disks: [{size_gb: 'MAX', raid_level: '1', controller: 'software'}]}
-const NODE = {uuid: 'raid-node', properties: {}, instance_info: {}, driver_internal_info: {}, target_raid_config: RAID1_MAX}
+const NODE = {uuid: 'raid-node', properties: {capabilities: 'boot_mode:uefi'}, instance_info: {}, driver_internal_info: {}, target_raid_config: RAID1_MAX}
+const LOADER = randomBytes(64 * 1024)
 
 interface Command {
   command_status: string
@@ -57,17 +67,29 @@ async function readAt(file: string, offset: number, length: number): Promise<Buf
   }
 }
 
-/** MBR partition entries (type, first LBA, sectors) of a raw disk file. */
-async function mbrPartitions(file: string): Promise<{type: number; start: number; sectors: number}[]> {
-  const mbr = await readAt(file, 0, 512)
-  if (mbr.readUInt16LE(510) !== 0xaa55) return []
+/** GPT partitions of a raw disk file (sgdisk only reads the file). */
+async function gptPartitions(file: string): Promise<{number: number; start: number; end: number; code: string; name: string}[]> {
+  const r = await run('sgdisk', ['-p', file], {allowFailure: true})
   const out = []
-  for (let i = 0; i < 4; i++) {
-    const e = 446 + i * 16
-    const type = mbr[e + 4]!
-    if (type) out.push({type, start: mbr.readUInt32LE(e + 8), sectors: mbr.readUInt32LE(e + 12)})
+  for (const line of r.stdout.split('\n')) {
+    const m = /^\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+([0-9A-F]{4})\s*(.*)$/.exec(line)
+    if (m) out.push({number: Number(m[1]), start: Number(m[2]), end: Number(m[3]), code: m[4]!, name: m[5]!.trim()})
   }
   return out
+}
+
+/** A whole-disk UEFI image: GPT, an ESP (vfat, EFI/BOOT/BOOTX64.EFI) and a Linux partition; sgdisk, mkfs.vfat, mtools on files. */
+async function makeUefiImage(dir: string): Promise<string> {
+  const image = join(dir, 'uefi.raw')
+  await run('truncate', ['-s', `${IMAGE_MIB}M`, image])
+  await run('sgdisk', ['-o', '-n', `1:2048:+${ESP_MIB}M`, '-t', '1:ef00', '-c', '1:EFI', '-n', '2:0:0', '-t', '2:8300', '-c', '2:root', image])
+  const esp = join(dir, 'esp.img')
+  await run('mkfs.vfat', ['-C', '-n', 'IMAGE-ESP', esp, String(ESP_MIB * 1024)])
+  await writeFile(join(dir, 'BOOTX64.EFI'), LOADER)
+  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT'])
+  await run('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI'])
+  await run('dd', [`if=${esp}`, `of=${image}`, 'bs=1M', 'seek=1', 'conv=notrunc', 'status=none'])
+  return image
 }
 
 async function untarGz(b64: string): Promise<Map<string, Buffer>> {
@@ -97,6 +119,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
   let srv: ImageServer
   let vm: Vm | undefined
   let cmdline: string
+  let imagePath: string
   const disks = () => [join(dir, 'disk0.img'), join(dir, 'disk1.img')]
   let mdSize = 0
   let partStart = 0
@@ -107,9 +130,9 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     // The image carries the agent in dist/ (npm run build first).
     await run(process.execPath, ['bin/run.js', 'build', '--output', out, '--json'], {timeoutMs: 900_000})
     cmdline = JSON.parse(await readFile(join(out, 'rdk-tiny.manifest.json'), 'utf8')).kernelCmdline ?? ''
-    await makeRawImage(join(dir, 'image.raw'), IMAGE_MIB, {dos: true})
+    imagePath = await makeUefiImage(dir)
     srv = await startImageServer()
-    srv.files.set('/image.raw', join(dir, 'image.raw'))
+    srv.files.set('/uefi.raw', imagePath)
   }, 900_000)
   afterAll(async () => {
     await vm?.stop()
@@ -124,6 +147,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
       // 1 GiB disks are below the 4 GiB a root disk guess needs: do not wait 30 s for one at start.
       append: `${cmdline} ipa-standalone=1 ipa-agent-token=${TOKEN} ipa-disk-wait-attempts=1`,
       memoryMiB: 1024,
+      uefi: true,
       disks: disks().map((path) => ({path, size: DISK_SIZE, bus: 'virtio' as const})),
       portForwards: [{guestPort: 9999, hostPort: 0}],
     })
@@ -161,7 +185,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     }
   }
 
-  it('create_configuration (clean step, RAID-1 MAX): md0 over both disks in /proc/mdstat and the inventory', async () => {
+  it('create_configuration (clean step, RAID-1 MAX, UEFI): md0 over both disks in /proc/mdstat and the inventory', async () => {
     await boot()
     await withSerial(async () => {
       const step = {step: 'create_configuration', interface: 'raid', priority: 0, reboot_requested: false, abortable: true}
@@ -178,28 +202,29 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
       expect(names).toEqual(expect.arrayContaining(['/dev/vda', '/dev/vdb', '/dev/md0']))
       mdSize = (await inventoryDisks()).find((d) => d.name === '/dev/md0')!.size
       expect(mdSize).toBe(blocks * 1024)
-      // RAID-1 over two 1 GiB partitions: a bit less than a disk (partition offset + md metadata)
-      expect(mdSize).toBeGreaterThan(DISK_SIZE - 140 * MIB)
-      expect(mdSize).toBeLessThan(DISK_SIZE - MIB)
+      // RAID-1 over two partitions from 551 MiB (ESP room) to the end: that, less md metadata
+      expect(mdSize).toBeGreaterThan(DISK_SIZE - 551 * MIB - 140 * MIB)
+      expect(mdSize).toBeLessThan(DISK_SIZE - 551 * MIB)
     })
   }, 600_000)
 
   it('write_image (deploy step) goes to /dev/md0; powered off, both disk files hold the image at the md data offset', async () => {
     expect(vm).toBeDefined()
     await withSerial(async () => {
-      const sha = await sha256File(join(dir, 'image.raw'))
-      const imageInfo = {id: 'raid-image', urls: [`http://10.0.2.2:${srv.port}/image.raw`], os_hash_algo: 'sha256', os_hash_value: sha, disk_format: 'raw'}
+      const sha = await sha256File(imagePath)
+      const imageInfo = {id: 'raid-image', urls: [`http://10.0.2.2:${srv.port}/uefi.raw`], os_hash_algo: 'sha256', os_hash_value: sha, disk_format: 'raw'}
       const step = {step: 'write_image', interface: 'deploy', priority: 0, args: {image_info: imageInfo, configdrive: null}}
       const result = succeeded(await command('deploy.execute_deploy_step', {step, node: NODE, ports: []}))
       expect(result.deploy_result.result).toMatch(/^prepare_image: image \(raid-image\) written to device \/dev\/md0 /)
     })
     await vm!.stop()
     vm = undefined
-    const image = await readFile(join(dir, 'image.raw'))
+    const image = await readFile(imagePath)
     for (const disk of disks()) {
-      const parts = await mbrPartitions(disk)
-      expect(parts).toHaveLength(1)
+      const parts = await gptPartitions(disk)
+      expect(parts, `GPT of ${disk}`).toHaveLength(1)
       partStart = parts[0]!.start * 512
+      expect(partStart).toBe(551 * MIB)
       const sb = parseSuperblock(await readAt(disk, partStart + 4096, 4096))
       expect(sb.magic, `md superblock magic on ${disk}`).toBe(0xa92b4efc)
       expect(sb.major).toBe(1)
@@ -209,16 +234,51 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
       expect(sb.raidDisks).toBe(2)
       expect(sb.dataSize * 512).toBeGreaterThanOrEqual(mdSize)
       const data = await readAt(disk, partStart + sb.dataOffset * 512, image.length)
-      expect(data.equals(image), `image bytes at the md data offset of ${disk}`).toBe(true)
+      // The GPT headers changed (write_image moves the backup GPT to the end of md0: sgdisk -e);
+      // everything between them, the partitions, is the image byte for byte.
+      expect(data.subarray(512, 520).toString('latin1')).toBe('EFI PART')
+      const body = (b: Buffer) => b.subarray(MIB, image.length - 33 * 512)
+      expect(body(data).equals(body(image)), `image bytes at the md data offset of ${disk}`).toBe(true)
     }
   }, 600_000)
 
-  it('after a reboot the array is assembled again; delete_configuration leaves no md device, superblock or partition', async () => {
+  it('after a reboot the array is assembled again; install_bootloader (software_raid, uefi): an ESP with the image loader on both disks', async () => {
     await boot()
     await withSerial(async () => {
       const before = await mdstat()
       expect(before).toMatch(/^md\d+ : active .*raid1 /m)
       expect((await inventoryDisks()).some((d) => /^\/dev\/md\d+$/.test(d.name))).toBe(true)
+      // What Ironic's configure_local_boot asks for (Ironic 21.4 itself does not send software_raid).
+      const params = {root_uuid: null, efi_system_part_uuid: null, target_boot_mode: 'uefi', software_raid: true}
+      succeeded(await command('image.install_bootloader', params))
+      const stat = await mdstat()
+      // the mirrored ESP: a second RAID-1 over the holders' new partitions
+      expect(stat.match(/^md\d+ : active .*raid1 /gm)).toHaveLength(2)
+      const logs = await untarGz(succeeded(await command('log.collect_system_logs', {})).system_logs)
+      const agentLog = logs.get([...logs.keys()].find((n) => n.endsWith('agent.log'))!)!.toString('utf8')
+      for (const holder of ['/dev/vda', '/dev/vdb']) {
+        expect(agentLog).toMatch(new RegExp(`adding a UEFI boot entry.*"disk":"${holder}".*EFI\\\\\\\\BOOT\\\\\\\\BOOTX64\\.EFI`))
+      }
+    })
+    // Read while the VM runs (one boot less under TCG): the ESP was written with conv=fsync, so it
+    // has reached the disk files.
+    for (const disk of disks()) {
+      const parts = await gptPartitions(disk)
+      const esp = parts.find((p) => p.code === 'EF00')
+      expect(esp, `ESP on ${disk}: ${JSON.stringify(parts)}`).toBeDefined()
+      expect(esp!.name).toMatch(/^uefi-holder-\d$/)
+      expect((esp!.end + 1) * 512).toBeLessThanOrEqual(551 * MIB)
+      // metadata 1.0 keeps the md superblock at the end: the member is a plain vfat for the firmware
+      const copy = join(dir, `loader-${disk.slice(-9, -4)}.efi`)
+      await run('mcopy', ['-n', '-i', `${disk}@@${esp!.start * 512}`, '::/EFI/BOOT/BOOTX64.EFI', copy])
+      expect((await readFile(copy)).equals(LOADER), `the image's loader in the ESP of ${disk}`).toBe(true)
+    }
+  }, 600_000)
+
+  it('delete_configuration leaves no md device, superblock or partition', async () => {
+    if (!vm) await boot()
+    await withSerial(async () => {
+      expect(await mdstat()).toMatch(/^md\d+ : active /m)
       const step = {step: 'delete_configuration', interface: 'raid', priority: 0, reboot_requested: false, abortable: true}
       const result = succeeded(await command('clean.execute_clean_step', {step, node: NODE, ports: []}))
       expect(result.clean_result).toBeNull()
@@ -228,8 +288,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     await vm!.stop()
     vm = undefined
     for (const disk of disks()) {
-      expect(await mbrPartitions(disk), `partition table on ${disk}`).toEqual([])
-      // wipefs on the holder removed the MBR signature; the superblock 4 KiB into the old partition is zeroed
+      expect(await gptPartitions(disk), `partition table on ${disk}`).toEqual([])
       expect(partStart).toBeGreaterThan(0)
       const sb = parseSuperblock(await readAt(disk, partStart + 4096, 4096))
       expect(sb.magic).not.toBe(0xa92b4efc)
