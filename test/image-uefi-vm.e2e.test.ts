@@ -13,6 +13,7 @@
  * 4. standby.power_off; a second VM boots the same disk with the same variable store and no
  *    kernel: OVMF starts the "ironic1" entry and the GRUB marker appears on the serial console.
  */
+import {randomUUID} from 'node:crypto'
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {open} from 'node:fs/promises'
 import os from 'node:os'
@@ -51,7 +52,7 @@ beforeAll(async () => {
   mkdirSync(join(root, 'etc'), {recursive: true})
   writeFileSync(join(root, 'etc/hostname'), 'uefi-partition\n')
   await run('grub-mkstandalone', ['-O', 'x86_64-efi', '-o', join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'), '--modules=serial echo halt sleep', `boot/grub/grub.cfg=${grubCfg}`])
-  rootUuid = (await run('uuidgen', [])).stdout.trim()
+  rootUuid = randomUUID()
   await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-U', rootUuid, '-d', root, join(dir, 'root.img'), '48M'])
   srv.files.set('/root.img', join(dir, 'root.img'))
   rootSha = await sha256File(join(dir, 'root.img'))

@@ -11,7 +11,7 @@ import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:
 import {open} from 'node:fs/promises'
 import os from 'node:os'
 import {gzipSync} from 'node:zlib'
-import {createHash} from 'node:crypto'
+import {createHash, randomUUID} from 'node:crypto'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import type {DiskSpec} from '../src/boot/qemu.js'
 import {run} from '../src/common/exec.js'
@@ -54,7 +54,7 @@ beforeAll(async () => {
   writeFileSync(join(root, 'etc/hostname'), 'ironic-partition\n')
   writeFileSync(join(dir, 'grub.cfg'), 'echo rdk-partition\nhalt\n')
   await run('grub-mkstandalone', ['-O', 'x86_64-efi', '-o', join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'), '--modules=echo halt', `boot/grub/grub.cfg=${join(dir, 'grub.cfg')}`])
-  rootUuid = (await run('uuidgen', [])).stdout.trim()
+  rootUuid = randomUUID()
   rootImg = join(dir, 'root.img')
   await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-U', rootUuid, '-d', root, rootImg, '40M'])
   writeFileSync(join(dir, 'vmlinuz'), 'not used: local boot')
