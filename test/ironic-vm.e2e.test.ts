@@ -15,7 +15,7 @@
  */
 import {createHash, randomBytes} from 'node:crypto'
 import {readFileSync} from 'node:fs'
-import {mkdtemp, open, rm} from 'node:fs/promises'
+import {mkdtemp, open, readdir, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gzipSync} from 'node:zlib'
@@ -88,6 +88,20 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
   }, 900_000)
 
   let passed = 0
+  let lastSerial = ''
+  /** Assertion failures after a phase also show the VM's serial tail and the services' logs. */
+  const phase = async (fn: () => Promise<void>) => {
+    lastSerial = ''
+    try {
+      await fn()
+    } catch (err) {
+      const e = err as Error
+      if (!/--- VM serial/.test(e.message) && lab) {
+        e.message += `\n--- VM serial of this phase (last lines) ---\n${lastSerial.slice(-6000)}\n${await lab.diagnostics(40)}`
+      }
+      throw e
+    }
+  }
   afterAll(async () => {
     await lab?.stop()
     // Keep the logs (Ironic, inspector, VM serial) of a failed run.
@@ -95,8 +109,9 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     else if (dir) console.error(`ironic-vm e2e: logs kept in ${dir}`)
   })
 
-  it('1. inspect: the agent reports to ironic-inspector, the node gets its properties and is manageable', async () => {
+  it('1. inspect: the agent reports to ironic-inspector, the node gets its properties and is manageable', () => phase(async () => {
     const r = await lab.runPhase(uuid, {target: 'inspect', until: ['manageable'], boot: {mac: MAC, disks}, timeoutMs: 300_000})
+    lastSerial = r.serial
     expect(r.states).toContain('inspect wait')
     expect(r.boots).toBe(1)
     expect(r.node.last_error).toBeNull()
@@ -128,15 +143,26 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     expect(data.boot_interface).toBe(`01-${MAC.replace(/:/g, '-')}`)
     // The serial console shows the agent posting to inspector before its lookup.
     expect(r.serial).toMatch(/inspection data posted/)
+    // The `logs` collector's tarball, as inspector stored it ([processing] ramdisk_logs_dir).
+    const logDir = join(lab.inspector!.dir, 'ramdisk-logs')
+    const tarball = (await readdir(logDir)).find((f) => f.startsWith(`${uuid}_`) && f.endsWith('.tar.gz'))
+    expect(tarball, `no ramdisk logs for ${uuid} in ${logDir}`).toBeDefined()
+    const agentLog = (await run('tar', ['-xzOf', join(logDir, tarball!), 'agent.log'])).stdout
+    expect(agentLog).toMatch(/rdk agent starting/)
+    // IPA's bundle (as log.collect_system_logs): system state too, e.g. the inspection boot's cmdline.
+    const cmdline = (await run('tar', ['-xzOf', join(logDir, tarball!), 'proc_cmdline'])).stdout
+    expect(cmdline).toMatch(/ipa-inspection-callback-url=http:\/\/10\.0\.2\.2:\d+\/v1\/continue/)
+    expect((await run('tar', ['-tzf', join(logDir, tarball!)])).stdout).toMatch(/^dmesg\.txt$/m)
     // Ironic stored the inventory it fetched from inspector.
     const stored = await lab.ironic.api('GET', `/v1/nodes/${uuid}/inventory`)
     expect(stored.body.inventory.cpu.count).toBe(inv.cpu.count)
     passed++
-  }, 360_000)
+  }), 360_000)
 
-  it('2. provide: automated cleaning erases metadata, the node becomes available', async () => {
+  it('2. provide: automated cleaning erases metadata, the node becomes available', () => phase(async () => {
     if (passed !== 1) throw new Error('an earlier phase failed: this one cannot run')
     const r = await lab.runPhase(uuid, {target: 'provide', until: ['available'], boot: {mac: MAC, disks}, timeoutMs: 300_000})
+    lastSerial = r.serial
     expect(r.states).toContain('clean wait')
     expect(r.node.last_error).toBeNull()
     // erase_devices_metadata on both disks (the lab sets erase_devices_priority = 0).
@@ -147,9 +173,9 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     expect((await readAt(disks[1]!.path, MARK_OFFSET, MARK.length)).equals(MARK)).toBe(true)
     nvmeAfterClean = await sha256File(disks[1]!.path)
     passed++
-  }, 360_000)
+  }), 360_000)
 
-  it('3. deploy: a whole-disk qcow2 with a config drive lands on rdk-disk0; the node is active', async () => {
+  it('3. deploy: a whole-disk qcow2 with a config drive lands on the virtio disk (rdk-disk0); the node is active', () => phase(async () => {
     if (passed !== 2) throw new Error('an earlier phase failed: this one cannot run')
     raw = join(dir, 'image.raw')
     await makeRawImage(raw, IMG_MIB, {dos: true})
@@ -170,6 +196,7 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
       boot: {mac: MAC, disks},
       timeoutMs: 420_000,
     })
+    lastSerial = r.serial
     expect(r.states).toContain('wait call-back')
     expect(r.node.last_error).toBeNull()
     expect(r.serial).toMatch(/image written/)
@@ -191,11 +218,12 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     // The other disk is untouched by the deploy.
     expect(await sha256File(disks[1]!.path)).toBe(nvmeAfterClean)
     passed++
-  }, 480_000)
+  }), 480_000)
 
-  it('4. undeploy: deleted → cleaning → available; partition tables gone', async () => {
+  it('4. undeploy: deleted → cleaning → available; partition tables gone', () => phase(async () => {
     if (passed !== 3) throw new Error('an earlier phase failed: this one cannot run')
     const r = await lab.runPhase(uuid, {target: 'deleted', until: ['available'], boot: {mac: MAC, disks}, timeoutMs: 300_000})
+    lastSerial = r.serial
     expect(r.states).toContain('clean wait')
     expect(r.node.last_error).toBeNull()
     expect(r.node.instance_info.image_source).toBeUndefined()
@@ -207,5 +235,5 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     expect(sf.stdout).not.toMatch(/0x1234abcd/)
     expect((await readAt(disks[1]!.path, MARK_OFFSET, MARK.length)).equals(MARK)).toBe(true)
     passed++
-  }, 360_000)
+  }), 360_000)
 })

@@ -6,9 +6,8 @@
 import type {IronicClient} from './ironic-client.js'
 import {errorText, sleep} from './ironic-client.js'
 import type {BlockDevice, Inventory} from './hardware/types.js'
-import {recentLogLines} from './log.js'
 import type {AgentRuntime} from './runtime.js'
-import {tarGz} from './extensions/log.js'
+import {logExtension} from './extensions/log.js'
 
 const GiB = 1024 ** 3
 
@@ -34,7 +33,10 @@ export async function collectInspectionData(rt: AgentRuntime): Promise<Record<st
           managers: rt.registry.managers.map((m) => m.get_version()),
         }
       } else if (name === 'logs') {
-        data.logs = (await tarGz({'agent.log': Buffer.from(recentLogLines().join('\n') + '\n')})).toString('base64')
+        // IPA's collect_logs sends the same bundle as log.collect_system_logs (agent log, dmesg,
+        // ip, lsblk, lshw, /proc files, /init's progress log): base64 tar.gz.
+        const logs = (await logExtension.commands.collect_system_logs!.run({}, rt)) as {system_logs: string}
+        data.logs = logs.system_logs
       } else {
         const extra = await rt.registry.dispatchToManagers(`collect_${name.replace(/-/g, '_')}`, data)
         if (extra && typeof extra === 'object') Object.assign(data, extra)
