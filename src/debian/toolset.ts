@@ -40,7 +40,7 @@ export const DEPLOY_TOOLSET: readonly ToolPackage[] = [
   {package: 'qemu-utils', executables: ['qemu-img'], why: 'image conversion/writing (standby.write_image)'},
   {package: 'gdisk', executables: ['sgdisk'], why: 'GPT zapping, partition tables'},
   {package: 'parted', executables: ['parted', 'partprobe'], why: 'partitioning, re-reading tables'},
-  {package: 'util-linux', executables: ['lsblk', 'blkid', 'wipefs', 'blockdev', 'lscpu', 'prlimit'], why: 'disk/CPU inventory, erasing signatures, qemu-img under an address-space cap (prlimit)'},
+  {package: 'util-linux', executables: ['lsblk', 'blkid', 'wipefs', 'blockdev', 'lscpu', 'prlimit', 'mkswap'], why: 'disk/CPU inventory, erasing signatures, qemu-img under an address-space cap (prlimit), swap partitions (mkswap)'},
   {package: 'mount', executables: ['mount', 'umount', 'losetup'], why: 'mounting config drives / partitions, loop devices'},
   {package: 'fdisk', executables: ['sfdisk'], why: 'MBR/GPT partition tables from scripts'},
   {package: 'hdparm', executables: ['hdparm'], why: 'ATA secure erase, drive identity'},
