@@ -10,8 +10,8 @@
  *     → it lands on /dev/md0; the VM is powered off and the HOST reads both raw disk files: the md
  *     superblock (v1.2, 4 KiB into the RAID partition) names the array, and the image is at its data
  *     offset on both disks;
- *  3. the VM boots again: the agent re-assembles the array at start; image.install_bootloader with
- *     software_raid=true makes an ESP on each holder, mirrors them (metadata 1.0), copies the image's
+ *  3. the VM boots again: the agent re-assembles the array at start; image.install_bootloader in BIOS
+ *     mode fails clearly (the image has no grub-install); with UEFI and software_raid=true it makes an ESP on each holder, mirrors them (metadata 1.0), copies the image's
  *     ESP in and adds an efibootmgr entry per holder; the host finds the image's loader in the ESP of
  *     both disk files;
  *  4. delete_configuration leaves no md device, superblock or partition table (checked on the host
@@ -78,7 +78,7 @@ async function gptPartitions(file: string): Promise<{number: number; start: numb
   return out
 }
 
-/** A whole-disk UEFI image: GPT, an ESP (vfat, EFI/BOOT/BOOTX64.EFI) and a Linux partition; sgdisk, mkfs.vfat, mtools on files. */
+/** A whole-disk UEFI image: GPT, an ESP (vfat, EFI/BOOT/BOOTX64.EFI) and an ext4 root without GRUB; sgdisk, mkfs, mtools on files. */
 async function makeUefiImage(dir: string): Promise<string> {
   const image = join(dir, 'uefi.raw')
   await run('truncate', ['-s', `${IMAGE_MIB}M`, image])
@@ -89,6 +89,10 @@ async function makeUefiImage(dir: string): Promise<string> {
   await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT'])
   await run('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI'])
   await run('dd', [`if=${esp}`, `of=${image}`, 'bs=1M', 'seek=1', 'conv=notrunc', 'status=none'])
+  // The root partition (sector 34816 = 17 MiB) gets an ext4 without GRUB in it.
+  const root = join(dir, 'root.img')
+  await run('mkfs.ext4', ['-q', '-F', '-L', 'image-root', root, '16M'])
+  await run('dd', [`if=${root}`, `of=${image}`, 'bs=1M', `seek=${1 + ESP_MIB}`, 'conv=notrunc', 'status=none'])
   return image
 }
 
@@ -242,12 +246,16 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     }
   }, 600_000)
 
-  it('after a reboot the array is assembled again; install_bootloader (software_raid, uefi): an ESP with the image loader on both disks', async () => {
+  it('after a reboot the array is assembled again; install_bootloader: BIOS fails without the image'\''s grub-install, UEFI mirrors an ESP with the image loader on both disks', async () => {
     await boot()
     await withSerial(async () => {
       const before = await mdstat()
       expect(before).toMatch(/^md\d+ : active .*raid1 /m)
       expect((await inventoryDisks()).some((d) => /^\/dev\/md\d+$/.test(d.name))).toBe(true)
+      // BIOS needs GRUB from the image, which has none: a clear error, and the holders are left alone.
+      const bios = await command('image.install_bootloader', {root_uuid: null, target_boot_mode: 'bios', software_raid: true})
+      expect(bios.command_status).toBe('FAILED')
+      expect(JSON.stringify(bios.command_error)).toMatch(/The image on \/dev\/md\d+ has no grub-install or grub2-install .*only the image can provide it/)
       // What Ironic's configure_local_boot asks for (Ironic 21.4 itself does not send software_raid).
       const params = {root_uuid: null, efi_system_part_uuid: null, target_boot_mode: 'uefi', software_raid: true}
       succeeded(await command('image.install_bootloader', params))

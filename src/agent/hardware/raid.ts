@@ -805,6 +805,15 @@ async function biosOnHolders(
   rootUuid?: string | null,
 ): Promise<void> {
   const {log} = ctx
+  const root = pickImageRoot(parts, rootUuid)
+  if (!root) throw new CommandExecutionError(`No root filesystem found on ${md} (root uuid ${rootUuid ?? 'not given'}); cannot install GRUB on the software RAID holders`)
+  // The image must bring grub-install: look (read-only) before touching the holders.
+  const grub = await withMount(root, (mnt) => imageGrubInstall(mnt), {options: ['ro'], log})
+  if (!grub) {
+    throw new CommandExecutionError(
+      `The image on ${md} has no grub-install or grub2-install (looked in /usr/sbin, /sbin, /usr/bin, /bin of ${root}): a BIOS boot from software RAID needs GRUB installed on every holder disk, and only the image can provide it`,
+    )
+  }
   for (const [i, holder] of holders.entries()) {
     const {stdout} = await run('blkid', ['-p', '-o', 'export', holder], {allowFailure: true, timeoutMs: 30_000})
     if (parseBlkidExport(stdout).PTTYPE === 'gpt') {
@@ -814,17 +823,9 @@ async function biosOnHolders(
       await rescan(holder)
     }
   }
-  const root = pickImageRoot(parts, rootUuid)
-  if (!root) throw new CommandExecutionError(`No root filesystem found on ${md} (root uuid ${rootUuid ?? 'not given'}); cannot install GRUB on the software RAID holders`)
   await withMount(
     root,
     async (mnt) => {
-      const grub = await imageGrubInstall(mnt)
-      if (!grub) {
-        throw new CommandExecutionError(
-          `The image on ${md} has no grub-install or grub2-install (looked in /usr/sbin, /sbin, /usr/bin, /bin of ${root}): a BIOS boot from software RAID needs GRUB installed on every holder disk, and only the image can provide it`,
-        )
-      }
       const binds: string[] = []
       try {
         for (const fs of ['dev', 'proc', 'sys']) {
