@@ -75,10 +75,9 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     await writeAt(disks[1]!.path, MARK_OFFSET, MARK)
     const node = await lab.ironic.createNode({
       name: 'rdk-vm-e2e',
-      // BIOS: a whole-disk image then needs no bootloader installation. The hint names the virtio
-      // disk: its serial (rdk-disk0) is not in the inventory yet (no udev database in the ramdisk,
-      // and lsblk reads a virtio serial only from udev).
-      properties: {root_device: {name: '/dev/vda'}, capabilities: 'boot_mode:bios'},
+      // BIOS: a whole-disk image then needs no bootloader installation. The hint is the virtio
+      // disk's serial (qemu serial=rdk-disk0), which the inventory has from udev's database.
+      properties: {root_device: {serial: 'rdk-disk0'}, capabilities: 'boot_mode:bios'},
     })
     uuid = node.uuid
     expect(node.inspect_interface).toBe('inspector')
@@ -129,12 +128,16 @@ describe('in-VM lab: real Ironic + ironic-inspector drive the tiny ramdisk in qe
     expect(props.memory_mb).toBe(String(inv.memory.physical_mb))
     expect(Number(props.memory_mb)).toBeGreaterThanOrEqual(900)
     expect(Number(props.memory_mb)).toBeLessThanOrEqual(1024)
-    // root_device {name: /dev/vda} picks the 5 GiB virtio disk; inspector keeps 1 GiB spare.
+    // root_device {serial: rdk-disk0} picks the 5 GiB virtio disk; inspector keeps 1 GiB spare.
     expect(props.local_gb).toBe('4')
     expect(data.root_disk.name).toBe('/dev/vda')
     expect(data.root_disk.size).toBe(5 * GiB)
     const names = inv.disks.map((d: {name: string}) => d.name).sort()
     expect(names).toEqual(['/dev/nvme0n1', '/dev/vda'])
+    const vda = inv.disks.find((d: {name: string}) => d.name === '/dev/vda')
+    expect(vda.serial).toBe('rdk-disk0')
+    // udev runs in the ramdisk: by_path comes from /dev/disk/by-path.
+    expect(vda.by_path).toMatch(/^\/dev\/disk\/by-path\/(virtio-)?pci-0000:/)
     const nvme = inv.disks.find((d: {name: string}) => d.name === '/dev/nvme0n1')
     expect(nvme.serial).toBe('rdk-disk1')
     expect(nvme.size).toBe(2 * GiB)
