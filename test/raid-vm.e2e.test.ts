@@ -102,7 +102,7 @@ async function untarGz(b64: string): Promise<Map<string, Buffer>> {
   const done = new Promise<void>((resolve, reject) => {
     ex.on('entry', (header, stream, next) => {
       const chunks: Buffer[] = []
-      stream.on('data', (c: Buffer) => chunks.push(c))
+      stream.on('data', (c: unknown) => chunks.push(c as Buffer))
       stream.on('end', () => {
         files.set(header.name, Buffer.concat(chunks))
         next()
@@ -246,7 +246,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     }
   }, 600_000)
 
-  it('after a reboot the array is assembled again; install_bootloader: BIOS fails without the image'\''s grub-install, UEFI mirrors an ESP with the image loader on both disks', async () => {
+  it('after a reboot the array is assembled again; install_bootloader: BIOS fails without grub-install in the image, UEFI mirrors an ESP with the image loader on both disks', async () => {
     await boot()
     await withSerial(async () => {
       const before = await mdstat()
