@@ -252,7 +252,7 @@ describe('parsing mdadm and /proc/mdstat', () => {
 })
 
 describe('the image on the md device (install_bootloader with software RAID)', () => {
-  const parts = [
+  const parts: {dev: string; probe: Record<string, string>}[] = [
     {dev: '/dev/md0p1', probe: {TYPE: 'vfat', PART_ENTRY_TYPE: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'}},
     {dev: '/dev/md0p2', probe: {TYPE: 'ext4', UUID: 'aaaa-root'}},
     {dev: '/dev/md0p3', probe: {TYPE: 'ext4', UUID: 'bbbb-data'}},
