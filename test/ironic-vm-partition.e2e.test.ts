@@ -93,6 +93,7 @@ describe('Ironic 21.4 deploys a partition image in UEFI mode (VM)', () => {
       {op: 'add', path: '/instance_info/kernel', value: lab.serve('/vmlinuz', join(dir, 'vmlinuz'))},
       {op: 'add', path: '/instance_info/ramdisk', value: lab.serve('/initrd', join(dir, 'initrd'))},
       {op: 'add', path: '/instance_info/root_gb', value: 1},
+      {op: 'add', path: '/instance_info/swap_mb', value: 64},
     ])
     const r = await lab.runPhase(uuid, {
       target: 'active',
@@ -116,15 +117,18 @@ describe('Ironic 21.4 deploys a partition image in UEFI mode (VM)', () => {
     const parts = table.partitions as {start: number; size: number; type: string}[]
     expect(parts.map((p) => [p.start / 2048, p.size / 2048])).toEqual([
       [1, 550],
-      [551, 1],
-      [552, 1024],
+      [551, 64],
+      [615, 1],
+      [616, 1024],
     ])
     expect(parts[0]!.type).toBe('C12A7328-F81F-11D2-BA4B-00A0C93EC93B')
     // root (last): exactly the image; config drive: the ISO.
     const img = readFileSync(rootImg)
     const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
-    expect(sha(await readAt(disk, 552 * MIB, img.length))).toBe(sha(img))
-    expect((await readAt(disk, 551 * MIB, iso.length)).equals(iso)).toBe(true)
+    expect(sha(await readAt(disk, 616 * MIB, img.length))).toBe(sha(img))
+    expect((await readAt(disk, 615 * MIB, iso.length)).equals(iso)).toBe(true)
+    // swap_mb: a swap signature made by the ramdisk's mkswap.
+    expect((await run('blkid', ['-p', '-o', 'value', '-s', 'TYPE', '-O', String(551 * MIB), disk])).stdout.trim()).toBe('swap')
     // The ESP now holds the image's loader (vfat, read with mtools: no mount needed).
     const esp = `${disk}@@${1 * MIB}`
     const listing = (await run('mdir', ['-i', esp, '-b', '::/EFI/BOOT'])).stdout
