@@ -21,7 +21,7 @@ import {CommandFailedError, run, runBuffer, ToolMissingError} from '../../common
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError} from '../errors.js'
 import type {Logger} from '../log.js'
-import {partitionPath, partitionTable, rescanDevice, type PartitionEntry} from './configdrive.js'
+import {blkidTags, partitionPath, partitionTable, rescanDevice, type PartitionEntry} from './configdrive.js'
 
 export const ESP_TYPE_GPT = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b'
 export const EFI_FIRMWARE_DIR = '/sys/firmware/efi'
@@ -166,15 +166,6 @@ function isEspType(label: string, type: string): boolean {
   return label === 'gpt' ? type.toLowerCase() === ESP_TYPE_GPT : type.toLowerCase() === 'ef'
 }
 
-async function blkidTags(device: string): Promise<Record<string, string>> {
-  const r = await run('blkid', ['-p', '-o', 'export', device], {allowFailure: true})
-  const out: Record<string, string> = {}
-  for (const line of r.stdout.split('\n')) {
-    const eq = line.indexOf('=')
-    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
-  }
-  return out
-}
 
 /**
  * A partition of `disk` by filesystem UUID or partition UUID (IPA's get_partition), case-insensitive.

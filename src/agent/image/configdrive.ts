@@ -83,9 +83,13 @@ export async function diskIdentifier(device: string): Promise<string> {
   }
 }
 
-/** Filesystem facts of the partition starting at `offset` on the disk (blkid -p -O). */
-async function probeAt(device: string, offset: number): Promise<Record<string, string>> {
-  const r = await run('blkid', ['-p', '-o', 'export', '-O', String(offset), device], {allowFailure: true})
+/**
+ * `blkid -p -o export` of a device, or of the partition starting at byte `offset` of a disk
+ * (`-O`): TYPE, UUID, LABEL, PARTUUID… ({} when blkid finds nothing).
+ */
+export async function blkidTags(device: string, offset?: number): Promise<Record<string, string>> {
+  const args = ['-p', '-o', 'export', ...(offset === undefined ? [] : ['-O', String(offset)]), device]
+  const r = await run('blkid', args, {allowFailure: true})
   const out: Record<string, string> = {}
   for (const line of r.stdout.split('\n')) {
     const eq = line.indexOf('=')
@@ -107,7 +111,7 @@ export async function partitionUuids(device: string, log?: Logger): Promise<Reco
     const n = partNumber(p.node)
     const dev = partitionPath(device, n)
     const isEsp = table.label === 'gpt' ? p.type.toLowerCase() === ESP_GPT : p.type.toLowerCase() === 'ef'
-    const fs = await probeAt(device, p.start * table.sectorsize)
+    const fs = await blkidTags(device, p.start * table.sectorsize)
     if (isEsp && !partitions['efi system partition']) {
       partitions['efi system partition'] = dev
       out['efi system partition uuid'] = fs.UUID || p.uuid?.toLowerCase() || null
@@ -203,7 +207,7 @@ export async function createConfigDrivePartition(
     // An existing config-2 partition (the image brought one) is reused, as IPA does.
     const labelled: PartitionEntry[] = []
     for (const p of table.partitions) {
-      const fs = await probeAt(device, p.start * table.sectorsize)
+      const fs = await blkidTags(device, p.start * table.sectorsize)
       if ((fs.LABEL ?? '').toLowerCase() === CONFIGDRIVE_LABEL) labelled.push(p)
     }
     if (labelled.length > 1) {

@@ -14,13 +14,12 @@
  */
 import {chmod, chown, lstat, mkdir, open, readlink, unlink} from 'node:fs/promises'
 import path from 'node:path'
-import {run} from '../../common/exec.js'
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError, RESTError} from '../errors.js'
 import {assertDeviceAllowed} from '../hardware/disks.js'
 import type {Logger} from '../log.js'
 import {withMount} from './bootloader.js'
-import {partitionPath, partitionTable} from './configdrive.js'
+import {blkidTags, partitionPath, partitionTable} from './configdrive.js'
 import {downloadSettings, getWithRetries} from './download.js'
 
 export interface InjectContext {
@@ -108,15 +107,6 @@ async function listPartitions(device: string): Promise<Part[]> {
   })
 }
 
-async function tags(dev: string): Promise<Record<string, string>> {
-  const r = await run('blkid', ['-p', '-o', 'export', dev], {allowFailure: true})
-  const out: Record<string, string> = {}
-  for (const line of r.stdout.split('\n')) {
-    const eq = line.indexOf('=')
-    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
-  }
-  return out
-}
 
 /** The partition a `partition` specifier names, on the install device only. */
 export async function resolvePartition(device: string, spec: string | number): Promise<string> {
@@ -134,7 +124,7 @@ export async function resolvePartition(device: string, spec: string | number): P
   }
   const want = s.replace(/^(UUID|PARTUUID|LABEL|PARTLABEL)=/i, '').toLowerCase()
   for (const p of parts) {
-    const t = await tags(p.device)
+    const t = await blkidTags(p.device)
     if ([t.UUID, t.PART_ENTRY_UUID, t.LABEL, t.PART_ENTRY_NAME].some((v) => v !== undefined && v.toLowerCase() === want)) return p.device
   }
   throw new DeviceNotFound(`No partition with UUID or label ${s} found on device ${device}`)

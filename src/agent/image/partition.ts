@@ -21,7 +21,7 @@ import {CommandExecutionError, ImageWriteError, InvalidCommandParamsError, RESTE
 import {assertDeviceAllowed} from '../hardware/disks.js'
 import {destroyDiskMetadata} from '../hardware/erase.js'
 import type {Logger} from '../log.js'
-import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
+import {blkidTags, getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type ImageInfo} from './download.js'
 import {Target} from './target.js'
 import {validateImageInfo, writeImage, type PrepareContext} from './write.js'
@@ -138,19 +138,10 @@ async function waitForBlockDevice(dev: string, attempts = 10): Promise<void> {
   throw new CommandExecutionError(`Unable to stat device ${dev} after attempting to verify ${attempts} times.`)
 }
 
-async function blkid(dev: string): Promise<Record<string, string>> {
-  const r = await run('blkid', ['-p', '-o', 'export', dev], {allowFailure: true})
-  const out: Record<string, string> = {}
-  for (const line of r.stdout.split('\n')) {
-    const eq = line.indexOf('=')
-    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
-  }
-  return out
-}
 
 /** IPA's block_uuid: the filesystem UUID, else the partition UUID. */
 export async function blockUuid(dev: string): Promise<string> {
-  const t = await blkid(dev)
+  const t = await blkidTags(dev)
   return t.UUID || (t.PART_ENTRY_UUID ?? '').toLowerCase()
 }
 
