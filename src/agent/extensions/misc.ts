@@ -4,7 +4,7 @@ import {dirname, join} from 'node:path'
 import type {Extension} from '../commands.js'
 import {sha512Crypt} from '../crypt.js'
 import {CommandExecutionError, InvalidCommandParamsError} from '../errors.js'
-import {installSoftRaidBootloader} from '../hardware/raid.js'
+import {installSoftRaidBootloader, isMdDevice} from '../hardware/raid.js'
 import {installBootloader, type InstallBootloaderArgs} from '../image/bootloader.js'
 import {deployState} from '../image/write.js'
 import type {AgentRuntime} from '../runtime.js'
@@ -44,17 +44,20 @@ export const image: Extension<AgentRuntime> = {
         // Ironic 21.4 sends it (agent_client.install_bootloader) when the root device is software RAID.
         software_raid: 'optional',
       },
-      run: (p, rt) =>
-        installBootloader(
+      run: (p, rt) => {
+        const installDevice = async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true))
+        return installBootloader(
           {
             config: rt.config,
             log: rt.log,
-            installDevice: async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true)),
+            installDevice,
             imageType: deployState(rt.registry).imageType,
-            softRaid: (args) => installSoftRaidBootloader({config: rt.config, log: rt.log}, args),
+            softRaid: (args) => installSoftRaidBootloader({config: rt.config, log: rt.log, installDevice}, args),
+            isSoftRaidDevice: isMdDevice,
           },
           p as InstallBootloaderArgs,
-        ),
+        )
+      },
     },
   },
 }

@@ -454,6 +454,8 @@ export interface BootloaderContext {
   imageType?: 'partition' | 'whole-disk'
   /** Software RAID (hardware/raid.ts), loaded lazily. */
   softRaid?: (args: {rootUuid?: string | null; efiSystemPartUuid?: string | null; targetBootMode: 'uefi' | 'bios'}) => Promise<void>
+  /** True for an md device (IPA's is_md_device): the install device is software RAID. */
+  isSoftRaidDevice?: (device: string) => Promise<boolean>
   /** For tests: where the UEFI firmware directory is looked for. */
   firmwareDir?: string
 }
@@ -533,12 +535,19 @@ export async function installBootloader(ctx: BootloaderContext, args: InstallBoo
   const mode = args.target_boot_mode ?? 'bios'
   if (mode !== 'uefi' && mode !== 'bios') throw new InvalidCommandParamsError(`target_boot_mode must be 'uefi' or 'bios', got ${JSON.stringify(mode)}`)
   const ignore = args.ignore_bootloader_failure ?? config.ignoreBootloaderFailure ?? false
-  if (args.software_raid) {
+  const device = await ctx.installDevice()
+  // As IPA: software RAID when the install device is an md device (Ironic 21.4 does not send
+  // software_raid to the agent; newer callers may).
+  if (args.software_raid || (ctx.isSoftRaidDevice && (await ctx.isSoftRaidDevice(device)))) {
     if (!ctx.softRaid) throw new CommandExecutionError('software RAID bootloader installation is not available')
-    await ctx.softRaid({rootUuid: args.root_uuid, efiSystemPartUuid: args.efi_system_part_uuid, targetBootMode: mode})
+    try {
+      await ctx.softRaid({rootUuid: args.root_uuid, efiSystemPartUuid: args.efi_system_part_uuid, targetBootMode: mode})
+    } catch (err) {
+      if (!ignore) throw err
+      log.warn('Ignoring the failure to install a boot loader on the software RAID holders (ignore_bootloader_failure)', {device, err: (err as Error).message})
+    }
     return null
   }
-  const device = await ctx.installDevice()
   try {
     if (mode === 'uefi') {
       const r = await setupUefi(ctx, device, args)
