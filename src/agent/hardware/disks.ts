@@ -279,10 +279,12 @@ async function udevOf(dev: string, state: UdevState, log?: Logger): Promise<Reco
 /** Turn one lsblk row into IPA's BlockDevice, reading udev properties and sysfs. */
 async function toBlockDevice(r: LsblkRow, byPath: Map<string, string>, udevState: UdevState, log?: Logger): Promise<BlockDevice> {
   const name = `/dev/${r.kname}`
-  const [udev, hctl, vendor] = await Promise.all([
+  const [udev, hctl, vendor, sysSerial] = await Promise.all([
     udevOf(name, udevState, log),
     readdir(`/sys/block/${r.kname}/device/scsi_device`).then((e) => e[0] ?? null, () => null),
     readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/vendor`),
+    // Without udev's database (udevd not running) lsblk knows no virtio-blk serial: the kernel has it.
+    r.serial ? Promise.resolve(null) : readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/serial`).then((v) => v ?? readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/serial`)),
   ])
   // Device-mapper devices (multipath) carry their identifiers as DM_* properties.
   const u = (key: string): string | null => str(udev[`ID_${key}`]) ?? (r.kname.startsWith('dm-') ? str(udev[`DM_${key}`]) : null)
@@ -292,7 +294,7 @@ async function toBlockDevice(r: LsblkRow, byPath: Map<string, string>, udevState
     size: r.size,
     rotational: r.rotational,
     wwn: u('WWN') ?? r.wwn,
-    serial: u('SERIAL_SHORT') ?? u('SERIAL') ?? r.serial,
+    serial: u('SERIAL_SHORT') ?? u('SERIAL') ?? r.serial ?? str(sysSerial),
     vendor,
     wwn_with_extension: u('WWN_WITH_EXTENSION'),
     wwn_vendor_extension: u('WWN_VENDOR_EXTENSION'),
