@@ -157,6 +157,7 @@ export class Qcow2Stream {
   private outstandingL2 = 0
   private prev?: {idx: number; buf: Buffer}
   private run?: {start: number; buf: Buffer; len: number}
+  private direct?: {idx: number; len: number; buf: Buffer; at: number}
   private readonly pool = new BufferPool()
   private readonly stats = {dataClusters: 0, compressedClusters: 0, zeroClusters: 0, maxPendingBytes: 0}
 
@@ -193,17 +194,68 @@ export class Qcow2Stream {
         off += cs
         continue
       }
-      const asm = this.asm[this.asmIdx]!
+      if (this.asmFill === 0) await this.beginDirect(this.idx)
       const n = Math.min(cs - this.asmFill, chunk.length - off)
-      chunk.copy(asm, this.asmFill, off, off + n)
+      const d = this.direct
+      if (d) {
+        const m = Math.min(n, d.len - this.asmFill)
+        if (m > 0) chunk.copy(d.buf, d.at + this.asmFill, off, off + m)
+      } else {
+        chunk.copy(this.asm[this.asmIdx]!, this.asmFill, off, off + n)
+      }
       this.asmFill += n
       off += n
       if (this.asmFill === cs) {
-        await this.processCluster(this.idx++, asm)
-        this.asmIdx ^= 1
+        if (d) {
+          this.idx++
+          await this.finishDirect(cs)
+        } else {
+          await this.processCluster(this.idx++, this.asm[this.asmIdx]!)
+          this.asmIdx ^= 1
+        }
         this.asmFill = 0
       }
     }
+  }
+
+  /**
+   * A data cluster whose guest offset is already known (its L2 table came first, as qemu-img
+   * writes them) and that nothing else refers to is assembled from the socket's chunks straight
+   * into the write run, not into the assembly buffer first: one copy of the image fewer.
+   */
+  private async beginDirect(idx: number): Promise<void> {
+    const guest = this.data.get(idx)
+    if (guest === undefined || this.meta.has(idx) || this.compByEnd.has(idx) || this.compStart.has(idx)) return
+    const len = Math.min(this.cs, this.header!.virtualSize - guest)
+    if (len <= 0 || len > this.pool.size) return
+    let run = this.run
+    if (!run || run.start + run.len !== guest || run.len + len > run.buf.length) {
+      await this.flushRun()
+      run = this.run = {start: guest, buf: await this.pool.get(), len: 0}
+    }
+    this.direct = {idx, len, buf: run.buf, at: run.len}
+  }
+
+  /** The direct cluster is complete (`filled` bytes of it arrived): keep it in the run, or drop it if all zero. */
+  private async finishDirect(filled: number): Promise<void> {
+    const d = this.direct!
+    this.direct = undefined
+    this.data.delete(d.idx)
+    const run = this.run!
+    const len = Math.min(d.len, filled)
+    if (len > 0 && !isZero(d.buf.subarray(d.at, d.at + len))) {
+      run.len += len
+    } else if (run.len === 0) {
+      // A data cluster full of zeros: left to the zero pass, as in writeData.
+      this.run = undefined
+      this.pool.release(run.buf)
+    } else {
+      await this.flushRun()
+    }
+    // Its bytes are not kept: nothing may refer to this cluster again (a table that does sends
+    // the image down the spool path through Qcow2OrderError).
+    this.prev = undefined
+    this.dropUnreferenced()
   }
 
   async end(): Promise<Qcow2Result> {
@@ -215,7 +267,12 @@ export class Qcow2Stream {
     }
     if (this.asmFill > 0) {
       // The file ends inside a cluster (compressed data packed to the sector).
-      await this.processCluster(this.idx++, this.asm[this.asmIdx]!.subarray(0, this.asmFill))
+      if (this.direct) {
+        this.idx++
+        await this.finishDirect(this.asmFill)
+      } else {
+        await this.processCluster(this.idx++, this.asm[this.asmIdx]!.subarray(0, this.asmFill))
+      }
       this.asmFill = 0
     }
     // Compressed blobs whose rounded-up last sector lies past the end of the file.
@@ -286,6 +343,10 @@ export class Qcow2Stream {
       }
     }
     this.prev = {idx, buf}
+    this.dropUnreferenced()
+  }
+
+  private dropUnreferenced(): void {
     if (this.l1Done && this.outstandingL2 === 0 && this.compByEnd.size === 0 && this.pending.size > 0) {
       // Every table is known and nothing still needs old bytes: what is left is unreferenced.
       this.pending.clear()
