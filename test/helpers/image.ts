@@ -109,7 +109,13 @@ export async function startImageServer(): Promise<ImageServer> {
       createReadStream(file, {start}).pipe(res)
       return
     }
-    const cut = () => setTimeout(() => (graceful ? res.socket?.end() : res.socket?.destroy()), 20)
+    // Cut only once every byte meant for the client has left this process, so it sees exactly `end`.
+    const cut = (): void => {
+      const sock = res.socket
+      if (!sock) return
+      if (res.writableLength + sock.writableLength > 0) return void setTimeout(cut, 5)
+      setTimeout(() => (graceful ? sock.end() : sock.destroy()), 20)
+    }
     if (end <= start) {
       res.flushHeaders()
       cut()
