@@ -4,6 +4,7 @@ import {describe, expect, it} from 'vitest'
 import {
   guessRootDisk,
   isAllowed,
+  deviceHintsProblem,
   matchDeviceHints,
   parseLsblkJson,
   parseUdevProperties,
@@ -114,6 +115,29 @@ describe('device hints', () => {
     expect(matchDeviceHints(sda, {rotational: 'true'})).toBe(false)
     expect(matchDeviceHints(sda, {unknown_key: 'x'})).toBe(false)
     expect(matchDeviceHints(sda, {})).toBe(false)
+  })
+
+  it('compares as ironic-lib does: size as real GiB, oslo\'s "=" (at least), names lower-cased', () => {
+    const odd = dev('/dev/sdb', 10.5 * GIB, {by_path: '/dev/disk/by-path/pci-0000:00:1f.2-ata-2'})
+    expect(matchDeviceHints(odd, {size: '> 10'})).toBe(true)
+    expect(matchDeviceHints(odd, {size: '!= 10'})).toBe(true)
+    expect(matchDeviceHints(odd, {size: '<= 10'})).toBe(false)
+    expect(matchDeviceHints(odd, {size: 10})).toBe(false)
+    expect(matchDeviceHints(odd, {size: '= 10'})).toBe(true)
+    expect(matchDeviceHints(odd, {size: '= 11'})).toBe(false)
+    expect(matchDeviceHints(odd, {name: '/dev/SDB'})).toBe(true)
+    expect(matchDeviceHints(odd, {by_path: '/dev/disk/by-path/PCI-0000:00:1F.2-ata-2'})).toBe(true)
+  })
+
+  it('deviceHintsProblem: ironic-lib\'s validation messages', () => {
+    expect(deviceHintsProblem({serial: 'x', size: '>= 10', rotational: 'no'})).toBeNull()
+    expect(deviceHintsProblem({colour: 'red'})).toMatch(/^The hints "colour" are invalid\. Valid hints are: "model, vendor, serial/)
+    expect(deviceHintsProblem({size: 'big'})).toBe('Root device hint "size" is not an integer value. Current value: big')
+    expect(deviceHintsProblem({size: '0'})).toBe('Root device hint "size" should be a positive integer. Current value: 0')
+    expect(deviceHintsProblem({size: '<or> 10 <or> x'})).toMatch(/is not an integer value/)
+    expect(deviceHintsProblem({serial: ''})).toBe('Root device hint "serial" expression is empty')
+    expect(deviceHintsProblem({model: 5})).toBe('Root device hint "model" is not a string value. Hint expression: 5')
+    expect(deviceHintsProblem({rotational: 'maybe'})).toBe('Root device hint "rotational" is not a Boolean value. Current value: maybe')
   })
 
   it('guessRootDisk picks the smallest disk of at least 4 GiB, ties by name', () => {

@@ -220,6 +220,12 @@ describe('whole-disk deploy on loop devices', () => {
     expect(b.command_error).toMatchObject({type: 'DeviceNotFound', code: 404})
     expect(b.command_error.details).toBe('No suitable device was found for deployment using these hints {"serial":"no-such-serial"}')
 
+    b = await deploy(imageInfo('dos.raw'), null, {size: 'large'})
+    expect(b.command_error).toMatchObject({type: 'DeviceNotFound', code: 404})
+    expect(b.command_error.details).toBe(
+      'No devices could be found using the root device hints {"size":"large"} because they failed to validate. Error: Root device hint "size" is not an integer value. Current value: large',
+    )
+
     // a 20 MiB image on the 16 MiB disk: refused before writing (qcow2 header size)
     b = await deploy(imageInfo('dos.qcow2', {id: 'too-big'}), null, {name: B.device})
     expect(b.command_error).toMatchObject({type: 'ImageWriteError', message: 'Error writing image to device'})

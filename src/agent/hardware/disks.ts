@@ -328,18 +328,51 @@ export async function listBlockDevices(opts: ListBlockDevicesOptions): Promise<B
 }
 
 // ------------------------------------------------------------------------------------------------
-// Device hints (root device hints and node.properties.skip_block_devices), a subset of ironic-lib's
-// match_root_device_hints: equality by default, `s==`/`s!=`/`<in>`/`<or>` for strings, numeric
-// operators for size (GiB).
+// Device hints (root device hints and node.properties.skip_block_devices), as ironic-lib's
+// parse_root_device_hints / find_devices_by_hints: strings compared lower-cased (equality by
+// default, `s==` `s!=` `<in>` `<or>`), size in GiB as a real number (a 10.5 GiB disk is `> 10` and
+// not `== 10`) with `==` `!=` `>=` `<=` `>` `<` `<or>` and oslo's `=` (at least), rotational a boolean.
 
 const STRING_HINTS = new Set(['model', 'vendor', 'serial', 'wwn', 'wwn_with_extension', 'wwn_vendor_extension', 'hctl', 'by_path', 'name'])
+const VALID_HINTS = [...STRING_HINTS, 'size', 'rotational']
+const NUMBER_OPS = /^(<or>|==|!=|>=|<=|=|>|<)?\s*(.*)$/s
+
+/** ironic-lib's parse_root_device_hints checks: the message of the ValueError it would raise, or null. */
+export function deviceHintsProblem(hints: Record<string, unknown>): string | null {
+  const invalid = Object.keys(hints).filter((k) => !VALID_HINTS.includes(k))
+  if (invalid.length) return `The hints "${invalid.join(', ')}" are invalid. Valid hints are: "${VALID_HINTS.join(', ')}"`
+  for (const [name, expression] of Object.entries(hints)) {
+    if (STRING_HINTS.has(name)) {
+      if (typeof expression !== 'string') return `Root device hint "${name}" is not a string value. Hint expression: ${String(expression)}`
+      if (!expression.trim()) return `Root device hint "${name}" expression is empty`
+    } else if (name === 'size') {
+      const text = String(expression).trim()
+      if (!text) return `Root device hint "size" expression is empty`
+      const [, op, rest] = NUMBER_OPS.exec(text) as unknown as [string, string | undefined, string]
+      for (const v of op === '<or>' ? rest.split(/\s*<or>\s*/) : [rest]) {
+        if (!/^[+-]?\d+$/.test(v.trim())) return `Root device hint "size" is not an integer value. Current value: ${text}`
+        if (Number(v) <= 0) return `Root device hint "size" should be a positive integer. Current value: ${text}`
+      }
+    } else if (!isStrictBool(expression)) {
+      return `Root device hint "rotational" is not a Boolean value. Current value: ${String(expression)}`
+    }
+  }
+  return null
+}
+
+/** oslo's bool_from_string(strict=True) accepts these. */
+function isStrictBool(v: unknown): boolean {
+  if (typeof v === 'boolean') return true
+  return ['1', 't', 'true', 'on', 'y', 'yes', '0', 'f', 'false', 'off', 'n', 'no'].includes(String(v ?? '').trim().toLowerCase())
+}
 
 function matchString(actual: string | null, hint: unknown, key: string): boolean {
   if (actual === null) return false
   const norm = (s: string): string => {
-    const t = s.trim()
+    const t = s.trim().toLowerCase()
+    // rdk also takes a bare kernel name (sda, disk/by-path/…) for the device paths.
     if (key === 'name' || key === 'by_path') return t.startsWith('/dev/') || t === '' ? t : `/dev/${t}`
-    return t.toLowerCase()
+    return t
   }
   const a = norm(actual)
   const h = String(hint).trim()
@@ -352,7 +385,7 @@ function matchString(actual: string | null, hint: unknown, key: string): boolean
     case 's!=':
       return a !== norm(rest)
     case '<in>':
-      return a.includes(key === 'name' || key === 'by_path' ? rest.trim() : rest.trim().toLowerCase())
+      return a.includes(rest.trim().toLowerCase())
     case '<or>':
       return rest.split(/\s*<or>\s*/).some((alt) => a === norm(alt))
   }
@@ -361,7 +394,7 @@ function matchString(actual: string | null, hint: unknown, key: string): boolean
 
 function matchNumber(actual: number, hint: unknown): boolean {
   const h = String(hint).trim()
-  const m = /^(==|!=|>=|<=|>|<|<or>)?\s*(.*)$/s.exec(h)
+  const m = NUMBER_OPS.exec(h)
   const op = m?.[1] ?? '=='
   const rest = m?.[2] ?? h
   if (op === '<or>') return rest.split(/\s*<or>\s*/).some((v) => Number(v) === actual)
@@ -373,6 +406,7 @@ function matchNumber(actual: number, hint: unknown): boolean {
     case '!=':
       return actual !== v
     case '>=':
+    case '=': // oslo specs_matcher: '=' means "at least"
       return actual >= v
     case '<=':
       return actual <= v
@@ -391,7 +425,7 @@ export function matchDeviceHints(dev: BlockDevice, hints: Record<string, unknown
   for (const key of keys) {
     const hint = hints[key]
     if (key === 'size') {
-      if (!matchNumber(Math.floor(dev.size / GIB), hint)) return false
+      if (!matchNumber(dev.size / GIB, hint)) return false
     } else if (key === 'rotational') {
       if (dev.rotational !== bool(hint)) return false
     } else if (STRING_HINTS.has(key)) {

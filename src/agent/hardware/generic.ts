@@ -17,7 +17,7 @@ import os from 'node:os'
 import {performance} from 'node:perf_hooks'
 import {run, ToolMissingError} from '../../common/exec.js'
 import {BlockDeviceEraseError, DeviceNotFound, InvalidCommandParamsError, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
-import {assertDeviceAllowed, guessRootDisk, kernelName, listBlockDevices, matchDeviceHints, parentDiskOf, skipListFromNode} from './disks.js'
+import {assertDeviceAllowed, deviceHintsProblem, guessRootDisk, kernelName, listBlockDevices, matchDeviceHints, parentDiskOf, skipListFromNode} from './disks.js'
 import {
   assertNoSpecialFilesystems,
   assertNotInUse,
@@ -425,6 +425,10 @@ export class GenericHardwareManager extends HardwareManager {
         )
       }
       return dev.name
+    }
+    const problem = deviceHintsProblem(hints)
+    if (problem) {
+      throw new DeviceNotFound(`No devices could be found using the root device hints ${JSON.stringify(hints)} because they failed to validate. Error: ${problem}`)
     }
     const dev = devices.find((d) => matchDeviceHints(d, hints))
     if (!dev) throw new DeviceNotFound(`No suitable device was found for deployment using these hints ${JSON.stringify(hints)}`)
