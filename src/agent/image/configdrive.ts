@@ -174,7 +174,9 @@ export async function getConfigDrive(
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) {
       throw sizeError(MAX_CONFIG_DRIVE_SIZE_MB + 1, nodeUuid)
     }
-    throw deployFailure(`Encountered error while decompressing and writing config drive for node ${nodeUuid}. Error: ${(err as Error).message}`, opts.log)
+    const code = (err as NodeJS.ErrnoException).code
+    const why = code === 'Z_DATA_ERROR' ? `the config drive is not gzip-compressed data (${(err as Error).message})` : code === 'Z_BUF_ERROR' ? `the gzip data is truncated (${(err as Error).message})` : (err as Error).message
+    throw deployFailure(`Encountered error while decompressing and writing config drive for node ${nodeUuid}. Error: ${why}`, opts.log)
   }
 }
 
@@ -191,11 +193,12 @@ function sizeError(mb: number, nodeUuid: string): CommandExecutionError {
 export async function createConfigDrivePartition(
   nodeUuid: string,
   device: string,
-  configdrive: string,
+  /** base64+gzip text or a URL (getConfigDrive), or the ISO bytes it already returned. */
+  configdrive: string | Buffer,
   opts: {info: ImageInfo; settings: DownloadSettings; log: Logger},
 ): Promise<string> {
   const {log} = opts
-  const iso = await getConfigDrive(configdrive, nodeUuid, opts)
+  const iso = Buffer.isBuffer(configdrive) ? configdrive : await getConfigDrive(configdrive, nodeUuid, opts)
   const mb = Math.ceil(iso.length / MIB)
   if (mb > MAX_CONFIG_DRIVE_SIZE_MB) throw sizeError(mb, nodeUuid)
   const fail = (err: unknown): CommandExecutionError =>

@@ -31,7 +31,7 @@ import {
 import {assertDeviceAllowed} from '../hardware/disks.js'
 import {destroyDiskMetadata} from '../hardware/erase.js'
 import type {Logger} from '../log.js'
-import {createConfigDrivePartition, diskIdentifier, partitionTable, partitionUuids, rescanDevice} from './configdrive.js'
+import {createConfigDrivePartition, diskIdentifier, getConfigDrive, partitionTable, partitionUuids, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type DownloadSettings, type ImageInfo} from './download.js'
 import {DETECT_BYTES, detectFormat, validateFormat, type ImageFormat} from './format.js'
 import {preparePartitionImage} from './partition.js'
@@ -359,6 +359,9 @@ export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, co
   const device = await ctx.installDevice()
   assertDeviceAllowed(device, config.deviceAllowlist)
   log.info('preparing image', {image: imageInfo.id, device})
+  // The config drive is fetched and decoded first: a bad one fails the step before the disk is touched.
+  const nodeUuid = imageInfo.node_uuid ?? 'local'
+  const iso = cd !== null && cd !== undefined ? await getConfigDrive(cd, nodeUuid, {info: imageInfo, settings: settingsOf(config, log), log}) : undefined
 
   if (state.cachedImageId !== imageInfo.id) {
     if (state.cachedImageId) log.debug('overwriting the image written before', {previous: state.cachedImageId})
@@ -368,9 +371,7 @@ export async function prepareImage(ctx: PrepareContext, imageInfo: ImageInfo, co
   state.imageType = 'whole-disk'
   await fixGpt(device, log)
   await validatePartitioning(device, log)
-  if (cd !== null && cd !== undefined) {
-    await createConfigDrivePartition(imageInfo.node_uuid ?? 'local', device, cd, {info: imageInfo, settings: settingsOf(config, log), log})
-  }
+  if (iso) await createConfigDrivePartition(nodeUuid, device, iso, {info: imageInfo, settings: settingsOf(config, log), log})
   const uuids: Record<string, unknown> = {'root uuid': await diskIdentifier(device), ...(await partitionUuids(device, log))}
   state.partitionUuids = uuids
   const efi = uuids['efi system partition uuid']
