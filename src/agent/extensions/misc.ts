@@ -44,20 +44,20 @@ export const image: Extension<AgentRuntime> = {
         // Ironic 21.4 sends it (agent_client.install_bootloader) when the root device is software RAID.
         software_raid: 'optional',
       },
-      run: (p, rt) => {
-        const installDevice = async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true))
-        return installBootloader(
+      run: (p, rt) =>
+        installBootloader(
           {
             config: rt.config,
             log: rt.log,
-            installDevice,
+            installDevice: async () => String(await rt.registry.dispatchToManagers('get_os_install_device', true)),
             imageType: deployState(rt.registry).imageType,
-            softRaid: (args) => installSoftRaidBootloader({config: rt.config, log: rt.log, installDevice}, args),
+            // The RAID code finds the root array itself (the array holding partitions): after a reboot
+            // the node may carry no target_raid_config, so get_os_install_device cannot name it.
+            softRaid: (args) => installSoftRaidBootloader({config: rt.config, log: rt.log}, args),
             isSoftRaidDevice: isMdDevice,
           },
           p as InstallBootloaderArgs,
-        )
-      },
+        ),
     },
   },
 }

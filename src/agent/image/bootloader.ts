@@ -535,10 +535,10 @@ export async function installBootloader(ctx: BootloaderContext, args: InstallBoo
   const mode = args.target_boot_mode ?? 'bios'
   if (mode !== 'uefi' && mode !== 'bios') throw new InvalidCommandParamsError(`target_boot_mode must be 'uefi' or 'bios', got ${JSON.stringify(mode)}`)
   const ignore = args.ignore_bootloader_failure ?? config.ignoreBootloaderFailure ?? false
-  const device = await ctx.installDevice()
-  // As IPA: software RAID when the install device is an md device (Ironic 21.4 does not send
-  // software_raid to the agent; newer callers may).
-  if (args.software_raid || (ctx.isSoftRaidDevice && (await ctx.isSoftRaidDevice(device)))) {
+  // As IPA: software RAID when the caller says so, or when the install device is an md device
+  // (Ironic 21.4 does not send software_raid to the agent).
+  const device = args.software_raid ? undefined : await ctx.installDevice()
+  if (device === undefined || (ctx.isSoftRaidDevice && (await ctx.isSoftRaidDevice(device)))) {
     if (!ctx.softRaid) throw new CommandExecutionError('software RAID bootloader installation is not available')
     try {
       await ctx.softRaid({rootUuid: args.root_uuid, efiSystemPartUuid: args.efi_system_part_uuid, targetBootMode: mode})
