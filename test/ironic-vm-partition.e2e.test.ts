@@ -8,13 +8,13 @@
  * the NVRAM entry. The node ends `active`; the disk is checked from the host afterwards.
  */
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
-import {open} from 'node:fs/promises'
 import os from 'node:os'
 import {gzipSync} from 'node:zlib'
 import {createHash, randomUUID} from 'node:crypto'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import type {DiskSpec} from '../src/boot/qemu.js'
 import {run} from '../src/common/exec.js'
+import {readAt} from './helpers/disk-files.js'
 import {join, sha256File} from './helpers/image.js'
 import {startLab, type Lab} from './helpers/vm-lab.js'
 
@@ -27,17 +27,6 @@ let uuid: string
 let disks: DiskSpec[]
 let rootImg: string
 let rootUuid: string
-
-async function readAt(file: string, pos: number, len: number): Promise<Buffer> {
-  const fh = await open(file, 'r')
-  try {
-    const b = Buffer.alloc(len)
-    await fh.read(b, 0, len, pos)
-    return b
-  } finally {
-    await fh.close()
-  }
-}
 
 beforeAll(async () => {
   dir = mkdtempSync(join(os.tmpdir(), 'rdk-ironic-part-'))

@@ -16,13 +16,14 @@
  * passes only root_uuid, efi_system_part_uuid, prep_boot_part_uuid, target_boot_mode): like IPA, the
  * agent must see that the install device is an md array (hardware/raid.ts isMdDevice).
  */
-import {mkdtemp, open, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdtemp, readFile, rm} from 'node:fs/promises'
 import {randomBytes} from 'node:crypto'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import type {DiskSpec} from '../src/boot/qemu.js'
+import {gptPartitions, makeUefiImage, readAt} from './helpers/disk-files.js'
 import {MIB, sha256File} from './helpers/image.js'
 import {startLab, type Lab} from './helpers/vm-lab.js'
 
@@ -31,45 +32,6 @@ const IMG_MIB = 48
 const ESP_MIB = 16
 const RAID1_MAX = {logical_disks: [{size_gb: 'MAX', raid_level: '1', controller: 'software', is_root_volume: true}]}
 const LOADER = randomBytes(64 * 1024)
-
-async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, 'r')
-  try {
-    const buf = Buffer.alloc(length)
-    const {bytesRead} = await fh.read(buf, 0, length, offset)
-    return buf.subarray(0, bytesRead)
-  } finally {
-    await fh.close()
-  }
-}
-
-/** GPT partitions of a raw disk file (sgdisk reads the file; nothing is written). */
-async function gptPartitions(file: string): Promise<{number: number; start: number; end: number; code: string; name: string}[]> {
-  const {stdout} = await run('sgdisk', ['-p', file])
-  const out = []
-  for (const line of stdout.split('\n')) {
-    const m = /^\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+([0-9A-F]{4})\s*(.*)$/.exec(line)
-    if (m) out.push({number: Number(m[1]), start: Number(m[2]), end: Number(m[3]), code: m[4]!, name: m[5]!.trim()})
-  }
-  return out
-}
-
-/**
- * A whole-disk UEFI image: GPT, an ESP (vfat) with EFI/BOOT/BOOTX64.EFI, and a Linux partition.
- * Made with sgdisk, mkfs.vfat and mtools on plain files (no loop device, no mount).
- */
-async function makeUefiImage(dir: string): Promise<string> {
-  const image = join(dir, 'uefi.raw')
-  await run('truncate', ['-s', `${IMG_MIB}M`, image])
-  await run('sgdisk', ['-o', '-n', `1:2048:+${ESP_MIB}M`, '-t', '1:ef00', '-c', '1:EFI', '-n', '2:0:0', '-t', '2:8300', '-c', '2:root', image])
-  const esp = join(dir, 'esp.img')
-  await run('mkfs.vfat', ['-C', '-n', 'IMAGE-ESP', esp, String(ESP_MIB * 1024)])
-  await writeFile(join(dir, 'BOOTX64.EFI'), LOADER)
-  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT'])
-  await run('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI'])
-  await run('dd', [`if=${esp}`, `of=${image}`, 'bs=1M', 'seek=1', 'conv=notrunc', 'status=none'])
-  return image
-}
 
 describe('real Ironic: a UEFI deploy onto software RAID-1 (apply_configuration deploy step)', () => {
   let dir: string
@@ -108,7 +70,7 @@ describe('real Ironic: a UEFI deploy onto software RAID-1 (apply_configuration d
     const cleaned = await lab.runPhase(uuid, {target: 'provide', until: ['available'], boot: boot(), timeoutMs: 300_000})
     expect(cleaned.node.last_error).toBeNull()
 
-    const image = await makeUefiImage(dir)
+    const image = await makeUefiImage(dir, {imageMib: IMG_MIB, espMib: ESP_MIB, loader: LOADER})
     await lab.ironic.api('PATCH', `/v1/nodes/${uuid}`, [
       {op: 'add', path: '/instance_info/image_source', value: lab.serve('/uefi.raw', image)},
       {op: 'add', path: '/instance_info/image_os_hash_algo', value: 'sha256'},

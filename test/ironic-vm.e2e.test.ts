@@ -15,13 +15,14 @@
  */
 import {createHash, randomBytes} from 'node:crypto'
 import {readFileSync} from 'node:fs'
-import {mkdtemp, open, readdir, rm} from 'node:fs/promises'
+import {mkdtemp, readdir, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gzipSync} from 'node:zlib'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import type {DiskSpec} from '../src/boot/qemu.js'
+import {readAt, writeAt} from './helpers/disk-files.js'
 import {makeRawImage, MIB, qemuImg, sha256File} from './helpers/image.js'
 import {startLab, type Lab} from './helpers/vm-lab.js'
 
@@ -31,26 +32,6 @@ const IMG_MIB = 24
 /** A marker in the middle of the NVMe disk: metadata-only cleaning must leave it alone. */
 const MARK_OFFSET = 1 * GiB
 const MARK = randomBytes(64 * 1024)
-
-async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, 'r')
-  try {
-    const buf = Buffer.alloc(length)
-    const {bytesRead} = await fh.read(buf, 0, length, offset)
-    return buf.subarray(0, bytesRead)
-  } finally {
-    await fh.close()
-  }
-}
-
-async function writeAt(file: string, offset: number, data: Buffer): Promise<void> {
-  const fh = await open(file, 'r+')
-  try {
-    await fh.write(data, 0, data.length, offset)
-  } finally {
-    await fh.close()
-  }
-}
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 

@@ -18,7 +18,7 @@
  *     after power-off).
  */
 import {randomBytes} from 'node:crypto'
-import {mkdtemp, open, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdtemp, readFile, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gunzipSync} from 'node:zlib'
@@ -26,6 +26,7 @@ import tar from 'tar-stream'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {run} from '../src/common/exec.js'
 import {startVm, type Vm} from '../src/boot/qemu.js'
+import {gptPartitions, makeUefiImage, readAt} from './helpers/disk-files.js'
 import {MIB, sha256File, startImageServer, type ImageServer} from './helpers/image.js'
 
 const TOKEN = 'rdk-raid-token-0123456789abcdefghijklmnopqrstu'
@@ -54,46 +55,6 @@ function parseSuperblock(buf: Buffer): {magic: number; major: number; name: stri
     dataSize: Number(buf.readBigUInt64LE(136)),
     superOffset: Number(buf.readBigUInt64LE(144)),
   }
-}
-
-async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, 'r')
-  try {
-    const buf = Buffer.alloc(length)
-    const {bytesRead} = await fh.read(buf, 0, length, offset)
-    return buf.subarray(0, bytesRead)
-  } finally {
-    await fh.close()
-  }
-}
-
-/** GPT partitions of a raw disk file (sgdisk only reads the file). */
-async function gptPartitions(file: string): Promise<{number: number; start: number; end: number; code: string; name: string}[]> {
-  const r = await run('sgdisk', ['-p', file], {allowFailure: true})
-  const out = []
-  for (const line of r.stdout.split('\n')) {
-    const m = /^\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+\s+([0-9A-F]{4})\s*(.*)$/.exec(line)
-    if (m) out.push({number: Number(m[1]), start: Number(m[2]), end: Number(m[3]), code: m[4]!, name: m[5]!.trim()})
-  }
-  return out
-}
-
-/** A whole-disk UEFI image: GPT, an ESP (vfat, EFI/BOOT/BOOTX64.EFI) and an ext4 root without GRUB; sgdisk, mkfs, mtools on files. */
-async function makeUefiImage(dir: string): Promise<string> {
-  const image = join(dir, 'uefi.raw')
-  await run('truncate', ['-s', `${IMAGE_MIB}M`, image])
-  await run('sgdisk', ['-o', '-n', `1:2048:+${ESP_MIB}M`, '-t', '1:ef00', '-c', '1:EFI', '-n', '2:0:0', '-t', '2:8300', '-c', '2:root', image])
-  const esp = join(dir, 'esp.img')
-  await run('mkfs.vfat', ['-C', '-n', 'IMAGE-ESP', esp, String(ESP_MIB * 1024)])
-  await writeFile(join(dir, 'BOOTX64.EFI'), LOADER)
-  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT'])
-  await run('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI'])
-  await run('dd', [`if=${esp}`, `of=${image}`, 'bs=1M', 'seek=1', 'conv=notrunc', 'status=none'])
-  // The root partition (sector 34816 = 17 MiB) gets an ext4 without GRUB in it.
-  const root = join(dir, 'root.img')
-  await run('mkfs.ext4', ['-q', '-F', '-L', 'image-root', root, '16M'])
-  await run('dd', [`if=${root}`, `of=${image}`, 'bs=1M', `seek=${1 + ESP_MIB}`, 'conv=notrunc', 'status=none'])
-  return image
 }
 
 async function untarGz(b64: string): Promise<Map<string, Buffer>> {
@@ -134,7 +95,7 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     // The image carries the agent in dist/ (npm run build first).
     await run(process.execPath, ['bin/run.js', 'build', '--output', out, '--json'], {timeoutMs: 900_000})
     cmdline = JSON.parse(await readFile(join(out, 'rdk-tiny.manifest.json'), 'utf8')).kernelCmdline ?? ''
-    imagePath = await makeUefiImage(dir)
+    imagePath = await makeUefiImage(dir, {imageMib: IMAGE_MIB, espMib: ESP_MIB, loader: LOADER, ext4Root: true})
     srv = await startImageServer()
     srv.files.set('/uefi.raw', imagePath)
   }, 900_000)
