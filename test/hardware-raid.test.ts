@@ -13,7 +13,6 @@ import {
   parseMdadmDetail,
   parseMdstat,
   partitionBounds,
-  partitionName,
   partitionTableType,
   pickImageEsp,
   pickImageRoot,
@@ -25,6 +24,7 @@ import {
   volumeNameOf,
 } from '../src/agent/hardware/raid.js'
 import type {BlockDevice} from '../src/agent/hardware/types.js'
+import {partitionPath} from '../src/agent/image/configdrive.js'
 
 const GIB = 1024 ** 3
 const disk = (name: string, size = 10 * GIB, extra: Partial<BlockDevice> = {}): BlockDevice =>
@@ -154,7 +154,7 @@ describe('the partition plan and mdadm argv', () => {
   })
 
   it('partition names: sda1, vdb1, nvme0n1p1, loop0p1', () => {
-    expect(['/dev/sda', '/dev/vdb', '/dev/nvme0n1', '/dev/loop0', '/dev/mmcblk0'].map((d) => partitionName(d, 1))).toEqual(['/dev/sda1', '/dev/vdb1', '/dev/nvme0n1p1', '/dev/loop0p1', '/dev/mmcblk0p1'])
+    expect(['/dev/sda', '/dev/vdb', '/dev/nvme0n1', '/dev/loop0', '/dev/mmcblk0'].map((d) => partitionPath(d, 1))).toEqual(['/dev/sda1', '/dev/vdb1', '/dev/nvme0n1p1', '/dev/loop0p1', '/dev/mmcblk0p1'])
   })
 
   it('RAID-1 MAX on BIOS (no capabilities): msdos, one partition per disk from the first usable sector, md0 over both', () => {

@@ -34,9 +34,13 @@ export function parseBlkidExport(text: string): Record<string, string> {
   return out
 }
 
-/** Low-level probe of one device's signatures (bypasses the blkid cache and udev). {} when none. */
-export async function probeDevice(dev: string): Promise<Record<string, string>> {
-  const r = await run('blkid', ['-p', '-o', 'export', dev], {allowFailure: true, timeoutMs: 30_000})
+/**
+ * Low-level probe of one device's signatures (`blkid -p -o export`: TYPE, UUID, LABEL, PARTUUID…;
+ * bypasses the blkid cache and udev), or of the partition starting at byte `offset` of a disk
+ * (`-O`). {} when none.
+ */
+export async function probeDevice(dev: string, offset?: number): Promise<Record<string, string>> {
+  const r = await run('blkid', ['-p', '-o', 'export', ...(offset === undefined ? [] : ['-O', String(offset)]), dev], {allowFailure: true, timeoutMs: 30_000})
   // exit 2: no signature found
   if (r.exitCode !== 0) return {}
   return parseBlkidExport(r.stdout)

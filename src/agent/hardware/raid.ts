@@ -15,6 +15,7 @@ import {CommandExecutionError, SoftwareRAIDError} from '../errors.js'
 import type {Logger} from '../log.js'
 import {runningFromRamdisk} from '../system.js'
 import {addUefiBootEntries, findEfiLoaders, imageGrubInstall, withMount} from '../image/bootloader.js'
+import {partitionPath} from '../image/configdrive.js'
 import {matchDeviceHints, parentDiskOf, runLsblk, selectBlockDevices, resolveAllowlist, udevSettle, type LsblkRow} from './disks.js'
 import {parseBlkidExport, partitionsOf, probeDevice} from './erase.js'
 import type {BlockDevice, NodeInfo} from './types.js'
@@ -212,11 +213,6 @@ export function partitionBounds(sizeGiB: number, start: string | number): {start
   return {start: startStr, end: `${end}GiB`, next: end}
 }
 
-/** Partition `n` of a disk: sda → sda1, nvme0n1 / mmcblk0 / loop0 → …p1. */
-export function partitionName(disk: string, n: number): string {
-  return /\d$/.test(disk) ? `${disk}p${n}` : `${disk}${n}`
-}
-
 /** mdadm's name for a level: the schema's '1+0' is mdadm's '10'. */
 export function mdadmLevel(level: string): string {
   return level === '1+0' ? '10' : level
@@ -224,7 +220,7 @@ export function mdadmLevel(level: string): string {
 
 /** IPA's create_raid_device argv: `mdadm --create /dev/md<i> --force --run --metadata=1 --level L --name N --raid-devices n parts…`. */
 export function mdadmCreateArgs(index: number, ld: PlacedLogicalDisk): string[] {
-  const components = ld.block_devices.map((d) => partitionName(d, index + RAID_PARTITION))
+  const components = ld.block_devices.map((d) => partitionPath(d, index + RAID_PARTITION))
   return [
     '--create', `/dev/md${index}`, '--force', '--run', '--metadata=1',
     '--level', mdadmLevel(String(ld.raid_level)),
@@ -274,7 +270,7 @@ export function planRaid(
   }
   const arrays = ordered.map((ld, i) => {
     const args = mdadmCreateArgs(i, ld)
-    return {device: `/dev/md${i}`, args, components: ld.block_devices.map((d) => partitionName(d, i + RAID_PARTITION)), logicalDisk: ld}
+    return {device: `/dev/md${i}`, args, components: ld.block_devices.map((d) => partitionPath(d, i + RAID_PARTITION)), logicalDisk: ld}
   })
   return {table, bootMode, holders: placed.holders, partitions, arrays}
 }

@@ -21,7 +21,8 @@ import {CommandFailedError, run, runBuffer, ToolMissingError} from '../../common
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError} from '../errors.js'
 import type {Logger} from '../log.js'
-import {blkidTags, partitionPath, partitionTable, rescanDevice, type PartitionEntry} from './configdrive.js'
+import {probeDevice} from '../hardware/erase.js'
+import {partitionPath, partitionTable, rescanDevice, type PartitionEntry} from './configdrive.js'
 
 export const ESP_TYPE_GPT = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b'
 export const EFI_FIRMWARE_DIR = '/sys/firmware/efi'
@@ -178,7 +179,7 @@ export async function partitionByUuid(disk: string, uuid: string): Promise<{devi
     const n = partNumber(p.node)
     const dev = partitionPath(disk, n)
     if (p.uuid?.toLowerCase() === want) return {device: dev, number: n, entry: p}
-    const tags = await blkidTags(dev)
+    const tags = await probeDevice(dev)
     if ((tags.UUID ?? '').toLowerCase() === want || (tags.PART_ENTRY_UUID ?? '').toLowerCase() === want) return {device: dev, number: n, entry: p}
   }
   throw new DeviceNotFound(`No partition with UUID ${uuid} found on device ${disk}`)

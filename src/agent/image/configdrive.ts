@@ -16,6 +16,7 @@ import {open} from 'node:fs/promises'
 import {gunzipSync} from 'node:zlib'
 import {run} from '../../common/exec.js'
 import {CommandExecutionError, ImageDownloadError} from '../errors.js'
+import {probeDevice} from '../hardware/erase.js'
 import type {Logger} from '../log.js'
 import {getWithRetries, redact, type DownloadSettings, type ImageInfo} from './download.js'
 
@@ -84,21 +85,6 @@ export async function diskIdentifier(device: string): Promise<string> {
 }
 
 /**
- * `blkid -p -o export` of a device, or of the partition starting at byte `offset` of a disk
- * (`-O`): TYPE, UUID, LABEL, PARTUUID… ({} when blkid finds nothing).
- */
-export async function blkidTags(device: string, offset?: number): Promise<Record<string, string>> {
-  const args = ['-p', '-o', 'export', ...(offset === undefined ? [] : ['-O', String(offset)]), device]
-  const r = await run('blkid', args, {allowFailure: true})
-  const out: Record<string, string> = {}
-  for (const line of r.stdout.split('\n')) {
-    const eq = line.indexOf('=')
-    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1)
-  }
-  return out
-}
-
-/**
  * standby.get_partition_uuids data for a whole-disk image: the EFI system partition's UUID (its
  * filesystem UUID, else the partition UUID, like IPA's block_uuid) and which partition is which.
  */
@@ -111,7 +97,7 @@ export async function partitionUuids(device: string, log?: Logger): Promise<Reco
     const n = partNumber(p.node)
     const dev = partitionPath(device, n)
     const isEsp = table.label === 'gpt' ? p.type.toLowerCase() === ESP_GPT : p.type.toLowerCase() === 'ef'
-    const fs = await blkidTags(device, p.start * table.sectorsize)
+    const fs = await probeDevice(device, p.start * table.sectorsize)
     if (isEsp && !partitions['efi system partition']) {
       partitions['efi system partition'] = dev
       out['efi system partition uuid'] = fs.UUID || p.uuid?.toLowerCase() || null
@@ -210,7 +196,7 @@ export async function createConfigDrivePartition(
     // An existing config-2 partition (the image brought one) is reused, as IPA does.
     const labelled: PartitionEntry[] = []
     for (const p of table.partitions) {
-      const fs = await blkidTags(device, p.start * table.sectorsize)
+      const fs = await probeDevice(device, p.start * table.sectorsize)
       if ((fs.LABEL ?? '').toLowerCase() === CONFIGDRIVE_LABEL) labelled.push(p)
     }
     if (labelled.length > 1) {

@@ -19,7 +19,8 @@ import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError, RESTEr
 import {assertDeviceAllowed} from '../hardware/disks.js'
 import type {Logger} from '../log.js'
 import {withMount} from './bootloader.js'
-import {blkidTags, partitionPath, partitionTable} from './configdrive.js'
+import {probeDevice} from '../hardware/erase.js'
+import {partitionPath, partitionTable} from './configdrive.js'
 import {downloadSettings, getWithRetries} from './download.js'
 
 export interface InjectContext {
@@ -124,7 +125,7 @@ export async function resolvePartition(device: string, spec: string | number): P
   }
   const want = s.replace(/^(UUID|PARTUUID|LABEL|PARTLABEL)=/i, '').toLowerCase()
   for (const p of parts) {
-    const t = await blkidTags(p.device)
+    const t = await probeDevice(p.device)
     if ([t.UUID, t.PART_ENTRY_UUID, t.LABEL, t.PART_ENTRY_NAME].some((v) => v !== undefined && v.toLowerCase() === want)) return p.device
   }
   throw new DeviceNotFound(`No partition with UUID or label ${s} found on device ${device}`)

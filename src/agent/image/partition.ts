@@ -19,9 +19,9 @@ import {stat} from 'node:fs/promises'
 import {CommandFailedError, run} from '../../common/exec.js'
 import {CommandExecutionError, ImageWriteError, InvalidCommandParamsError, RESTError} from '../errors.js'
 import {assertDeviceAllowed} from '../hardware/disks.js'
-import {destroyDiskMetadata} from '../hardware/erase.js'
+import {destroyDiskMetadata, probeDevice} from '../hardware/erase.js'
 import type {Logger} from '../log.js'
-import {blkidTags, getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
+import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type ImageInfo} from './download.js'
 import {Target} from './target.js'
 import {validateImageInfo, writeImage, type PrepareContext} from './write.js'
@@ -141,7 +141,7 @@ async function waitForBlockDevice(dev: string, attempts = 10): Promise<void> {
 
 /** IPA's block_uuid: the filesystem UUID, else the partition UUID. */
 export async function blockUuid(dev: string): Promise<string> {
-  const t = await blkidTags(dev)
+  const t = await probeDevice(dev)
   return t.UUID || (t.PART_ENTRY_UUID ?? '').toLowerCase()
 }
 
