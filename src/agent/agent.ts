@@ -184,7 +184,15 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     log.info('auto-TLS enabled: the API is served over https with a self-signed certificate', {address: advertiseHost})
   }
 
-  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: () => token, tls})
+  api = new AgentApi({
+    processor: processor as CommandProcessor<unknown>,
+    log,
+    version: opts.version,
+    startedAt,
+    token: () => token,
+    tls,
+    limits: {maxBodyBytes: config.apiMaxBodySize * 1024 * 1024, clientTimeoutMs: config.apiClientTimeout * 1000},
+  })
   const port = await api.listen(config.listenHost, config.listenPort)
   log.info('agent API listening', {host: config.listenHost, port, tls: Boolean(tls)})
 
