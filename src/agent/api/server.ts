@@ -141,8 +141,9 @@ export class AgentApi {
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.handle(req, res)
     const timeout = this.limits.clientTimeoutMs
     const httpOptions: http.ServerOptions = {
-      // a request's headers must arrive within the client timeout (from the connection, or the
-      // end of the previous answer on a kept-alive one); node checks once per connectionsCheckingInterval
+      // a request's headers must arrive within the client timeout, from the connection (or from the
+      // first byte of a later request on a kept-alive one: between requests keepAliveTimeout
+      // applies); node checks once per connectionsCheckingInterval
       headersTimeout: timeout,
       // the whole request (headers + body; not the time the answer takes, e.g. ?wait=true)
       requestTimeout: Math.max(REQUEST_TIMEOUT_MS, timeout),
