@@ -530,7 +530,7 @@ describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
     }
   }, 60_000)
 
-  it('never times out or sheds a request being answered: a POST ?wait=true outlives the client timeout and a flood', async () => {
+  it('never times out or sheds an authenticated request being answered: a POST ?wait=true outlives the client timeout, a flood and 200 unauthenticated GET ?wait=true', async () => {
     const release = join(dir, 'release-1')
     const body = JSON.stringify({
       name: 'clean.execute_clean_step',
@@ -538,15 +538,21 @@ describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
     })
     const posting = request(agent.url, {method: 'POST', path: `/v1/commands/?agent_token=${agent.token}&wait=true`, body, ca, timeoutMs: 30_000})
     await sleep(300)
-    // 300 stalled sockets push the agent past its connection limit while the answer is pending
+    const id = (await request(agent.url, {path: '/v1/commands/', ca})).json.commands[0].id
+    // 300 stalled sockets push the agent past its connection limit while the answer is pending,
+    // and 200 GET ?wait=true (no token needed) block on the running command
     const stalled = Array.from({length: 300}, (_, i) => (i % 2 ? stalledSocket(agent.port, '') : stalledSocket(agent.port, 'GET /v1/ HTTP/1.1\r\n', {tls: {ca}})))
+    const waiters = Array.from({length: 200}, () => stalledSocket(agent.port, `GET /v1/commands/${id}?wait=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`, {tls: {ca}}))
     // past the 2 s client timeout and the shedding grace
     await sleep(3500)
     const status = await request(agent.url, {path: '/v1/status', ca, timeoutMs: 5000})
     expect(status.status).toBe(200)
+    const waitersShed = waiters.filter((w) => w.state.closedAfterMs !== undefined).length
+    console.log(`api-limits pending answer: /v1/status ${status.ms.toFixed(0)} ms; GET ?wait=true sockets shed ${waitersShed}/200`)
+    expect(waitersShed).toBeGreaterThan(0)
     await writeFile(release, '')
     const res = await posting
-    for (const s of stalled) s.sock.destroy()
+    for (const s of [...stalled, ...waiters]) s.sock.destroy()
     expect(res.status, res.text.slice(0, 300)).toBe(200)
     expect(res.json.command_status).toBe('SUCCEEDED')
     expect(res.json.command_result.clean_result).toEqual({released: release})

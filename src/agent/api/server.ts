@@ -92,6 +92,8 @@ interface Conn {
   reading?: {lastData: number}
   /** An early answer was sent and the rest of the body is being discarded. */
   lingering: boolean
+  /** Since when a GET ?wait=true (no token needed) is blocked on a command here. */
+  waitingSince?: number
 }
 
 /** The client went away before its body ended. */
@@ -131,7 +133,7 @@ export class AgentApi {
   constructor(private readonly opts: ApiOptions) {
     this.limits = {
       maxBodyBytes: opts.limits?.maxBodyBytes ?? MAX_BODY_BYTES,
-      clientTimeoutMs: opts.limits?.clientTimeoutMs ?? CLIENT_TIMEOUT_MS,
+      clientTimeoutMs: Math.max(1, Math.round(opts.limits?.clientTimeoutMs ?? CLIENT_TIMEOUT_MS)),
       maxConnections: opts.limits?.maxConnections ?? MAX_CONNECTIONS,
     }
   }
@@ -254,7 +256,8 @@ export class AgentApi {
    * answer; an idle kept-alive one (oldest first); one without a complete request after
    * SHED_GRACE_MS (headers or TLS handshake stalled, or nothing sent), or whose body has not moved
    * for that long (least recently active first); then any other without a complete request (least
-   * recently active first). Never one whose request is being answered.
+   * recently active first); then one blocked in a GET ?wait=true, which needs no token (oldest
+   * first: Ironic polls instead). Never one whose request is otherwise being answered.
    */
   private shedCandidate(now: number): Conn | undefined {
     let best: Conn | undefined
@@ -265,6 +268,7 @@ export class AgentApi {
       let at: number
       if (c.lingering) [rank, at] = [0, c.since]
       else if (c.reading) [rank, at] = [now - c.reading.lastData >= SHED_GRACE_MS ? 2 : 3, c.reading.lastData]
+      else if (c.active === 1 && c.waitingSince !== undefined) [rank, at] = [4, c.waitingSince]
       else if (c.active > 0) continue
       else if (c.served > 0) [rank, at] = [1, c.since]
       else [rank, at] = [now - c.since >= SHED_GRACE_MS ? 2 : 3, c.since]
@@ -327,7 +331,11 @@ export class AgentApi {
       if (!handler) throw new HttpError(404, NOT_FOUND_TEXT)
       if (!fn) throw new HttpError(405, 'The method is not allowed for the requested URL.', {Allow: [...allowed, 'HEAD'].sort().join(', ')})
       const body = readsBody ? await this.readCommandBody(req, res, url, conn) : Buffer.alloc(0)
-      const out = await fn(req, url, body)
+      const waits = method === 'GET' && isTrue(url.searchParams.get('wait'))
+      if (waits) conn.waitingSince = Date.now()
+      const out = await fn(req, url, body).finally(() => {
+        if (waits) conn.waitingSince = undefined
+      })
       status = out.status
       sendJson(res, out.status, out.body, req.method === 'HEAD')
     } catch (err) {
