@@ -36,7 +36,7 @@ export const CLIENT_TIMEOUT_MS = 10_000
 /** A whole request (headers and body, not the answer) must arrive within this (node's default). */
 export const REQUEST_TIMEOUT_MS = 300_000
 
-/** Open connections at most; at the limit a new one sheds the least useful (see AgentApi.shed). */
+/** Open connections at most; at the limit a new one sheds the least useful (AgentApi.shedCandidate). */
 export const MAX_CONNECTIONS = 128
 
 /** A connection idle or stalled this long without a complete request is the first to be shed. */
@@ -211,11 +211,6 @@ export class AgentApi {
       server.close(() => resolve())
       for (const c of this.conns.values()) c.socket.destroy()
     })
-  }
-
-  /** Open connections (for tests and logs). */
-  get connections(): number {
-    return this.conns.size
   }
 
   /**
@@ -424,7 +419,9 @@ export class AgentApi {
    * client timeout; a body that ends within that leaves a kept-alive connection usable.
    */
   private linger(req: http.IncomingMessage, res: http.ServerResponse, conn: Conn): void {
-    if (req.complete || lingering.has(res)) return
+    // (a request with neither Content-Length nor Transfer-Encoding has no body)
+    const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
+    if (!hasBody || req.complete || lingering.has(res)) return
     let discarded = 0
     let release!: () => void
     const state = {
