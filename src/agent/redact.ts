@@ -29,10 +29,11 @@ export function isSecretKey(key: string): boolean {
 // name=value where the name looks secret; the name starts after a separator (start, blank, quote,
 // URL query separators, brackets) and may carry dashes (ipa-agent-token, --agent-token).
 const NAME = String.raw`[-\w.]*?(?:${SECRET_WORD}|(?:^|[_-])sig)[-\w.]*`
-const ASSIGN_QUOTED = new RegExp(String.raw`((?:^|[\s"'?&;,(\[{])${NAME}=)"[^"\n]*"`, 'gim')
-const ASSIGN = new RegExp(String.raw`((?:^|[\s"'?&;,(\[{])${NAME}=)[^\s"'&;,)\]}]+`, 'gim')
+// (\0 separates the arguments in /proc/<pid>/cmdline)
+const ASSIGN_QUOTED = new RegExp(String.raw`((?:^|[\s\0"'?&;,(\[{])${NAME}=)"[^"\n\0]*"`, 'gim')
+const ASSIGN = new RegExp(String.raw`((?:^|[\s\0"'?&;,(\[{])${NAME}=)[^\s\0"'&;,)\]}]+`, 'gim')
 // --agent-token VALUE (argv as ps shows it)
-const SPACED_FLAG = new RegExp(String.raw`((?:^|\s)--[-\w]*${SECRET_WORD}[-\w]*\s+)(?!--)[^\s"']+`, 'gim')
+const SPACED_FLAG = new RegExp(String.raw`((?:^|[\s\0])--[-\w]*${SECRET_WORD}[-\w]*[\s\0]+)(?!--)[^\s\0"']+`, 'gim')
 // scheme://userinfo@
 const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/\s@"'<>]+@/gi
 // "password": "x" / 'password': 'x' (JSON or Python repr inside text)
