@@ -305,3 +305,24 @@ describe('inspection data', () => {
     expect(leaks(JSON.stringify(data), [TOKEN])).toEqual([])
   })
 })
+
+describe('redact.ts on hostile text', () => {
+  it('stays linear: megabytes of near-matches take well under a second', () => {
+    const inputs = [
+      'token'.repeat(400_000),
+      ` ${'token'.repeat(400_000)}`,
+      ` --${'password'.repeat(200_000)} x`,
+      `"${'secret'.repeat(300_000)}": "`,
+      `http://${'a'.repeat(2_000_000)}`,
+      'http://'.repeat(300_000),
+      ' a=b'.repeat(500_000),
+      `"password": "${'x'.repeat(2_000_000)}`,
+    ]
+    for (const input of inputs) {
+      const t0 = performance.now()
+      redactText(input)
+      redactBuffer(Buffer.from(input))
+      expect(performance.now() - t0, input.slice(0, 20)).toBeLessThan(1000)
+    }
+  })
+})

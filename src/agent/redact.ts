@@ -28,18 +28,20 @@ export function isSecretKey(key: string): boolean {
 
 // name=value where the name looks secret; the name starts after a separator (start, blank, quote,
 // URL query separators, brackets) and may carry dashes (ipa-agent-token, --agent-token).
-const NAME = String.raw`[-\w.]*?(?:${SECRET_WORD}|(?:^|[_-])sig)[-\w.]*`
+// Every repetition that could backtrack is bounded, so no input (a request can put text in the
+// log) makes a pattern slower than linear.
+const NAME = String.raw`[-\w.]{0,64}?(?:${SECRET_WORD}|(?:^|[_-])sig)[-\w.]{0,64}`
 // (\0 separates the arguments in /proc/<pid>/cmdline)
 const ASSIGN_QUOTED = new RegExp(String.raw`((?:^|[\s\0"'?&;,(\[{])${NAME}=)"[^"\n\0]*"`, 'gim')
 const ASSIGN = new RegExp(String.raw`((?:^|[\s\0"'?&;,(\[{])${NAME}=)[^\s\0"'&;,)\]}]+`, 'gim')
 // --agent-token VALUE (argv as ps shows it)
-const SPACED_FLAG = new RegExp(String.raw`((?:^|[\s\0])--[-\w]*${SECRET_WORD}[-\w]*[\s\0]+)(?!--)[^\s\0"']+`, 'gim')
+const SPACED_FLAG = new RegExp(String.raw`((?:^|[\s\0])--[-\w]{0,64}${SECRET_WORD}[-\w]{0,64}[\s\0]{1,8})(?!--)[^\s\0"']+`, 'gim')
 // scheme://userinfo@
-const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/\s@"'<>]+@/gi
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]{0,31}:\/\/)[^/\s@"'<>]{1,1024}@/gi
 // "password": "x" / 'password': 'x' (JSON or Python repr inside text)
-const JSON_PAIR = new RegExp(String.raw`(["'][-\w.]*${SECRET_WORD}[-\w.]*["']\s*:\s*)("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')`, 'gi')
+const JSON_PAIR = new RegExp(String.raw`(["'][-\w.]{0,64}${SECRET_WORD}[-\w.]{0,64}["'] {0,4}: {0,4})("(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}')`, 'gi')
 // Authorization: Basic …, "authorization": "Bearer …"
-const HTTP_CRED = /(authorization["']?\s*[:=]\s*["']?)(Basic|Bearer|Token)\s+[^\s"',}]+/gi
+const HTTP_CRED = /(authorization["']? {0,4}[:=] {0,4}["']?)(Basic|Bearer|Token) {1,4}[^\s"',}]+/gi
 
 /** Secret values known at run time, longest first (so a secret containing another is masked whole). */
 let secrets: string[] = []
@@ -99,7 +101,7 @@ export function addSecretsFrom(value: unknown, depth = 0): void {
 }
 
 function addUrlSecrets(text: string): void {
-  for (const m of text.matchAll(/\b[a-z][a-z0-9+.-]*:\/\/([^/\s@"'<>]+)@/gi)) {
+  for (const m of text.matchAll(/\b[a-z][a-z0-9+.-]{0,31}:\/\/([^/\s@"'<>]{1,1024})@/gi)) {
     const info = m[1]!
     const colon = info.indexOf(':')
     const password = colon >= 0 ? info.slice(colon + 1) : info
