@@ -64,7 +64,7 @@ export function stepsExtension(kind: StepKind): Extension<AgentRuntime> {
           // and ports); anything else fails before the agent caches anything from the request.
           const runStep = await rt.registry.resolveStep(kind, s.step, requestNode, portList)
           if (!runStep) {
-            rt.log.warn(`refusing to run ${kind} step ${s.step}: no hardware manager advertises it`)
+            rt.log.warn(`refusing to run ${kind} step ${s.step.slice(0, 200)}: no hardware manager advertises it`)
             throw new HardwareManagerMethodNotFound(s.step)
           }
           const node = cacheNode(rt, rawNode)
