@@ -24,7 +24,7 @@ import {defaultConfig} from '../src/agent/config.js'
 import {GenericHardwareManager} from '../src/agent/hardware/generic.js'
 import {HardwareManager, ManagerRegistry} from '../src/agent/hardware/manager.js'
 import {HardwareSupport} from '../src/agent/hardware/types.js'
-import {collectInspectionData, runInspection} from '../src/agent/inspector.js'
+import {collectInspectionData} from '../src/agent/inspector.js'
 import {log} from '../src/agent/log.js'
 import {addSecret, addSecretsFrom, redactBuffer, redactJson, redactText} from '../src/agent/redact.js'
 import type {AgentRuntime} from '../src/agent/runtime.js'
@@ -303,15 +303,6 @@ describe('inspection data', () => {
     expect(members['journal']!.toString()).toBe('kernel: Kernel command line: ipa-agent-token=*** quiet')
     for (const [name, buf] of Object.entries(members)) expect(leaks(buf.toString('latin1'), [TOKEN]), name).toEqual([])
     expect(leaks(JSON.stringify(data), [TOKEN])).toEqual([])
-  })
-
-  it('the token /v1/continue_inspection hands out (Ironic >= 1.84) is masked from then on', async () => {
-    const TOKEN = `cont${hex(20)}`
-    const config = {...defaultConfig(), inspectionCollectors: [] as string[]}
-    const client = {postInspection: async () => ({status: 202, json: () => ({node: {uuid: 'n-1'}, uuid: 'n-1', config: {agent_token: TOKEN}})})}
-    const uuid = await runInspection({config, log: quiet} as unknown as AgentRuntime, client as never, 'http://127.0.0.1:1/v1/continue_inspection')
-    expect(uuid).toBe('n-1')
-    expect(redactText(`later: ${TOKEN}`)).toBe('later: ***')
   })
 })
 

@@ -153,7 +153,6 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     if (Number.isFinite(hb) && hb > 0) state.heartbeatTimeout = hb
     const given = result.config.agent_token
     if (typeof given === 'string' && given !== MASKED && given.length >= TOKEN_MIN_LENGTH) {
-      addSecret(given)
       token = given
       log.info('agent token received from lookup')
     } else if (given === MASKED && !token) {
@@ -198,7 +197,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     log.info('auto-TLS enabled: the API is served over https with a self-signed certificate', {address: advertiseHost})
   }
 
-  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: () => token, tls})
+  // Whatever token the agent holds (config, lookup, continue_inspection) is masked from the moment
+  // it is used: before every request is checked against it and before every heartbeat carries it.
+  const currentToken = (): string | undefined => {
+    addSecret(token)
+    return token
+  }
+  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: currentToken, tls})
   const port = await api.listen(config.listenHost, config.listenPort)
   log.info('agent API listening', {host: config.listenHost, port, tls: Boolean(tls)})
 
@@ -207,7 +212,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     const callbackUrl = `${protocol}://${host}:${config.advertisePort ?? port}`
     heartbeater = new Heartbeater(log, () => state.heartbeatTimeout, async () => {
       if (!state.uuid) throw new HeartbeatError('no node')
-      await ironic.heartbeat(state.uuid, {callbackUrl, token, agentVersion: opts.version, verifyCa})
+      await ironic.heartbeat(state.uuid, {callbackUrl, token: currentToken(), agentVersion: opts.version, verifyCa})
     }, async () => {
       // Ironic wiped our token (power action): look up again for a fresh one, without a deadline.
       log.warn('Ironic refused our agent token (it wipes it on power actions): looking up again')

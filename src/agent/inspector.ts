@@ -8,7 +8,7 @@ import {errorText, sleep} from './ironic-client.js'
 import type {BlockDevice, Inventory} from './hardware/types.js'
 import type {AgentRuntime} from './runtime.js'
 import {logExtension} from './extensions/log.js'
-import {addSecret, redactJson} from './redact.js'
+import {redactJson} from './redact.js'
 
 const GiB = 1024 ** 3
 
@@ -59,10 +59,7 @@ export async function runInspection(rt: AgentRuntime, client: IronicClient, url:
     try {
       const res = await client.postInspection(url, data)
       if (res.status >= 200 && res.status < 300) {
-        const answer = res.json() as {uuid?: string; config?: {agent_token?: unknown}}
-        // Ironic >= 1.84 answers like lookup, with a fresh agent token: mask it from now on.
-        addSecret(answer?.config?.agent_token)
-        const uuid = answer?.uuid
+        const uuid = (res.json() as {uuid?: string}).uuid
         rt.log.info('inspection data posted', {url, node: uuid})
         return uuid
       }
