@@ -66,6 +66,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   const stopped = new Promise<void>((r) => (stopResolve = r))
   let stopping = false
   let token: string | undefined = config.agentToken
+  // Whatever token the agent holds is masked from the moment it is used: the config's (above), a
+  // generated one, and one from lookup or continue_inspection before the heartbeat that carries it
+  // (Ironic sends no command before that heartbeat).
+  const currentToken = (): string | undefined => {
+    addSecret(token)
+    return token
+  }
   const state = {node: undefined as NodeInfo | undefined, uuid: undefined as string | undefined, heartbeatTimeout: 300}
   let api: AgentApi | undefined
   let heartbeater: Heartbeater | undefined
@@ -197,13 +204,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     log.info('auto-TLS enabled: the API is served over https with a self-signed certificate', {address: advertiseHost})
   }
 
-  // Whatever token the agent holds (config, lookup, continue_inspection) is masked from the moment
-  // it is used: before every request is checked against it and before every heartbeat carries it.
-  const currentToken = (): string | undefined => {
-    addSecret(token)
-    return token
-  }
-  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: currentToken, tls})
+  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: () => token, tls})
   const port = await api.listen(config.listenHost, config.listenPort)
   log.info('agent API listening', {host: config.listenHost, port, tls: Boolean(tls)})
 
