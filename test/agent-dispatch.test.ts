@@ -179,6 +179,34 @@ describe('step dispatch in process', () => {
     expect(trap.touched).toEqual([])
   })
 
+  it('masking never touches the protocol: a manager named like a secret keeps its version through get/execute', async () => {
+    class TokenVault extends HardwareManager {
+      static override HARDWARE_MANAGER_NAME = 'token_vault'
+      static override HARDWARE_MANAGER_VERSION = '2.0'
+      evaluate_hardware_support() {
+        return HardwareSupport.MAINLINE
+      }
+      override get_clean_steps() {
+        return [{step: 'vault_step', priority: 0, interface: 'deploy', reboot_requested: false, abortable: true}]
+      }
+      vault_step() {
+        return {ok: true}
+      }
+    }
+    const config: AgentConfig = {...defaultConfig(), diskWaitAttempts: 0, deviceAllowlist: ['/dev/nonexistent-test-device']}
+    const registry = new ManagerRegistry()
+    await registry.load([new TokenVault()], {config, log: quiet, registry})
+    const rt = {config, registry, log: quiet} as unknown as AgentRuntime
+    const processor = new CommandProcessor<AgentRuntime>(() => rt, quiet, () => {})
+    processor.register(stepsExtension('clean'))
+    const got = await finished(processor.execute('clean.get_clean_steps', {node: {}, ports: []}))
+    expect(got.command_result.hardware_manager_version).toEqual({token_vault: '2.0'})
+    const ran = await finished(
+      processor.execute('clean.execute_clean_step', {step: {step: 'vault_step', interface: 'deploy'}, node: {}, ports: [], clean_version: got.command_result.hardware_manager_version}),
+    )
+    expect(ran.command_status).toBe('SUCCEEDED')
+  })
+
   it('internal dispatch takes only the allow-listed infrastructure names', async () => {
     const {registry, trap} = await inProcess()
     for (const name of ['attach', 'initialize', 'reconfigure', 'trap_step', 'erase_devices', 'constructor', 'toString', 'settings', '_guard']) {

@@ -153,13 +153,19 @@ export function redactJson<T>(value: T): T {
   return walk(value, 0) as T
 }
 
-function walk(v: unknown, depth: number): unknown {
+/**
+ * Maps whose keys are names, not secrets: get_*_steps' hardware_manager_version is keyed by manager
+ * name ("token_vault": "1.0"), and Ironic sends it back to be compared, so its values must stay.
+ */
+const NAME_KEYED = new Set(['hardware_manager_version'])
+
+function walk(v: unknown, depth: number, keysAreNames = false): unknown {
   if (typeof v === 'string') return redactText(v)
   if (v === null || typeof v !== 'object' || depth > 256) return v
   if (Array.isArray(v)) return v.map((x) => walk(x, depth + 1))
   const out: Record<string, unknown> = {}
   for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
-    const value = typeof x === 'string' && isSecretKey(k) && x !== '' ? MASK : walk(x, depth + 1)
+    const value = typeof x === 'string' && !keysAreNames && isSecretKey(k) && x !== '' ? MASK : walk(x, depth + 1, NAME_KEYED.has(k))
     // defineProperty: a "__proto__" key (JSON.parse makes it an own key) stays a plain key
     Object.defineProperty(out, k, {value, enumerable: true, writable: true, configurable: true})
   }
