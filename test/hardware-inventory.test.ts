@@ -289,18 +289,18 @@ describe('steps', () => {
     expect(Object.keys(clean)).toEqual(['GenericHardwareManager'])
     expect(clean.GenericHardwareManager).toHaveLength(12)
     // software RAID steps exist now (test/hardware-raid.test.ts): no target_raid_config → {}; apply without a config → parameter error
-    await expect(registry.dispatchToManagers('create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
-    await expect(registry.dispatchToManagers('apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
+    await expect(registry.dispatchStep('clean', 'create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
+    await expect(registry.dispatchStep('deploy', 'apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
     for (const name of ['burnin_cpu', 'clean_uefi_nvram']) {
-      await expect(registry.dispatchToManagers(name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
+      await expect(registry.dispatchStep('clean', name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     }
     // inject_files exists now (test/image-inject.test.ts): bad files are a parameter error, none is a no-op
-    await expect(registry.dispatchToManagers('inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
-    await expect(registry.dispatchToManagers('inject_files', {}, [], {})).resolves.toBeNull()
+    await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
+    await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {})).resolves.toBeNull()
     // write_image exists now (test/image-deploy.test.ts): without image_info it is a parameter error
-    await expect(registry.dispatchToManagers('write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
+    await expect(registry.dispatchStep('deploy', 'write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
     // internal helpers are not reachable as steps
-    await expect(registry.dispatchToManagers('_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
+    await expect(registry.dispatchStep('clean', '_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
   })
 
   it('through the registry, a higher-ranked manager that implements one inventory piece wins', async () => {
