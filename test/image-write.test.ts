@@ -180,6 +180,31 @@ describe('writing images into files', () => {
     expect(result.qcow2!.maxPendingBytes).toBeLessThanOrEqual(2 * 65536)
   })
 
+  it('the spool fallback runs qemu-img check before converting: broken refcounts are refused, the target untouched', async () => {
+    // Zero the refcount block (cluster 2 in qemu-img's layout): the data still reads right, but
+    // qemu-img check reports corruptions. Streaming does not read refcounts; the spool path checks.
+    const b = readFileSync(join(dir, 'disk.qcow2'))
+    const cs = 2 ** b.readUInt32BE(20)
+    const block = Number(b.readBigUInt64BE(Number(b.readBigUInt64BE(48))))
+    expect(block).toBe(2 * cs)
+    b.fill(0, block, block + cs)
+    writeFileSync(join(dir, 'bad-refcounts.qcow2'), b)
+    srv.files.set('/bad-refcounts.qcow2', join(dir, 'bad-refcounts.qcow2'))
+    sums.set('bad-refcounts.qcow2', createHash('sha256').update(b).digest('hex'))
+    const file = junkTarget('bad-refcounts')
+    const i = info('bad-refcounts.qcow2')
+    const target = await Target.open(file)
+    try {
+      await expect(
+        writeImage(await ImageDownload.open(i, settings), target, null, {permitted: ['raw', 'qcow2'], pendingLimit: 1, spoolDir: dir, reopen: () => ImageDownload.open(i, settings), log: quiet}),
+      ).rejects.toMatchObject({type: 'InvalidImage', details: expect.stringMatching(/^qcow2 image is corrupt \(qemu-img check\): .*\d+ errors were found on the image\.; first: ERROR cluster 0 refcount=0 reference=1$/)})
+    } finally {
+      await target.close()
+    }
+    expect(readFileSync(file).every((x) => x === 0xaa)).toBe(true)
+    expect(readdirSync(dir).filter((f) => f.startsWith('.rdk-spool'))).toEqual([])
+  })
+
   it('vmdk: refused by default; with vmdk permitted, spooled and converted by qemu-img', async () => {
     await expect(write('disk.vmdk')).rejects.toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')
     const {result, file} = await write('disk.vmdk', {}, {permitted: ['raw', 'qcow2', 'vmdk']})

@@ -247,7 +247,12 @@ async function inspectSpool(file: string, format: ImageFormat, target: Target, l
     } catch (err) {
       // 3: leaked clusters only (harmless for a copy); 2: corruptions; 1: the check failed.
       if (!(err instanceof CommandFailedError) || err.exitCode !== 3) {
-        const why = err instanceof CommandFailedError ? (err.stdout + err.stderr).trim().split('\n').slice(-3).join(' ') : (err as Error).message
+        let why = (err as Error).message
+        if (err instanceof CommandFailedError) {
+          const summary = /^.*(errors? were found|could not be checked|check failed).*$/im.exec(err.stdout + '\n' + err.stderr)?.[0]
+          const first = err.stderr.trim().split('\n')[0]
+          why = [summary, first && first !== summary ? `first: ${first}` : ''].filter(Boolean).join('; ') || `exit code ${err.exitCode}`
+        }
         throw new InvalidImage(`${format} image is corrupt (qemu-img check): ${why}`)
       }
     }
