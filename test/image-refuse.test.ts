@@ -94,6 +94,7 @@ beforeAll(async () => {
   await patched('bits.qcow2', (b) => b.writeUInt32BE(30, 20))
   await patched('feature.qcow2', (b) => (b[79] = b[79]! | 0x20))
   await patched('l1-small.qcow2', (b) => b.writeUInt32BE(0, 36))
+  await patched('big-reftable.qcow2', (b) => b.writeUInt32BE(0xffffffff, 56)) // ~4 billion clusters: never iterated
   // 4 KiB clusters: an L2 table covers 2 MiB, so the image has several, spread through the file.
   // The last one that maps data is made to map a cluster onto the L1 table: only visible mid-stream.
   await patched(
@@ -146,6 +147,7 @@ describe('refused before the first byte of the target changes (the whole device 
     ['data cluster past the end of the file', 'data-past-end.qcow2', /^qcow2 image is corrupt: the L2 table for guest offset 1048576 maps data at offset \d+, past the end of the image \(\d+ bytes\)$/],
     ['cluster_bits out of range', 'bits.qcow2', /^qcow2 cluster_bits 30 is out of range \(9-21\)$/],
     ['unknown incompatible feature bit', 'feature.qcow2', /^qcow2 image uses unknown incompatible features \(0x20\)$/],
+    ['refcount table larger than qemu allows', 'big-reftable.qcow2', /^qcow2 image is corrupt: the refcount table \(4294967295 clusters\) is larger than qemu allows \(8 MiB\)$/],
     ['L1 table too small for the virtual size', 'l1-small.qcow2', /^qcow2 image is corrupt: the L1 table \(0 entries\) is too small for the virtual size 20971520$/],
   ]
   for (const [what, name, details, opts] of cases) {

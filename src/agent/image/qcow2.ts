@@ -21,6 +21,8 @@ import {BufferPool, isZero, TargetFullError, type Target} from './target.js'
 
 const QCOW2_MAGIC = 0x514649fb
 const MAX_L1_BYTES = 32 * 1024 * 1024
+/** qemu's QCOW_MAX_REFTABLE_SIZE. */
+const MAX_REFTABLE_BYTES = 8 * 1024 * 1024
 const TWO32 = 2 ** 32
 /** Data clusters known but not yet streamed past (~50 bytes each). */
 const MAX_MAPPED_AHEAD = 1_000_000
@@ -146,6 +148,7 @@ export function parseQcow2Header(buf: Buffer, fileSize?: number): Qcow2Header {
   }
   if (l1Size > 0) place('L1 table', l1Offset, l1Size * 8)
   if (refcountTableClusters === 0) corrupt('the image has no refcount table')
+  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES) corrupt(`the refcount table (${refcountTableClusters} clusters) is larger than qemu allows (8 MiB)`)
   place('refcount table', refcountTableOffset, refcountTableClusters * clusterSize)
   if (nbSnapshots > 65536) corrupt(`${nbSnapshots} snapshots is more than qcow2 allows (65536)`)
   if (nbSnapshots > 0) place('snapshot table', snapshotsOffset, 1)
