@@ -12,7 +12,13 @@
  * Supported: versions 2 and 3, zlib-compressed clusters (inflateRaw), zero clusters and
  * unallocated clusters (left unwritten: the caller zeroes what is not already zero). Refused:
  * backing files and external data files (security: IPA's format_inspector refuses both),
- * encryption, extended L2 entries, zstd compression, unknown incompatible features.
+ * encryption, extended L2 entries, zstd compression, unknown incompatible features, and
+ * inconsistent metadata: tables or data clusters on the header or on other metadata (a table
+ * pointing at itself), unaligned or past the end of the file, an L1 table too small. The header,
+ * refcount table and L1 table are checked as they arrive, and each L2 table as a whole before any
+ * cluster it maps is written; nothing reaches the target (ensureZero included) before the first
+ * L2 table has passed, so with qemu-img's layout every check of the first 512 MiB (64 KiB
+ * clusters) precedes the first write. docs/deploy.md "Checks before the first byte".
  */
 import {constants as zc, inflateRawSync} from 'node:zlib'
 import {InvalidImage} from '../errors.js'

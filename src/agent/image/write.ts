@@ -12,6 +12,10 @@
  *   rewriting only what is not zero already.
  *
  * The format comes from the bytes (format.ts), never from disk_format alone.
+ *
+ * The deploy paths hand writeImage() a deferred Target: the disk is wiped (or partitioned) only at
+ * the first write, so every check the image's first bytes and tables allow (format, qcow2 header,
+ * L1 and first L2 table, sizes, qemu-img info/check of a spool) runs while the disk is untouched.
  */
 import {randomBytes} from 'node:crypto'
 import {open, rm} from 'node:fs/promises'
