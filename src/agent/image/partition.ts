@@ -24,7 +24,7 @@ import type {Logger} from '../log.js'
 import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
 import {downloadSettings, ImageDownload, type ImageInfo} from './download.js'
 import {Target} from './target.js'
-import {validateImageInfo, writeImage, type PrepareContext} from './write.js'
+import {afterTouch, validateImageInfo, writeImage, type PrepareContext} from './write.js'
 
 const MIB = 1024 * 1024
 /** IPA's [disk_utils] efi_system_partition_size default. */
@@ -212,11 +212,15 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
   const dl = await ImageDownload.open(info, settings)
   const path = (p: PlannedPartition): string => partitionPath(device, p.number)
   const byRole = new Map(parts.map((p) => [p.role, p]))
+  const esp = byRole.get('efi system partition')
+  const rootPart = byRole.get('root')!
+  const root = path(rootPart)
   let touched = false
-  try {
-    if (layout.preserveEphemeral) {
-      await checkExistingLayout(device, layout.diskLabel, parts)
-    } else {
+  // The disk is partitioned only at the image's first write to the root partition, once the
+  // image has passed every check its first bytes and tables allow (format, qcow2 header/L1/first
+  // L2, virtual size against root_mb): a refused image leaves the disk as it was.
+  const partition = async (): Promise<void> => {
+    if (!layout.preserveEphemeral) {
       touched = true
       await destroyDiskMetadata(device, config.deviceAllowlist, log)
       await run('parted', partedArgs(device, layout.diskLabel, parts), {env: {LC_ALL: 'C'}})
@@ -224,14 +228,13 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     await rescanDevice(device, log)
     for (const p of parts) await waitForBlockDevice(path(p))
     log.info('disk partitioned', {device, partitions: parts.map((p) => `${p.number}:${p.role}:${p.sizeMb}MiB`)})
-
-    const esp = byRole.get('efi system partition')
     if (esp) await mkfs('vfat', path(esp), 'efi-part')
     const cd = byRole.get('configdrive')
     if (cd && iso) await writeAt(path(cd), iso)
-
-    const root = path(byRole.get('root')!)
-    const target = await Target.open(root)
+  }
+  try {
+    if (layout.preserveEphemeral) await checkExistingLayout(device, layout.diskLabel, parts)
+    const target = Target.deferredAt(root, rootPart.sizeMb * MIB, partition)
     try {
       state.lastWrite = await writeImage(dl, target, info.disk_format, {
         permitted: config.permittedImageFormats,
@@ -239,6 +242,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
         reopen: () => ImageDownload.open(info, settings),
         log,
       })
+      await target.open() // (an image that wrote nothing still gets its partitions)
       await target.sync()
     } catch (err) {
       if (err instanceof ImageWriteError && /holds only/.test(err.details)) {
@@ -247,7 +251,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
           `Root partition is too small for requested image. Image virtual size: ${m ? Math.ceil(Number(m[1]) / MIB) : '?'} MB, Root size: ${layout.rootMb} MB`,
         )
       }
-      throw err
+      throw touched ? afterTouch(err) : err
     } finally {
       await target.close()
     }

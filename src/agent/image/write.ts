@@ -12,6 +12,10 @@
  *   rewriting only what is not zero already.
  *
  * The format comes from the bytes (format.ts), never from disk_format alone.
+ *
+ * The deploy paths hand writeImage() a deferred Target: the disk is wiped (or partitioned) only at
+ * the first write, so every check the image's first bytes and tables allow (format, qcow2 header,
+ * L1 and first L2 table, sizes, qemu-img info/check of a spool) runs while the disk is untouched.
  */
 import {randomBytes} from 'node:crypto'
 import {open, rm} from 'node:fs/promises'
@@ -211,22 +215,62 @@ async function qemuImg(args: string[], log: Logger, timeoutMs?: number): ReturnT
 }
 const QEMU_IMG_ADDRESS_SPACE = 2048 * 1024 * 1024
 
-/** qemu-img convert of a spooled, checksum-verified image whose format was detected from its bytes. */
-async function convertSpool(file: string, format: ImageFormat, target: Target, log: Logger): Promise<number> {
+/** Formats qemu-img's consistency check knows (for the others it answers exit code 63). */
+const CHECKABLE = new Set(['qcow2', 'vdi', 'vhdx', 'vmdk'])
+
+/**
+ * qemu-img info + check of a spooled, checksum-verified image whose format was detected from its
+ * bytes: no backing file, no other files, no encryption, consistent metadata, fits the target.
+ * Runs before the target is touched.
+ */
+async function inspectSpool(file: string, format: ImageFormat, target: Target, log: Logger): Promise<number> {
   const qfmt = format === 'gpt' ? 'raw' : format
-  let info: {'virtual-size'?: number; 'backing-filename'?: string; 'format-specific'?: {data?: {extents?: {filename?: string}[]}}}
+  let info: {
+    'virtual-size'?: number
+    'backing-filename'?: string
+    encrypted?: boolean
+    'format-specific'?: {data?: {extents?: {filename?: string}[]; 'data-file'?: string; encrypt?: unknown}}
+  }
   try {
     info = JSON.parse((await qemuImg(['info', '--output=json', '-f', qfmt, file], log, 120_000)).stdout)
   } catch (err) {
     throw new InvalidImage(`qemu-img cannot read the ${format} image: ${(err as Error).message}`)
   }
   if (info['backing-filename']) throw new InvalidImage('Security: Image failed safety check: the image has a backing file')
-  for (const e of info['format-specific']?.data?.extents ?? []) {
+  const data = info['format-specific']?.data
+  if (data?.['data-file']) throw new InvalidImage('Security: Image failed safety check: the image uses an external data file')
+  if (info.encrypted || data?.encrypt) throw new InvalidImage('Security: Image failed safety check: the image is encrypted')
+  for (const e of data?.extents ?? []) {
     if (e.filename && path.resolve(e.filename) !== path.resolve(file)) throw new InvalidImage('Security: Image failed safety check: the image references other files')
   }
   const vsize = Number(info['virtual-size'] ?? 0)
   if (target.capacity !== undefined && vsize > target.capacity) throw new TargetFullError(target.path, vsize, target.capacity)
+  if (CHECKABLE.has(qfmt)) {
+    try {
+      await qemuImg(['check', '-f', qfmt, file], log, 600_000)
+    } catch (err) {
+      // 3: leaked clusters only (harmless for a copy); 2: corruptions; 1: the check failed.
+      if (!(err instanceof CommandFailedError) || err.exitCode !== 3) {
+        let why = (err as Error).message
+        if (err instanceof CommandFailedError) {
+          const summary = /^.*(errors? were found|could not be checked|check failed).*$/im.exec(err.stdout + '\n' + err.stderr)?.[0]
+          const first = err.stderr.trim().split('\n')[0]
+          why = [summary, first && first !== summary ? `first: ${first}` : ''].filter(Boolean).join('; ') || `exit code ${err.exitCode}`
+        }
+        throw new InvalidImage(`${format} image is corrupt (qemu-img check): ${why}`)
+      }
+    }
+  }
+  return vsize
+}
+
+/** qemu-img convert of a spooled image that passed inspectSpool, onto the target. */
+async function convertSpool(file: string, format: ImageFormat, target: Target, log: Logger): Promise<number> {
+  const qfmt = format === 'gpt' ? 'raw' : format
+  const vsize = await inspectSpool(file, format, target, log)
   await target.drain()
+  // Every check passed: only now is the target prepared (a deferred target is wiped here).
+  await target.open()
   log.info('converting the spooled image with qemu-img', {format, virtual_size: vsize})
   try {
     // -n: keep the device; qemu-img then writes zeros itself where the image reads as zero.
@@ -257,8 +301,14 @@ export async function writeImage(dl: ImageDownload, target: Target, declared: st
   let result: WriteResult
   try {
     const {head, done} = await readHead(it, DETECT_BYTES)
+    if (head.length === 0) throw new InvalidImage('the image is empty')
     const format = detectFormat(head)
     validateFormat(format, declared, opts.permitted)
+    if (format === 'qed' || format === 'luks') {
+      // Permitted or not: qed is unsafe (IPA's format_inspector refuses it too), and a LUKS image
+      // cannot be opened without its key.
+      throw new InvalidImage(`Security: Image failed safety check: ${format === 'qed' ? 'qed images are not supported' : 'the image is LUKS-encrypted'}`)
+    }
     log.info('image format detected', {format, declared: declared ?? null})
     const source = rest(head, it, done)
     const spoolDir = opts.spoolDir ?? os.tmpdir()
@@ -270,7 +320,7 @@ export async function writeImage(dl: ImageDownload, target: Target, declared: st
       const {zeroed} = await target.zeroGaps(size, log)
       result = {format, method: 'stream-raw', virtualSize: size, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0}
     } else if (format === 'qcow2') {
-      const q = new Qcow2Stream(target, log, opts.pendingLimit)
+      const q = new Qcow2Stream(target, log, opts.pendingLimit, dl.size)
       try {
         for await (const chunk of source) await q.push(chunk)
         const r = await q.end()
@@ -394,8 +444,9 @@ async function writeWholeDisk(ctx: PrepareContext, info: ImageInfo, device: stri
   const dl = await ImageDownload.open(info, settings)
   let target: Target
   try {
-    await destroyDiskMetadata(device, config.deviceAllowlist, log)
-    target = await Target.open(device)
+    // The disk's partition tables are wiped only at the first write, once the image has passed
+    // every check its first bytes and tables allow (format, qcow2 header/L1/first L2, size).
+    target = await Target.deferred(device, () => destroyDiskMetadata(device, config.deviceAllowlist, log))
   } catch (err) {
     dl.close()
     throw err
@@ -407,18 +458,37 @@ async function writeWholeDisk(ctx: PrepareContext, info: ImageInfo, device: stri
       reopen: () => ImageDownload.open(info, settings),
       log,
     })
+    await target.open() // (an image that wrote nothing still replaces what was on the disk)
     await target.sync()
     return result
   } catch (err) {
+    dl.close()
     await target.close()
+    if (!target.touched) {
+      log.error('image refused before writing: the disk is unchanged', {device, err: (err as Error).message})
+      throw err
+    }
     // A half-written or unverified disk must not boot: wipe its partition tables again.
+    ctx.state.cachedImageId = undefined
     log.error('image writing failed: destroying the partial image metadata', {device, err: (err as Error).message})
     await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) => log.warn('could not wipe the partial image', {err: (e as Error).message}))
-    throw err
+    throw afterTouch(err)
   } finally {
     await target.close()
-    await rescanDevice(device, log)
+    if (target.touched) await rescanDevice(device, log)
   }
+}
+
+/**
+ * An image refused as invalid after writing had begun (a corrupt qcow2 L2 table after the first
+ * one, a truncated qcow2, a qemu-img check failing after a streaming fallback): say what state the
+ * disk was left in.
+ */
+export function afterTouch(err: unknown): unknown {
+  if (err instanceof InvalidImage && !/partition tables have been wiped/.test(err.details)) {
+    return new InvalidImage(`${err.details} (refused while writing: the disk was partly written and its partition tables have been wiped)`)
+  }
+  return err
 }
 
 /** IPA's fix_gpt_partition: move the backup GPT to the end of a disk larger than the image. */
