@@ -1,6 +1,7 @@
 /**
- * The in-VM Ironic lab: a REAL Ironic 21.4 (and optionally a REAL ironic-inspector 11.1) on the
- * host's loopback driving our tiny ramdisk booted in qemu (TCG) with virtual disks.
+ * The in-VM Ironic lab: a REAL Ironic 21.4 (and optionally a REAL ironic-inspector 11.1), or a REAL
+ * Ironic 29 with its built-in inspection (`ironic: '29'`, docs/ironic.md), on the host's loopback
+ * driving our tiny ramdisk booted in qemu (TCG) with virtual disks.
  *
  *   const lab = await startLab({dir, inspector: true})          // builds the tiny image (shared cache)
  *   const node = await lab.ironic.createNode({properties: {root_device: {serial: 'rdk-disk0'}}})
