@@ -138,6 +138,12 @@ export function parseUdevProperties(text: string): Record<string, string> {
   return out
 }
 
+/** `udevadm info --query=property` of one device, parsed (throws what run() throws). */
+export async function udevProperties(dev: string): Promise<Record<string, string>> {
+  const {stdout} = await run('udevadm', ['info', '--query=property', `--name=${dev}`], {timeoutMs: 10_000})
+  return parseUdevProperties(stdout)
+}
+
 // ------------------------------------------------------------------------------------------------
 // blkid
 

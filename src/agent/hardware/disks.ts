@@ -11,7 +11,7 @@ import {readdir, realpath} from 'node:fs/promises'
 import path from 'node:path'
 import {run, ToolMissingError} from '../../common/exec.js'
 import {isAllowed, resolveAllowlist} from '../disk/allowlist.js'
-import {bool, parseUdevProperties, runLsblk, str, type LsblkRow} from '../disk/probe.js'
+import {bool, parseUdevProperties, runLsblk, str, udevProperties, type LsblkRow} from '../disk/probe.js'
 import {udevSettle} from '../disk/settle.js'
 import {readTrimmed, SYS_CLASS_BLOCK} from '../disk/sysfs.js'
 import type {Logger} from '../log.js'
@@ -101,8 +101,7 @@ class UdevState {
 async function udevOf(dev: string, state: UdevState, log?: Logger): Promise<Record<string, string>> {
   if (state.missing) return {}
   try {
-    const {stdout} = await run('udevadm', ['info', '--query=property', `--name=${dev}`], {timeoutMs: 10_000})
-    return parseUdevProperties(stdout)
+    return await udevProperties(dev)
   } catch (err) {
     if (err instanceof ToolMissingError) {
       state.missing = true
