@@ -13,7 +13,7 @@ import {bypassProxy, ImageDownload, type DownloadSettings, type ImageInfo} from 
 import {detectFormat, validateFormat} from '../src/agent/image/format.js'
 import {parseQcow2Header} from '../src/agent/image/qcow2.js'
 import {Target} from '../src/agent/image/target.js'
-import {writeImage, type WriteResult} from '../src/agent/image/write.js'
+import {writeImage, type WriteResult} from '../src/agent/image/stream.js'
 import {join, makeRawImage, MIB, qemuImg, quiet, sha256File, startImageServer, startProxy, type ImageServer} from './helpers/image.js'
 
 const SIZE_MIB = 20

@@ -17,11 +17,11 @@ import {chmod, chown, lstat, mkdir, open, readlink, rename, rmdir, stat, unlink}
 import path from 'node:path'
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError, RESTError} from '../errors.js'
-import {assertDeviceAllowed} from '../hardware/disks.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
 import type {Logger} from '../log.js'
 import {withMount} from './bootloader.js'
-import {probeDevice} from '../hardware/erase.js'
-import {partitionPath, partitionTable} from './configdrive.js'
+import {partitionNumber, partitionPath, partitionTable} from '../disk/partitions.js'
+import {probeDevice} from '../disk/probe.js'
 import {downloadSettings, getWithRetries} from './download.js'
 
 export interface InjectContext {
@@ -104,7 +104,7 @@ interface Part {
 async function listPartitions(device: string): Promise<Part[]> {
   const table = await partitionTable(device)
   return (table?.partitions ?? []).map((p) => {
-    const n = Number(/(\d+)$/.exec(p.node)?.[1])
+    const n = partitionNumber(p.node)
     return {device: partitionPath(device, n), number: n, type: p.type.toLowerCase()}
   })
 }

@@ -15,16 +15,19 @@
  * partition uuid', partitions: {root, swap, ephemeral, configdrive, 'efi system partition',
  * 'BIOS Boot partition'}}.
  */
-import {stat} from 'node:fs/promises'
+import {open} from 'node:fs/promises'
 import {CommandFailedError, run} from '../../common/exec.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
+import {blockDeviceBytes, partitionNumber, partitionPath, partitionTable} from '../disk/partitions.js'
+import {blockUuid} from '../disk/probe.js'
+import {rescanDevice, waitForBlockDevice} from '../disk/settle.js'
+import {destroyDiskMetadata} from '../disk/wipe.js'
 import {CommandExecutionError, ImageWriteError, InvalidCommandParamsError, RESTError} from '../errors.js'
-import {assertDeviceAllowed} from '../hardware/disks.js'
-import {destroyDiskMetadata, probeDevice} from '../hardware/erase.js'
-import type {Logger} from '../log.js'
-import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
-import {downloadSettings, ImageDownload, type ImageInfo} from './download.js'
+import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB} from './configdrive.js'
+import {downloadSettings, ImageDownload, validateImageInfo, type ImageInfo} from './download.js'
+import type {PrepareContext} from './state.js'
+import {afterTouch, writeImage} from './stream.js'
 import {Target} from './target.js'
-import {afterTouch, validateImageInfo, writeImage, type PrepareContext} from './write.js'
 
 const MIB = 1024 * 1024
 /** IPA's [disk_utils] efi_system_partition_size default. */
@@ -125,26 +128,6 @@ export function partedArgs(device: string, label: 'msdos' | 'gpt', parts: Planne
   return args
 }
 
-async function waitForBlockDevice(dev: string, attempts = 10): Promise<void> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      if ((await stat(dev)).isBlockDevice()) return
-    } catch {
-      // not there yet
-    }
-    await run('udevadm', ['settle', '--timeout=10'], {allowFailure: true}).catch(() => undefined)
-    await new Promise((r) => setTimeout(r, 300 * (i + 1)))
-  }
-  throw new CommandExecutionError(`Unable to stat device ${dev} after attempting to verify ${attempts} times.`)
-}
-
-
-/** IPA's block_uuid: the filesystem UUID, else the partition UUID. */
-export async function blockUuid(dev: string): Promise<string> {
-  const t = await probeDevice(dev)
-  return t.UUID || (t.PART_ENTRY_UUID ?? '').toLowerCase()
-}
-
 async function mkfs(fs: string, dev: string, label: string): Promise<void> {
   if (fs === 'swap') await run('mkswap', ['-L', label, dev])
   else if (fs === 'vfat' || fs === 'fat') await run('mkfs.vfat', ['-n', label, dev])
@@ -164,7 +147,7 @@ async function checkExistingLayout(device: string, label: string, parts: Planned
   if (table.label !== want) mismatch(`it is ${table.label}, not ${want}`)
   const sectors = MIB / table.sectorsize
   for (const p of parts) {
-    const e = table.partitions.find((x) => Number(/(\d+)$/.exec(x.node)?.[1]) === p.number)
+    const e = table.partitions.find((x) => partitionNumber(x.node) === p.number)
     if (!e || e.start !== p.startMb * sectors || Math.abs(e.size - p.sizeMb * sectors) > sectors) mismatch(`partition ${p.number} (${p.role}) differs`)
   }
 }
@@ -197,7 +180,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     throw new CommandExecutionError(`Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${configdriveMb} MiB for node ${nodeUuid}.`)
   }
   const parts = planPartitions(layout, configdriveMb)
-  const diskBytes = Number((await run('blockdev', ['--getsize64', device])).stdout.trim())
+  const diskBytes = await blockDeviceBytes(device)
   const last = parts[parts.length - 1]!
   const neededMb = last.startMb + last.sizeMb + (layout.diskLabel === 'gpt' ? GPT_TAIL_MB : 0)
   if (neededMb * MIB > diskBytes) {
@@ -289,7 +272,6 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
 }
 
 async function writeAt(dev: string, data: Buffer): Promise<void> {
-  const {open} = await import('node:fs/promises')
   const fh = await open(dev, 'r+')
   try {
     await fh.write(data, 0, data.length, 0)

@@ -5,7 +5,7 @@
  * rewriting what already is zero.
  */
 import {open, stat, type FileHandle} from 'node:fs/promises'
-import {run} from '../../common/exec.js'
+import {blockDeviceBytes} from '../disk/partitions.js'
 import type {Logger} from '../log.js'
 
 const MAX_IN_FLIGHT = 4
@@ -129,7 +129,7 @@ export class Target {
     const st = await stat(path)
     const isBlock = st.isBlockDevice()
     if (!isBlock && !st.isFile()) throw new Error(`${path} is neither a block device nor a regular file`)
-    const capacity = isBlock ? Number((await run('blockdev', ['--getsize64', path])).stdout.trim()) : undefined
+    const capacity = isBlock ? await blockDeviceBytes(path) : undefined
     return {isBlock, capacity}
   }
 
