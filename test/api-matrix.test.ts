@@ -1,6 +1,6 @@
 /**
  * The agent's REST API against the behaviour measured on the REAL IPA 9.4.3
- * (/work/shared/reference/ipa-error-matrix.md): one test per row, same request, same status and
+ * (shared/reference/ipa-error-matrix.md beside the checkout): one test per row, same request, same status and
  * the same faultstring. Rows 15, 25, 27–29 and 49–51 are IPA bugs (unserialisable 500s) that the
  * agent answers cleanly instead (400, or 200 with a FAILED result whose command_error.type is
  * "TypeError", which Ironic's agent_client looks for).
