@@ -15,8 +15,8 @@
 // config adds built-in inspection (inspect interface `agent`, no ironic-inspector), and the launcher
 // also works around the 29.0.5 parent_node bug (see the launcher's docstring).
 //
-// See the project's shared notes (shared/README.md beside the checkout) ("Running a real Ironic on loopback") and
-// and shared/reference/ironic-wire.md for what this Ironic expects on the wire.
+// See the shared notes beside the checkout (shared/README.md, "Running a real Ironic on loopback",
+// and shared/reference/ironic-wire.md) for what this Ironic expects on the wire.
 import {spawn, spawnSync, type ChildProcess} from 'node:child_process'
 import {closeSync, copyFileSync, existsSync, mkdirSync, openSync, writeFileSync} from 'node:fs'
 import {open, stat} from 'node:fs/promises'
