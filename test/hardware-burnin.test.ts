@@ -27,7 +27,7 @@ import {
   smartTestStatus,
   stressNgPlan,
 } from '../src/agent/hardware/burnin.js'
-import {compileMatchPatterns, DEFAULT_CLEAN_UEFI_NVRAM_MATCH_PATTERNS, entriesToRemove, nvramEntries} from '../src/agent/hardware/nvram.js'
+import {cleanUefiNvram, compileMatchPatterns, DEFAULT_CLEAN_UEFI_NVRAM_MATCH_PATTERNS, entriesToRemove, nvramEntries} from '../src/agent/hardware/nvram.js'
 import type {BlockDevice} from '../src/agent/hardware/types.js'
 import type {Logger} from '../src/agent/log.js'
 import {startAgentProcess, type AgentProcess} from './helpers/agent-process.js'
@@ -163,6 +163,14 @@ describe('clean_uefi_nvram matching (IPA: case-insensitive search in the device 
     expect(() => compileMatchPatterns([1])).toThrow(InvalidCommandParamsError)
     expect(() => compileMatchPatterns(['('])).toThrow(/match_patterns must be a list of strings/)
     expect(compileMatchPatterns([])).toEqual([])
+  })
+
+  it('refuses on a machine that did not boot in UEFI mode, before running efibootmgr', async () => {
+    await expect(cleanUefiNvram({log: captureLog(), firmwareDir: '/nonexistent/sys/firmware/efi'}, undefined)).rejects.toThrow(
+      /did not boot in UEFI mode \(\/nonexistent\/sys\/firmware\/efi does not exist\)/,
+    )
+    // the patterns are checked first
+    await expect(cleanUefiNvram({log: captureLog(), firmwareDir: '/nonexistent'}, [42])).rejects.toBeInstanceOf(InvalidCommandParamsError)
   })
 })
 
