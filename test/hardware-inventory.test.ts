@@ -289,19 +289,21 @@ describe('steps', () => {
     expect(Object.keys(clean)).toEqual(['GenericHardwareManager'])
     expect(clean.GenericHardwareManager).toHaveLength(12)
     // software RAID steps exist now (test/hardware-raid.test.ts): no target_raid_config → {}; apply without a config → parameter error
-    await expect(registry.dispatchToManagers('create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
-    await expect(registry.dispatchToManagers('apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
-    await expect(registry.dispatchToManagers('execute_bootc_install', {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
+    await expect(registry.dispatchStep('clean', 'create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
+    await expect(registry.dispatchStep('deploy', 'apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
+    await expect(registry.dispatchStep('service', 'execute_bootc_install', {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     // burn-in and clean_uefi_nvram exist now (test/hardware-burnin.test.ts): bad settings fail before anything runs
-    await expect(registry.dispatchToManagers('burnin_cpu', {driver_info: {agent_burnin_cpu_timeout: 0}}, [], {})).rejects.toThrow(/agent_burnin_cpu_timeout must be a positive duration/)
-    await expect(registry.dispatchToManagers('clean_uefi_nvram', {}, [], {match_patterns: 'x'})).rejects.toThrow(/match_patterns must be a list of strings/)
+    await expect(registry.dispatchStep('clean', 'burnin_cpu', {driver_info: {agent_burnin_cpu_timeout: 0}}, [], {})).rejects.toThrow(/agent_burnin_cpu_timeout must be a positive duration/)
+    await expect(registry.dispatchStep('clean', 'clean_uefi_nvram', {}, [], {match_patterns: 'x'})).rejects.toThrow(/match_patterns must be a list of strings/)
+    // burnin_disk destroys data: not a service step (IPA)
+    await expect(registry.dispatchStep('service', 'burnin_disk', {}, [], {})).rejects.toThrow(/burnin_disk/)
     // inject_files exists now (test/image-inject.test.ts): bad files are a parameter error, none is a no-op
-    await expect(registry.dispatchToManagers('inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
-    await expect(registry.dispatchToManagers('inject_files', {}, [], {})).resolves.toBeNull()
+    await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
+    await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {})).resolves.toBeNull()
     // write_image exists now (test/image-deploy.test.ts): without image_info it is a parameter error
-    await expect(registry.dispatchToManagers('write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
+    await expect(registry.dispatchStep('deploy', 'write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
     // internal helpers are not reachable as steps
-    await expect(registry.dispatchToManagers('_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
+    await expect(registry.dispatchStep('clean', '_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
   })
 
   it('through the registry, a higher-ranked manager that implements one inventory piece wins', async () => {

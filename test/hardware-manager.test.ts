@@ -65,15 +65,58 @@ class AlsoMainlineB extends HardwareManager {
 
 describe('hardware manager dispatch (IPA semantics)', () => {
   it('orders by support, drops unsupported, first implementer wins, incompatibility falls through', async () => {
+    class Base extends HardwareManager {
+      evaluate_hardware_support() {
+        return HardwareSupport.GENERIC
+      }
+      override get_clean_steps() {
+        return [step('who', 0), step('only_base', 0)]
+      }
+      who() {
+        return 'base'
+      }
+      only_base() {
+        return 'b'
+      }
+      get_memory() {
+        return 'base memory'
+      }
+      full_sync() {
+        return 'base synced'
+      }
+    }
+    class Top extends HardwareManager {
+      evaluate_hardware_support() {
+        return HardwareSupport.MAINLINE
+      }
+      // Top advertises nothing itself: as in IPA, a step advertised by any manager goes to the
+      // highest-ranked manager that has the method.
+      who() {
+        return 'top'
+      }
+      only_base(): string {
+        throw new IncompatibleHardwareMethodError('not on this box')
+      }
+      get_memory(): string {
+        throw new IncompatibleHardwareMethodError('no memory here')
+      }
+      full_sync() {
+        return 'top synced'
+      }
+    }
     const r = new ManagerRegistry()
-    await r.load([new Generic(), new Unsupported(), new Vendor()], ctx)
-    expect(r.managers.map((m) => m.constructor.name)).toEqual(['Vendor', 'Generic'])
-    expect(await r.dispatchToManagers('who')).toBe('vendor')
-    expect(await r.dispatchToManagers('only_generic')).toBe('g')
-    await expect(r.dispatchToManagers('nope')).rejects.toThrow(HardwareManagerMethodNotFound)
-    await expect(r.dispatchToManagers('nope')).rejects.toThrow('No HardwareManager found to handle method: Could not find method: nope')
-    expect(await r.dispatchToAllManagers('who')).toEqual({Vendor: 'vendor', Generic: 'generic'})
-    expect(await r.dispatchToAllManagers('only_generic')).toEqual({Generic: 'g'})
+    await r.load([new Base(), new Unsupported(), new Top()], ctx)
+    expect(r.managers.map((m) => m.constructor.name)).toEqual(['Top', 'Base'])
+    expect(await r.dispatchStep('clean', 'who', {}, [], {})).toBe('top')
+    expect(await r.dispatchStep('clean', 'only_base', {}, [], {})).toBe('b')
+    // advertised for clean only: not a deploy step
+    await expect(r.dispatchStep('deploy', 'who', {}, [], {})).rejects.toThrow('No HardwareManager found to handle method: Could not find method: who')
+    await expect(r.dispatchStep('clean', 'nope', {}, [], {})).rejects.toThrow(HardwareManagerMethodNotFound)
+    // infrastructure dispatch: the allow-listed names only
+    expect(await r.dispatchToManagers('get_memory')).toBe('base memory')
+    await expect(r.dispatchToManagers('who')).rejects.toThrow('No HardwareManager found to handle method: Could not find method: who')
+    expect(await r.dispatchToAllManagers('full_sync')).toEqual({Top: 'top synced', Base: 'base synced'})
+    await expect(r.dispatchToAllManagers('who')).rejects.toThrow(HardwareManagerMethodNotFound)
   })
 
   it('refuses to start with no supporting manager', async () => {

@@ -32,7 +32,7 @@ async function step(files: unknown, node: Record<string, unknown> = {uuid: 'node
   // extension caches the node before dispatching (as execute_deploy_step does).
   const n = {...node, instance_info: {root_device: {name: L.device}}}
   manager.cachedNode = n as never
-  return registry.dispatchToManagers('inject_files', n, [], {files})
+  return registry.dispatchStep('deploy', 'inject_files', n, [], {files})
 }
 
 async function inImage(part: number, fn: (d: string) => Promise<void>): Promise<void> {

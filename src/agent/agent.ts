@@ -23,6 +23,7 @@ import {ManagerRegistry} from './hardware/manager.js'
 import type {HardwareManager} from './hardware/manager.js'
 import type {NetworkInterface, NodeInfo} from './hardware/types.js'
 import {log as rootLog, setLogLevel, type Logger} from './log.js'
+import {addSecret} from './redact.js'
 import type {AgentRuntime} from './runtime.js'
 import {systemActions} from './system.js'
 import {generateSelfSignedCert} from './tls.js'
@@ -47,6 +48,9 @@ const TOKEN_MIN_LENGTH = 32
 const MASKED = '******'
 
 export async function startAgent(config: AgentConfig, opts: AgentOptions): Promise<RunningAgent> {
+  // The token is masked wherever it would show (log, bundle, results); no request can change the config.
+  addSecret(config.agentToken)
+  deepFreeze(config)
   if (config.debug) setLogLevel('debug')
   const log = opts.log ?? rootLog
   const startedAt = Date.now() / 1000
@@ -62,6 +66,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   const stopped = new Promise<void>((r) => (stopResolve = r))
   let stopping = false
   let token: string | undefined = config.agentToken
+  // Whatever token the agent holds is masked from the moment it is used: the config's (above), a
+  // generated one, and one from lookup or continue_inspection before the heartbeat that carries it
+  // (Ironic sends no command before that heartbeat).
+  const currentToken = (): string | undefined => {
+    addSecret(token)
+    return token
+  }
   const state = {node: undefined as NodeInfo | undefined, uuid: undefined as string | undefined, heartbeatTimeout: 300}
   let api: AgentApi | undefined
   let heartbeater: Heartbeater | undefined
@@ -103,7 +114,16 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   if (config.standalone && !token) {
     const {randomBytes} = await import('node:crypto')
     token = randomBytes(32).toString('base64url')
-    log.warn('standalone mode: generated an agent token; POST /v1/commands/ needs ?agent_token=', {agent_token: token})
+    addSecret(token)
+    // Never logged: written where only root can read it.
+    const file = join(config.autoTlsDir, 'agent-token')
+    try {
+      await mkdir(config.autoTlsDir, {recursive: true, mode: 0o700})
+      await writeFile(file, token + '\n', {mode: 0o600})
+      log.warn('standalone mode: generated an agent token; POST /v1/commands/ needs ?agent_token=', {token_file: file})
+    } catch (err) {
+      log.error('standalone mode: generated an agent token but could not save it; give one with ipa-agent-token', {token_file: file, err})
+    }
   }
 
   let macs: string[] = []
@@ -184,7 +204,15 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     log.info('auto-TLS enabled: the API is served over https with a self-signed certificate', {address: advertiseHost})
   }
 
-  api = new AgentApi({processor: processor as CommandProcessor<unknown>, log, version: opts.version, startedAt, token: () => token, tls})
+  api = new AgentApi({
+    processor: processor as CommandProcessor<unknown>,
+    log,
+    version: opts.version,
+    startedAt,
+    token: () => token,
+    tls,
+    limits: {maxBodyBytes: config.apiMaxBodySize * 1024 * 1024, clientTimeoutMs: config.apiClientTimeout * 1000},
+  })
   const port = await api.listen(config.listenHost, config.listenPort)
   log.info('agent API listening', {host: config.listenHost, port, tls: Boolean(tls)})
 
@@ -193,7 +221,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     const callbackUrl = `${protocol}://${host}:${config.advertisePort ?? port}`
     heartbeater = new Heartbeater(log, () => state.heartbeatTimeout, async () => {
       if (!state.uuid) throw new HeartbeatError('no node')
-      await ironic.heartbeat(state.uuid, {callbackUrl, token, agentVersion: opts.version, verifyCa})
+      await ironic.heartbeat(state.uuid, {callbackUrl, token: currentToken(), agentVersion: opts.version, verifyCa})
     }, async () => {
       // Ironic wiped our token (power action): look up again for a fresh one, without a deadline.
       log.warn('Ironic refused our agent token (it wipes it on power actions): looking up again')
@@ -216,6 +244,12 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     stopped,
     stop: () => runtime.stopServing(),
   }
+}
+
+function deepFreeze(o: unknown): void {
+  if (o === null || typeof o !== 'object' || Object.isFrozen(o) || ArrayBuffer.isView(o)) return
+  Object.freeze(o)
+  for (const v of Object.values(o)) deepFreeze(v)
 }
 
 async function lockdown(rt: AgentRuntime): Promise<void> {

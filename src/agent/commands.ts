@@ -2,6 +2,12 @@
  * Command execution with IPA's rules: one command in flight at a time (409 "Agent is busy"
  * while the last one still runs), sync commands run under a lock on the request, async commands
  * return RUNNING at once and finish in the background, every result is kept for the agent's life.
+ *
+ * A result is turned into plain JSON data once, when the command ends, and redacted (redact.ts):
+ * a result JSON cannot carry (a cycle, a BigInt, a function, a getter that throws, more than
+ * MAX_RESULT_CHARS) makes the command FAILED with a CommandExecutionError saying why, so the
+ * command list — which Ironic polls — always serialises. Secrets a request carries are
+ * remembered (redact.addSecretsFrom) before it runs, so they are masked wherever they show.
  */
 import {randomUUID} from 'node:crypto'
 import {
@@ -15,6 +21,7 @@ import {
   asRESTError,
 } from './errors.js'
 import type {Logger} from './log.js'
+import {addSecretsFrom, redactJson} from './redact.js'
 
 export type CommandStatus = 'RUNNING' | 'SUCCEEDED' | 'FAILED' | 'CLEAN_VERSION_MISMATCH'
 
@@ -43,11 +50,58 @@ export class ParameterMismatch extends CommandExecutionError {
   }
 }
 
+/** Largest command result kept, in characters of its JSON text (the log bundle is a few MB). */
+export const MAX_RESULT_CHARS = 32 * 1024 * 1024
+
+/** A value that JSON cannot carry faithfully, as an error naming what is wrong. */
+class NotSerialisable extends Error {}
+/** Thrown from inside JSON.stringify's replacer: what is wrong with one value. */
+class Unfit extends Error {}
+
+/**
+ * `value` as plain JSON data (what JSON.parse returns), redacted; throws NotSerialisable for a
+ * cycle, a BigInt, a function or symbol, a getter or toJSON that throws, or a result too big.
+ */
+export function plainJson(value: unknown, what = 'result'): unknown {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value, (_key, v: unknown) => {
+      if (typeof v === 'bigint') throw new Unfit('it contains a BigInt')
+      if (typeof v === 'function') throw new Unfit('it contains a function')
+      if (typeof v === 'symbol') throw new Unfit('it contains a symbol')
+      return v
+    })
+  } catch (err) {
+    const why = err instanceof Unfit ? err.message : err instanceof RangeError ? 'it is too big' : /circular/i.test(String((err as Error)?.message)) ? 'it contains a cycle' : `serialising it threw: ${errText(err)}`
+    throw new NotSerialisable(`The command ${what} cannot be serialised to JSON: ${why}`)
+  }
+  if (text === undefined) return null
+  if (text.length > MAX_RESULT_CHARS) {
+    throw new NotSerialisable(`The command ${what} cannot be serialised to JSON: it is too big (${text.length} characters, at most ${MAX_RESULT_CHARS})`)
+  }
+  return redactJson(JSON.parse(text))
+}
+
+function errText(err: unknown): string {
+  try {
+    return err instanceof Error ? err.message : String(err)
+  } catch {
+    return 'an unprintable value'
+  }
+}
+
+function notSerialisableError(err: unknown, what: string): CommandExecutionError {
+  return new CommandExecutionError(err instanceof NotSerialisable ? err.message : `The command ${what} cannot be serialised to JSON: ${errText(err)}`)
+}
+
 export class CommandResult {
   readonly id = randomUUID()
   status: CommandStatus = 'RUNNING'
   error: RESTError | null = null
+  /** Plain, redacted JSON data (set when the command ends). */
   result: unknown = null
+  /** The error as plain, redacted JSON data (set when the command fails). */
+  private errorJson: Record<string, unknown> | null = null
   readonly done: Promise<void>
   private resolveDone!: () => void
 
@@ -61,14 +115,35 @@ export class CommandResult {
 
   succeed(result: unknown, async: boolean): void {
     // IPA wraps a plain string result; async results get the command name prefixed.
-    this.result = typeof result === 'string' ? {result: async ? `${this.commandName}: ${result}` : result} : (result ?? null)
+    const wrapped = typeof result === 'string' ? {result: async ? `${this.commandName}: ${result}` : result} : (result ?? null)
+    let plain: unknown
+    try {
+      plain = plainJson(wrapped)
+    } catch (err) {
+      this.fail(notSerialisableError(err, 'result'))
+      return
+    }
+    this.result = plain
     this.status = 'SUCCEEDED'
     this.resolveDone()
   }
 
   fail(err: unknown): void {
-    const rest = asRESTError(err)
+    let rest: RESTError
+    try {
+      rest = asRESTError(err)
+    } catch {
+      rest = new CommandExecutionError('the command failed with an error that cannot be read')
+    }
+    let json: Record<string, unknown>
+    try {
+      json = plainJson(rest.toJSON(), 'error') as Record<string, unknown>
+    } catch (e) {
+      rest = notSerialisableError(e, 'error')
+      json = plainJson(rest.toJSON(), 'error') as Record<string, unknown>
+    }
     this.error = rest
+    this.errorJson = json
     this.status = rest instanceof VersionMismatch ? 'CLEAN_VERSION_MISMATCH' : 'FAILED'
     this.result = null
     this.resolveDone()
@@ -79,7 +154,7 @@ export class CommandResult {
       id: this.id,
       command_name: this.commandName,
       command_status: this.status,
-      command_error: this.error ? this.error.toJSON() : null,
+      command_error: this.errorJson,
       command_result: this.result,
     }
   }
@@ -117,6 +192,7 @@ export class CommandProcessor<Ctx> {
 
   /** Run `name` ("<extension>.<command>") with `params`; resolves when a sync command is done or an async one started. */
   async execute(name: string, params: Record<string, unknown>): Promise<CommandResult> {
+    addSecretsFrom(params)
     const release = await this.acquire()
     try {
       return await this.executeLocked(name, params)
@@ -130,6 +206,7 @@ export class CommandProcessor<Ctx> {
    * in the command list; resolves when it is done.
    */
   async runNested(name: string, params: Record<string, unknown>): Promise<CommandResult> {
+    addSecretsFrom(params)
     const dot = name.indexOf('.')
     const ext = dot > 0 ? this.extensions.get(name.slice(0, dot)) : undefined
     const cmdName = name.slice(dot + 1)
@@ -202,7 +279,8 @@ export class CommandProcessor<Ctx> {
     if (!spec.async) {
       try {
         result.succeed(await spec.run(params, ctx), false)
-        log.info('command succeeded', {id: result.id, ms: Date.now() - started})
+        if (result.status === 'SUCCEEDED') log.info('command succeeded', {id: result.id, ms: Date.now() - started})
+        else log.warn('command failed', {id: result.id, ms: Date.now() - started, err: result.error})
         return result
       } catch (err) {
         this.results.delete(result.id)
@@ -219,7 +297,8 @@ export class CommandProcessor<Ctx> {
     const work = (async () => {
       try {
         result.succeed(await spec.run(params, ctx), true)
-        log.info('command succeeded', {id: result.id, ms: Date.now() - started})
+        if (result.status === 'SUCCEEDED') log.info('command succeeded', {id: result.id, ms: Date.now() - started})
+        else log.warn('command failed', {id: result.id, ms: Date.now() - started, err: result.error})
       } catch (err) {
         result.fail(err)
         log.warn('command failed', {id: result.id, ms: Date.now() - started, err})

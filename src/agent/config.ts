@@ -58,6 +58,8 @@ export const SETTINGS = [
   {option: 'inject_files_priority', param: 'ipa-inject-files-priority', type: 'int', default: 0, help: 'deploy priority of inject_files'},
   {option: 'guard_special_filesystems', param: 'ipa-guard-special-filesystems', type: 'bool', default: true, help: 'refuse to erase devices holding shared/clustered filesystems'},
   {option: 'http_request_timeout', param: 'ipa-http-request-timeout', type: 'float', default: 30, help: 'seconds before an Ironic API call times out'},
+  {option: 'api_max_body_size', param: 'ipa-api-max-body-size', type: 'int', default: 128, help: 'largest command body the agent API accepts, in MiB (Ironic\'s write_image holds an inline config drive up to three times)'},
+  {option: 'api_client_timeout', param: 'ipa-api-client-timeout', type: 'float', default: 10, help: 'seconds a client of the agent API may take to send its request headers, or pause inside a body, before the connection is closed'},
   {option: 'tls_min_version', param: 'ipa-tls-min-version', type: 'string', default: '1.2', help: 'minimum TLS version the agent API accepts'},
   {option: 'tls_cipher_suites', param: 'ipa-tls-cipher-suites', type: 'string', default: undefined, help: 'TLS 1.2 cipher list for the agent API'},
   {option: 'tls_certificate_curve', param: 'ipa-tls-certificate-curve', type: 'string', default: 'p384', help: 'curve of the auto-TLS key (p256, p384, p521)'},
@@ -245,6 +247,8 @@ function validate(cfg: AgentConfig): AgentConfig {
   if (!['1.2', '1.3'].includes(cfg.tlsMinVersion)) throw new ConfigError(`ipa-tls-min-version must be 1.2 or 1.3, got '${cfg.tlsMinVersion}'`)
   if (cfg.listenTls && (!cfg.tlsCertFile || !cfg.tlsKeyFile)) throw new ConfigError('ipa-listen-tls needs both tls_cert_file and tls_key_file')
   if (!['auto', 'real', 'simulate'].includes(cfg.systemActions)) throw new ConfigError(`ipa-system-actions must be auto, real or simulate, got '${cfg.systemActions}'`)
+  if (cfg.apiMaxBodySize < 1) throw new ConfigError(`ipa-api-max-body-size must be at least 1 (MiB), got ${cfg.apiMaxBodySize}`)
+  if (cfg.apiClientTimeout <= 0) throw new ConfigError(`ipa-api-client-timeout must be more than 0 seconds, got ${cfg.apiClientTimeout}`)
   if (cfg.injectFilesPriority > 99) throw new ConfigError(`ipa-inject-files-priority must be 0-99, got ${cfg.injectFilesPriority}`)
   for (const dev of cfg.deviceAllowlist) {
     if (!dev.startsWith('/dev/')) throw new ConfigError(`device allow-list entries must be /dev paths, got '${dev}'`)

@@ -8,6 +8,7 @@ import {errorText, sleep} from './ironic-client.js'
 import type {BlockDevice, Inventory} from './hardware/types.js'
 import type {AgentRuntime} from './runtime.js'
 import {logExtension} from './extensions/log.js'
+import {redactJson} from './redact.js'
 
 const GiB = 1024 ** 3
 
@@ -38,7 +39,7 @@ export async function collectInspectionData(rt: AgentRuntime): Promise<Record<st
         const logs = (await logExtension.commands.collect_system_logs!.run({}, rt)) as {system_logs: string}
         data.logs = logs.system_logs
       } else {
-        const extra = await rt.registry.dispatchToManagers(`collect_${name.replace(/-/g, '_')}`, data)
+        const extra = await rt.registry.dispatchCollector(name, data)
         if (extra && typeof extra === 'object') Object.assign(data, extra)
       }
     } catch (err) {
@@ -47,7 +48,8 @@ export async function collectInspectionData(rt: AgentRuntime): Promise<Record<st
     }
   }
   data.error = errors.length ? errors.join('; ') : null
-  return data
+  // Nothing secret leaves for Ironic: the token and credentials are masked in every string.
+  return redactJson(data)
 }
 
 export async function runInspection(rt: AgentRuntime, client: IronicClient, url: string): Promise<string | undefined> {

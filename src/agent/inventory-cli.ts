@@ -3,6 +3,7 @@ import {resolveConfig} from './config.js'
 import {loadManagers} from './hardware/loader.js'
 import {ManagerRegistry} from './hardware/manager.js'
 import {log, setLogWriter} from './log.js'
+import {redactJson} from './redact.js'
 
 export async function collectInventory(flags: Record<string, unknown>): Promise<unknown> {
   const config = resolveConfig({flags: {...flags, 'disk-wait-attempts': '1', 'disk-wait-delay': '0'}})
@@ -12,5 +13,6 @@ export async function collectInventory(flags: Record<string, unknown>): Promise<
   })
   const registry = new ManagerRegistry()
   await registry.load(await loadManagers(config.hardwareManagersDir, log), {config, log, registry})
-  return registry.dispatchToManagers('list_hardware_info')
+  // As the agent reports it: plain JSON, secrets masked (redact.ts).
+  return redactJson(JSON.parse(JSON.stringify(await registry.dispatchToManagers('list_hardware_info'))))
 }

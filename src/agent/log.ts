@@ -1,7 +1,11 @@
 /**
  * Structured JSON logging for the agent: one JSON object per line on stderr.
  * The most recent lines are also kept in memory so log.collect_system_logs can hand them to Ironic.
+ * Every line is redacted (redact.ts) before it goes anywhere: string fields under secret-looking
+ * keys become "***", and known secrets, `ipa-agent-token=…`, URL credentials … are masked in
+ * every string.
  */
+import {isSecretKey, MASK, redactText} from './redact.js'
 
 export type Level = 'debug' | 'info' | 'warn' | 'error'
 const RANK: Record<Level, number> = {debug: 10, info: 20, warn: 30, error: 40}
@@ -47,15 +51,21 @@ function serialiseError(err: unknown): unknown {
   return err
 }
 
+function redactingReplacer(key: string, value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString()
+  if (typeof value !== 'string') return value
+  return key && isSecretKey(key) && value !== '' ? MASK : redactText(value)
+}
+
 function emit(level: Level, base: Record<string, unknown>, msg: string, fields?: Record<string, unknown>): void {
   if (RANK[level] < RANK[sink.minLevel]) return
   const record: Record<string, unknown> = {time: new Date().toISOString(), level, msg, ...base}
   if (fields) for (const [k, v] of Object.entries(fields)) record[k] = k === 'err' || v instanceof Error ? serialiseError(v) : v
   let line: string
   try {
-    line = JSON.stringify(record)
+    line = JSON.stringify(record, redactingReplacer)
   } catch {
-    line = JSON.stringify({time: record.time, level, msg, note: 'unserialisable log fields'})
+    line = JSON.stringify({time: record.time, level, msg: redactText(msg), note: 'unserialisable log fields'})
   }
   sink.recent.push(line)
   if (sink.recent.length > KEEP_LINES) sink.recent.splice(0, sink.recent.length - KEEP_LINES)

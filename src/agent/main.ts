@@ -6,6 +6,7 @@
 import {parseArgs} from 'node:util'
 import {agentFlagTable, configFromCli, runAgentUntilStopped} from './cli.js'
 import {log} from './log.js'
+import {redactText} from './redact.js'
 
 async function main(): Promise<number> {
   const options: Record<string, {type: 'string' | 'boolean'}> = {cmdline: {type: 'string'}, config: {type: 'string'}, help: {type: 'boolean'}}
@@ -24,7 +25,7 @@ main().then(
   (code) => process.exit(code),
   (err) => {
     log.error('agent failed', {err})
-    process.stderr.write(`rdk agent: ${(err as Error).message}\n`)
+    process.stderr.write(`rdk agent: ${redactText(String((err as Error)?.message ?? err))}\n`)
     process.exit(1)
   },
 )

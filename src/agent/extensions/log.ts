@@ -1,10 +1,16 @@
-/** log.collect_system_logs: a base64 tar.gz of the agent's logs and system state, as IPA returns it. */
+/**
+ * log.collect_system_logs: a base64 tar.gz of the agent's logs and system state, as IPA returns it.
+ * Every member — command output (ps, dmesg …), file copies (/proc/cmdline …), the agent's log and
+ * what hardware managers add — goes through redact.ts: the agent token, `ipa-agent-token=…` and
+ * other secret-looking parameters, and URL credentials are masked.
+ */
 import {readFile} from 'node:fs/promises'
 import {createGzip} from 'node:zlib'
 import tar from 'tar-stream'
 import {run} from '../../common/exec.js'
 import type {Extension} from '../commands.js'
 import {recentLogLines} from '../log.js'
+import {redactBuffer} from '../redact.js'
 import type {AgentRuntime} from '../runtime.js'
 
 /** Commands whose output goes into the bundle (file name → argv). Missing tools are noted, not fatal. */
@@ -57,6 +63,7 @@ async function collect(rt: AgentRuntime): Promise<Record<string, Buffer>> {
     // no manager implements it
   }
   for (const [name, data] of Object.entries(extra)) out[name] = Buffer.isBuffer(data) ? data : Buffer.from(String(data))
+  for (const name of Object.keys(out)) out[name] = redactBuffer(out[name]!)
   return out
 }
 

@@ -2,7 +2,7 @@
  * clean, deploy and service extensions: get_*_steps and execute_*_step, which share one shape.
  */
 import type {Extension} from '../commands.js'
-import {CleaningError, DeploymentError, RESTError, ServicingError, VersionMismatch} from '../errors.js'
+import {CleaningError, DeploymentError, HardwareManagerMethodNotFound, RESTError, ServicingError, VersionMismatch} from '../errors.js'
 import type {StepKind} from '../hardware/manager.js'
 import type {NodeInfo, Port, Step} from '../hardware/types.js'
 import type {AgentRuntime} from '../runtime.js'
@@ -53,16 +53,25 @@ export function stepsExtension(kind: StepKind): Extension<AgentRuntime> {
         extraParams: true,
         async run(p, rt) {
           const {step, node: rawNode, ports, [`${kind}_version`]: version, ...kwargs} = p
-          const node = cacheNode(rt, rawNode)
           checkVersions(rt, version)
           if (!step || typeof step !== 'object' || typeof (step as Step).step !== 'string') {
             throw new Failure(`Malformed ${kind}_step, no "step" key: ${JSON.stringify(step)}`)
           }
           const s = step as Step
+          const portList = (ports ?? []) as Port[]
+          const requestNode = (rawNode && typeof rawNode === 'object' ? rawNode : {}) as NodeInfo
+          // Only a step some manager advertises for this kind runs (asked with this request's node
+          // and ports); anything else fails before the agent caches anything from the request.
+          const runStep = await rt.registry.resolveStep(kind, s.step, requestNode, portList)
+          if (!runStep) {
+            rt.log.warn(`refusing to run ${kind} step ${s.step.slice(0, 200)}: no hardware manager advertises it`)
+            throw new HardwareManagerMethodNotFound(s.step)
+          }
+          const node = cacheNode(rt, rawNode)
           const args = {...kwargs, ...((s.args as Record<string, unknown> | undefined) ?? {})}
           let result: unknown
           try {
-            result = await rt.registry.dispatchToManagers(s.step, node, (ports ?? []) as Port[], args)
+            result = await runStep(node, portList, args)
           } catch (err) {
             if (err instanceof RESTError) throw err
             throw new Failure(`Error performing ${kind} step ${s.step}: ${(err as Error)?.message ?? String(err)}`)
