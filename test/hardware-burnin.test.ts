@@ -13,7 +13,7 @@ import {mkdir, open} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {run} from '../src/common/exec.js'
+import {CommandFailedError, run} from '../src/common/exec.js'
 import {CleaningError, InvalidCommandParamsError, ProtectedDeviceError} from '../src/agent/errors.js'
 import {
   burninCpu,
@@ -21,6 +21,7 @@ import {
   burninMemory,
   fioDiskPlan,
   fioNetworkArgs,
+  isConnectFailure,
   networkPlan,
   parseFioJson,
   parseStressNgMetrics,
@@ -100,6 +101,7 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
     expect(() => networkPlan(node({}))).toThrow(/set driver_info.agent_burnin_fio_network_config/)
     expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'sender', partner: 'x'}}))).toThrow(/unknown role: "sender"/)
     expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer'}}))).toThrow(/failed to find partner/)
+    expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner_name: 'b'}}))).toThrow(/the key is "partner", as in IPA, not "partner_name"/)
     expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner: '--output=/etc/passwd'}}))).toThrow(/must be a host name or an IP address/)
   })
 
@@ -112,6 +114,16 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
       '--ioengine', 'net', '--port', '9000', '--fill_device', '1', '--group_reporting', '--gtod_reduce', '1', '--numjobs', '16',
       '--name', 'reader', '--rw', 'read', '--hostname', 'peer', '--output-format', 'json', '--output', '/tmp/net.reader',
     ])
+  })
+
+  it('burnin_network: a reader whose partner is not listening yet is retried, other failures are not', () => {
+    const fail = (code: number, stdout: string, stderr = '') => new CommandFailedError('fio', code, undefined, stdout, stderr, false)
+    // what fio 3.33 prints with --numjobs 16 --group_reporting --output-format json: nothing on stderr
+    expect(isConnectFailure(fail(16, JSON.stringify({jobs: [{jobname: 'reader', error: 111}]})))).toBe(true)
+    expect(isConnectFailure(fail(2, '', 'fio: pid=1, err=111/file:engines/net.c:800, func=connect, error=Connection refused'))).toBe(true)
+    expect(isConnectFailure(fail(16, JSON.stringify({jobs: [{jobname: 'reader', error: 5}]})))).toBe(false)
+    expect(isConnectFailure(fail(1, JSON.stringify({jobs: [{jobname: 'reader', error: 111}]})))).toBe(false)
+    expect(isConnectFailure(new Error('x'))).toBe(false)
   })
 
   it('parses stress-ng --metrics-brief, fio JSON and smartctl status', () => {
@@ -282,7 +294,8 @@ fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + toke
       await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
       await run('ip', ['-n', ns, 'link', 'set', nic, 'up'])
     }
-    for (const ns of [nsA, nsB]) agents.push(await startAgentProcess({wrap: ['ip', 'netns', 'exec', ns]}))
+    // no disks are visible (the default allow-list names none): do not wait for one
+    for (const ns of [nsA, nsB]) agents.push(await startAgentProcess({wrap: ['ip', 'netns', 'exec', ns], args: ['--disk-wait-attempts', '0']}))
   }, 360_000)
 
   afterAll(async () => {
@@ -299,8 +312,9 @@ fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + toke
     const t0 = Date.now()
     const [a, b] = await Promise.all([inNs(nsA, agents[0]!, 'clean.execute_clean_step', step('writer', '10.231.77.2')), inNs(nsB, agents[1]!, 'clean.execute_clean_step', step('reader', '10.231.77.1'))])
     const seconds = (Date.now() - t0) / 1000
+    const logs = agents.map((x, i) => `--- agent ${i ? 'B' : 'A'} ---\n${x.logs().split('\n').slice(-40).join('\n')}`).join('\n')
     for (const r of [a, b]) {
-      expect(r.command_error, JSON.stringify(r)).toBeNull()
+      expect(r.command_error, `${JSON.stringify(r)}\n${logs}`).toBeNull()
       expect(r.command_status).toBe('SUCCEEDED')
       expect(r.command_result.clean_step.step).toBe('burnin_network')
     }

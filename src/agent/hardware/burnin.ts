@@ -39,7 +39,7 @@ export const FIO_NETWORK_NUMJOBS = 16
 export const NETWORK_PAIRING_DEFAULT_TIMEOUT = 900
 export const NETWORK_BURNIN_ROLES = ['writer', 'reader'] as const
 export const GPU_BURN_DEFAULT_DIR = '/opt/gpu-burn'
-/** How long the network reader waits between attempts to reach its partner (IPA: 30 s). */
+/** How long the network reader waits before each attempt to reach its partner (IPA: 30 s between attempts, none before the first). */
 export const NETWORK_READER_RETRY_SECONDS = 5
 /** How much of a tool's output goes into the log and the result. */
 export const OUTPUT_TAIL_CHARS = 16 * 1024
@@ -271,7 +271,10 @@ export function networkPlan(node: NodeInfo | undefined): NetworkPlan {
   if (typeof role !== 'string' || !(NETWORK_BURNIN_ROLES as readonly string[]).includes(role)) {
     throw new CleaningError(`fio (network) found an unknown role: ${JSON.stringify(role ?? null)} (agent_burnin_fio_network_config.role must be "writer" or "reader")`)
   }
-  if (partner === undefined || partner === null || partner === '') throw new CleaningError('fio (network) failed to find partner: agent_burnin_fio_network_config.partner is not set')
+  if (partner === undefined || partner === null || partner === '') {
+    const hint = 'partner_name' in (config as object) ? ' (the key is "partner", as in IPA, not "partner_name")' : ''
+    throw new CleaningError(`fio (network) failed to find partner: agent_burnin_fio_network_config.partner is not set${hint}`)
+  }
   if (typeof partner !== 'string' || !PARTNER_RE.test(partner)) bad('agent_burnin_fio_network_config.partner', partner, 'a host name or an IP address')
   return {role: role as NetworkPlan['role'], partner, runtime, outputfile, pairingTimeoutSeconds}
 }
@@ -440,9 +443,24 @@ export interface NetworkBurninOptions {
   retrySeconds?: number
 }
 
-/** fio failed only because the partner was not listening (yet): every job failed in connect(). */
+/** errno values of a connect() to a partner that is not listening (yet) or not reachable (yet). */
+const CONNECT_ERRNOS = new Set([111, 110, 113, 101]) // ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH
+
+/**
+ * fio failed only because the partner was not listening (yet): every job failed in connect(). fio
+ * exits with the number of failed jobs (IPA tests for 16); the reason is on stderr ("func=connect")
+ * or, with --output-format json, only in the report's per-job errno.
+ */
 export function isConnectFailure(err: unknown): boolean {
-  return err instanceof CommandFailedError && /func=connect/.test(err.stderr)
+  if (!(err instanceof CommandFailedError)) return false
+  if (/func=connect/.test(err.stderr)) return true
+  if (err.exitCode !== FIO_NETWORK_NUMJOBS) return false
+  try {
+    const jobs = parseFioJson(err.stdout)
+    return jobs.length > 0 && jobs.every((j) => CONNECT_ERRNOS.has(j.error))
+  } catch {
+    return true // no report at all, and every job failed: as IPA, take it for "partner not ready"
+  }
 }
 
 async function fioNetworkDirection(ctx: BurninContext, plan: NetworkPlan, writer: boolean, outputfile: string | undefined, opts: NetworkBurninOptions): Promise<{role: string; jobs: FioJobSummary[]; attempts: number}> {
@@ -452,7 +470,12 @@ async function fioNetworkDirection(ctx: BurninContext, plan: NetworkPlan, writer
   // bounded by the runtime (the writer stops after it, the reader when the writer closes).
   const bound = plan.runtime.seconds + Math.max(120, Math.ceil(plan.runtime.seconds / 10))
   const deadline = Date.now() + plan.pairingTimeoutSeconds * 1000
+  const wait = (opts.retrySeconds ?? NETWORK_READER_RETRY_SECONDS) * 1000
   for (let attempt = 1; ; attempt++) {
+    // fio starts the writer's 16 jobs one after the other, each listening on its own port (9000 +
+    // job number): the reader gives them time before every attempt, or only some of its jobs would
+    // connect (a partial failure, which cannot be retried: those that connected are done).
+    if (!writer) await new Promise((r) => setTimeout(r, wait))
     ctx.log.info('burn-in fio (network) command', {command: ['fio', ...args], role, attempt})
     try {
       const r = await run('fio', args, {timeoutMs: (writer ? plan.pairingTimeoutSeconds + bound : bound) * 1000})
@@ -467,20 +490,20 @@ async function fioNetworkDirection(ctx: BurninContext, plan: NetworkPlan, writer
         ctx.log.error(msg)
         throw new CommandExecutionError(msg)
       }
-      const wait = (opts.retrySeconds ?? NETWORK_READER_RETRY_SECONDS) * 1000
       if (Date.now() + wait > deadline) {
-        throw new CleaningError(`fio (network): the partner ${plan.partner} did not accept a connection on port ${FIO_NETWORK_PORT} within ${plan.pairingTimeoutSeconds} s (agent_burnin_fio_network_pairing_timeout)`)
+        throw new CleaningError(
+          `fio (network): the partner ${plan.partner} did not accept connections on TCP ports ${FIO_NETWORK_PORT}-${FIO_NETWORK_PORT + FIO_NETWORK_NUMJOBS - 1} within ${plan.pairingTimeoutSeconds} s (agent_burnin_fio_network_pairing_timeout)`,
+        )
       }
       ctx.log.info('fio (network): partner not ready, reader retrying', {partner: plan.partner, seconds: wait / 1000})
-      await new Promise((r) => setTimeout(r, wait))
     }
   }
 }
 
 /**
  * burnin_network: fio's net engine between this node and its partner, first in the configured role,
- * then swapped (the writer listens on TCP 9000 on every address, the reader connects). Both nodes
- * must run the step at about the same time.
+ * then swapped (the writer's 16 jobs listen on TCP 9000-9015 on every address, the reader's connect).
+ * Both nodes must run the step at about the same time.
  */
 export async function burninNetwork(ctx: BurninContext, node: NodeInfo | undefined, opts: NetworkBurninOptions = {}): Promise<BurninResult> {
   const plan = networkPlan(node)
