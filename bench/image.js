@@ -88,7 +88,7 @@ function rdkWrite(url, sum, target) {
   const script = `
     import {ImageDownload} from ${JSON.stringify(path.join(ROOT, 'dist/agent/image/download.js'))}
     import {Target} from ${JSON.stringify(path.join(ROOT, 'dist/agent/image/target.js'))}
-    import {writeImage} from ${JSON.stringify(path.join(ROOT, 'dist/agent/image/write.js'))}
+    import {writeImage} from ${JSON.stringify(path.join(ROOT, 'dist/agent/image/stream.js'))}
     const quiet = {debug() {}, info() {}, warn() {}, error() {}, child: () => quiet}
     const info = {id: 'bench', urls: [${JSON.stringify(url)}], os_hash_algo: 'sha256', os_hash_value: ${JSON.stringify(sum)}}
     const settings = {connectionTimeout: 60, retries: 0, retryInterval: 1, maxDuration: 0, log: quiet}

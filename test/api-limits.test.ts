@@ -461,6 +461,8 @@ export default (rdk) => new (class RdkTestBlockingManager extends rdk.HardwareMa
   static HARDWARE_MANAGER_NAME = 'rdk_test_blocking'
   static HARDWARE_MANAGER_VERSION = '1.0'
   evaluate_hardware_support() { return rdk.HardwareSupport.GENERIC }
+  // only advertised steps can run
+  get_clean_steps() { return [{step: 'rdk_test_block', priority: 0, interface: 'deploy', reboot_requested: false, abortable: true}] }
   async rdk_test_block(node, ports, args) {
     const deadline = Date.now() + 30000
     while (!existsSync(args.release)) {

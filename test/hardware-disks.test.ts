@@ -1,15 +1,9 @@
 /** Block device parsing, selection, the allow-list and device hints (pure functions, captured fixtures). */
 import {readFileSync} from 'node:fs'
 import {describe, expect, it} from 'vitest'
-import {
-  guessRootDisk,
-  isAllowed,
-  deviceHintsProblem,
-  matchDeviceHints,
-  parseLsblkJson,
-  parseUdevProperties,
-  selectBlockDevices,
-} from '../src/agent/hardware/disks.js'
+import {isAllowed} from '../src/agent/disk/allowlist.js'
+import {parseLsblkJson, parseUdevProperties} from '../src/agent/disk/probe.js'
+import {guessRootDisk, deviceHintsProblem, matchDeviceHints, selectBlockDevices} from '../src/agent/hardware/disks.js'
 import type {BlockDevice} from '../src/agent/hardware/types.js'
 
 const fixture = (name: string): string => readFileSync(new URL(`./fixtures/hardware/${name}`, import.meta.url), 'utf8')

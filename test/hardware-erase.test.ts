@@ -12,19 +12,9 @@ import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {defaultConfig, type AgentConfig} from '../src/agent/config.js'
 import {BlockDeviceEraseError, ProtectedDeviceError} from '../src/agent/errors.js'
-import {
-  ataSecurityState,
-  ataSupportsEnhancedErase,
-  devicesInUse,
-  findSpecialFilesystem,
-  nvmeFormatMode,
-  parseBlkidExport,
-  parseHdparmSecurity,
-  parseMountinfo,
-  parseNvmeIdCtrl,
-  parseSwaps,
-  shredArgs,
-} from '../src/agent/hardware/erase.js'
+import {devicesInUse, findSpecialFilesystem, parseMountinfo, parseSwaps} from '../src/agent/disk/guard.js'
+import {parseBlkidExport} from '../src/agent/disk/probe.js'
+import {ataSecurityState, ataSupportsEnhancedErase, nvmeFormatMode, parseHdparmSecurity, parseNvmeIdCtrl, shredArgs} from '../src/agent/hardware/erase.js'
 import {GenericHardwareManager} from '../src/agent/hardware/generic.js'
 import type {NodeInfo} from '../src/agent/hardware/types.js'
 import type {Logger} from '../src/agent/log.js'

@@ -24,7 +24,7 @@ import {
   volumeNameOf,
 } from '../src/agent/hardware/raid.js'
 import type {BlockDevice} from '../src/agent/hardware/types.js'
-import {partitionPath} from '../src/agent/image/configdrive.js'
+import {partitionPath} from '../src/agent/disk/partitions.js'
 
 const GIB = 1024 ** 3
 const disk = (name: string, size = 10 * GIB, extra: Partial<BlockDevice> = {}): BlockDevice =>

@@ -6,8 +6,8 @@
  * through '..' or symlinks. Partitions are ext4: this host's kernel cannot mount vfat (no module),
  * vfat mounting runs in the UEFI VM test (the ESP).
  */
-import {existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs'
-import {readFile, symlink} from 'node:fs/promises'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {chmod, readFile, symlink} from 'node:fs/promises'
 import os from 'node:os'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {defaultConfig} from '../src/agent/config.js'
@@ -109,6 +109,33 @@ describe('inject_files on a loop disk', () => {
     await inImage(3, async (d) => expect(await readFile(join(d, 'etc/key'), 'utf8')).toBe('ssh-ed25519 AAAA test\n'))
     expect(formatUrl('http://h/{node[properties][x]}/{ports[0][address]}', {properties: {x: 'a'}}, [{address: 'm'}])).toBe('http://h/a/m')
     await expect(step([{path: '/etc/k2', content: `${srv.url}/keys/none`}])).rejects.toThrow(/Failed to process file .*Received status code 404/)
+  })
+
+  it('a failing content URL (404, or a connection dropped mid-body) leaves no file, no partial file, and an existing file unchanged', async () => {
+    writeFileSync(join(dir, 'big.bin'), Buffer.alloc(4 * 1024 * 1024, 7))
+    srv.files.set('/big.bin', join(dir, 'big.bin'))
+    srv.behaviour.set('/big.bin', {dropAfter: 1024 * 1024, times: Infinity})
+    await inImage(3, async (d) => {
+      writeFileSync(join(d, 'etc/keep.conf'), 'keep')
+      await chmod(join(d, 'etc/keep.conf'), 0o640)
+    })
+    await expect(step([{path: '/etc/absent.conf', content: `${srv.url}/missing`}])).rejects.toThrow(/Failed to process file .*Received status code 404/)
+    await expect(step([{path: '/etc/keep.conf', content: `${srv.url}/big.bin`}])).rejects.toThrow(/Failed to process file/)
+    await expect(step([{path: '/etc/keep.conf', content: `${srv.url}/missing`}])).rejects.toThrow(/Received status code 404/)
+    await expect(step([{path: '/etc/fresh.d/x.conf', content: `${srv.url}/missing`}])).rejects.toThrow(/Received status code 404/)
+    await inImage(3, async (d) => {
+      expect(existsSync(join(d, 'etc/absent.conf'))).toBe(false)
+      expect(existsSync(join(d, 'etc/fresh.d'))).toBe(false) // the leaf directory made for it is gone too
+      expect(await readFile(join(d, 'etc/keep.conf'), 'utf8')).toBe('keep')
+      expect(statSync(join(d, 'etc/keep.conf')).mode & 0o777).toBe(0o640)
+      expect(readdirSync(join(d, 'etc')).filter((f) => f.includes('.rdk-'))).toEqual([]) // no temporary file left
+    })
+    // A successful rewrite replaces the content and keeps the existing file's mode (IPA opens it 'wb').
+    await step([{path: '/etc/keep.conf', content: b64('new')}])
+    await inImage(3, async (d) => {
+      expect(await readFile(join(d, 'etc/keep.conf'), 'utf8')).toBe('new')
+      expect(statSync(join(d, 'etc/keep.conf')).mode & 0o777).toBe(0o640)
+    })
   })
 
   it('symlinks resolve inside the image, never into the ramdisk', async () => {

@@ -5,7 +5,8 @@
  * root device hints or config drive; the agent (the bundle, as a host process) runs the write_image
  * deploy step and fails it; the node must reach `deploy failed` with the specific reason in
  * last_error, the SAME agent process must still answer GET /v1/status and /v1/commands (listing the
- * failed step), and the disk must not hold a partition table (no half-written bootable image).
+ * failed step), and the disk must not hold a partition table (no half-written bootable image) —
+ * or, for an image refused before writing (backing file, virtual size > disk), be unchanged.
  *
  * Between cases the agent process is restarted, because a real node would reboot into a fresh
  * ramdisk: Ironic powers a node off when its deploy fails (the token is wiped then), and the next
@@ -27,7 +28,7 @@ import {run} from '../src/common/exec.js'
 import {startAgentProcess, type AgentProcess} from './helpers/agent-process.js'
 import {join, makeRawImage, MIB, qemuImg, startImageServer, type ImageServer} from './helpers/image.js'
 import {freePort, startIronic, type Ironic} from './helpers/ironic.js'
-import {attachLoop, detachLoop, type LoopDevice} from './helpers/loop.js'
+import {attachLoop, detachLoop, sha256OfDevice, type LoopDevice} from './helpers/loop.js'
 
 const IMG_MIB = 20
 const RETRIES = 2
@@ -83,6 +84,7 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
   let node: any
   let qcow2Sum: string
   let cdGz: string
+  const refusedSums = new Map<string, string>()
 
   const startAgent = async () =>
     startAgentProcess({
@@ -157,6 +159,14 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2])
     qcow2Sum = createHash('sha256').update(readFileSync(qcow2)).digest('hex')
     for (const p of ['/disk.qcow2', '/gone.qcow2', '/truncated.qcow2', '/dropping.qcow2']) srv.files.set(p, qcow2)
+    // Refused before the disk is touched: a backing file (an absolute path on this host, which a
+    // qemu-img run on the image would open) and a virtual size larger than the 96 MiB disk.
+    await qemuImg(['create', '-f', 'qcow2', '-b', raw, '-F', 'raw', join(dir, 'backed.qcow2')])
+    await qemuImg(['create', '-f', 'qcow2', join(dir, 'huge.qcow2'), '200M'])
+    for (const n of ['backed.qcow2', 'huge.qcow2']) {
+      srv.files.set(`/${n}`, join(dir, n))
+      refusedSums.set(n, createHash('sha256').update(readFileSync(join(dir, n))).digest('hex'))
+    }
     await run('mkfs.vfat', ['-C', '-n', 'config-2', join(dir, 'cd.img'), '1024'])
     cdGz = gzipSync(readFileSync(join(dir, 'cd.img'))).toString('base64')
 
@@ -265,6 +275,35 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     expect(await partitionTableOn(disk.device)).toBe('mbr')
     await nextCase()
   }, 300_000)
+
+  for (const [name, why] of [
+    ['backed.qcow2', /Security: Image failed safety check: qcow2 image has a backing file/],
+    ['huge.qcow2', /Writing image to device \/dev\/loop\d+ failed with exit code ENOSPC\. .*the image needs 209715200 bytes but \/dev\/loop\d+ holds only 100663296/],
+  ] as const) {
+    it(`${name === 'backed.qcow2' ? 'a qcow2 with a backing file' : 'a qcow2 whose virtual size exceeds the disk'}: refused before the disk is touched (every byte unchanged)`, async () => {
+      await patchNode([
+        {op: 'replace', path: '/instance_info/image_source', value: `${srv.url}/${name}`},
+        {op: 'replace', path: '/instance_info/image_os_hash_value', value: refusedSums.get(name)},
+      ])
+      await markDisk()
+      const before = await sha256OfDevice(disk.device)
+      try {
+        // (a good config drive: it is decoded first, and must not be what fails)
+        const {failed, agent: a} = await deployAndFail(cdGz)
+        expect(failed.last_error).toMatch(/deploy\.write_image failed/)
+        expect(failed.last_error).toMatch(why)
+        await assertStillServing(a, why)
+        expect(await sha256OfDevice(disk.device)).toBe(before)
+        expect(await partitionTableOn(disk.device)).toBe('mbr')
+      } finally {
+        await patchNode([
+          {op: 'replace', path: '/instance_info/image_source', value: `${srv.url}/disk.qcow2`},
+          {op: 'replace', path: '/instance_info/image_os_hash_value', value: qcow2Sum},
+        ])
+        await nextCase()
+      }
+    }, 300_000)
+  }
 
   it('root device hints that match no disk: DeviceNotFound names the hints; the disk is untouched', async () => {
     await patchNode([{op: 'replace', path: '/properties/root_device', value: {serial: 'rdk-no-such-serial'}}])

@@ -8,12 +8,12 @@ import {createHash} from 'node:crypto'
 import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {ImageChecksumError, ImageDownloadError, InvalidImage} from '../src/agent/errors.js'
+import {ImageChecksumError, ImageDownloadError, InvalidImage, RESTError} from '../src/agent/errors.js'
 import {bypassProxy, ImageDownload, type DownloadSettings, type ImageInfo} from '../src/agent/image/download.js'
 import {detectFormat, validateFormat} from '../src/agent/image/format.js'
 import {parseQcow2Header} from '../src/agent/image/qcow2.js'
 import {Target} from '../src/agent/image/target.js'
-import {writeImage, type WriteResult} from '../src/agent/image/write.js'
+import {writeImage, type WriteResult} from '../src/agent/image/stream.js'
 import {join, makeRawImage, MIB, qemuImg, quiet, sha256File, startImageServer, startProxy, type ImageServer} from './helpers/image.js'
 
 const SIZE_MIB = 20
@@ -179,6 +179,70 @@ describe('writing images into files', () => {
     const {result} = await write('disk.qcow2')
     expect(result.qcow2!.maxPendingBytes).toBeLessThanOrEqual(2 * 65536)
   })
+
+  it('the spool fallback runs qemu-img check before converting: broken refcounts are refused, the target untouched', async () => {
+    // Zero the refcount block (cluster 2 in qemu-img's layout): the data still reads right, but
+    // qemu-img check reports corruptions. Streaming does not read refcounts; the spool path checks.
+    const b = readFileSync(join(dir, 'disk.qcow2'))
+    const cs = 2 ** b.readUInt32BE(20)
+    const block = Number(b.readBigUInt64BE(Number(b.readBigUInt64BE(48))))
+    expect(block).toBe(2 * cs)
+    b.fill(0, block, block + cs)
+    writeFileSync(join(dir, 'bad-refcounts.qcow2'), b)
+    srv.files.set('/bad-refcounts.qcow2', join(dir, 'bad-refcounts.qcow2'))
+    sums.set('bad-refcounts.qcow2', createHash('sha256').update(b).digest('hex'))
+    const file = junkTarget('bad-refcounts')
+    const i = info('bad-refcounts.qcow2')
+    const target = await Target.open(file)
+    try {
+      await expect(
+        writeImage(await ImageDownload.open(i, settings), target, null, {permitted: ['raw', 'qcow2'], pendingLimit: 1, spoolDir: dir, reopen: () => ImageDownload.open(i, settings), log: quiet}),
+      ).rejects.toMatchObject({type: 'InvalidImage', details: expect.stringMatching(/^qcow2 image is corrupt \(qemu-img check\): .*\d+ errors were found on the image\.; first: ERROR cluster 0 refcount=0 reference=1$/)})
+    } finally {
+      await target.close()
+    }
+    expect(readFileSync(file).every((x) => x === 0xaa)).toBe(true)
+    expect(readdirSync(dir).filter((f) => f.startsWith('.rdk-spool'))).toEqual([])
+  })
+
+  it('random bytes in the qcow2 metadata: every outcome is a written image or an IPA error, never a crash or a hang', async () => {
+    // A seeded walk over the header, refcount table/block, L1 and L2 (qemu-img's layout: clusters
+    // 0-4), one to four bytes changed per image. Exceptions other than IPA's errors (a RangeError
+    // from a bad offset, a TypeError) or a hang would fail here.
+    const src = readFileSync(join(dir, 'disk.qcow2'))
+    const cs = 2 ** src.readUInt32BE(20)
+    let seed = 0x2d5a
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) >>> 0
+      return (seed >>> 8) % n
+    }
+    const outcomes = new Map<string, number>()
+    for (let round = 0, rounds = Number(process.env.RDK_FUZZ_ROUNDS ?? 60); round < rounds; round++) {
+      const b = Buffer.from(src)
+      for (let k = 0, n = 1 + rnd(4); k < n; k++) {
+        // bias towards the header's fields and the first table entries
+        const off = rnd(3) === 0 ? rnd(112) : rnd(5) * cs + rnd(256)
+        b[off] = rnd(256)
+      }
+      const name = `fuzz-${round}.qcow2`
+      writeFileSync(join(dir, name), b)
+      srv.files.set(`/${name}`, join(dir, name))
+      sums.set(name, createHash('sha256').update(b).digest('hex'))
+      let outcome: string
+      try {
+        await write(name)
+        outcome = 'written'
+      } catch (err) {
+        if (!(err instanceof RESTError)) throw new Error(`round ${round}: ${(err as Error).name}: ${(err as Error).message}`)
+        outcome = err.constructor.name
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+      rmSync(join(dir, name))
+      rmSync(join(dir, `${name}.target`))
+    }
+    expect(outcomes.get('InvalidImage')).toBeGreaterThan(5)
+    console.log('qcow2 metadata fuzz outcomes', Object.fromEntries(outcomes))
+  }, 600_000)
 
   it('vmdk: refused by default; with vmdk permitted, spooled and converted by qemu-img', async () => {
     await expect(write('disk.vmdk')).rejects.toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')

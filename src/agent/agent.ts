@@ -130,8 +130,16 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   if (ironic || config.inspectionCallbackUrl) macs = await waitForInterfaces(registry, log)
 
   if (config.inspectionCallbackUrl) {
-    const uuid = await runInspection(runtime, ironic ?? new IronicClient({...config, apiUrl: []}, log), config.inspectionCallbackUrl!)
-    if (uuid) state.uuid = uuid
+    const outcome = await runInspection(runtime, ironic ?? new IronicClient({...config, apiUrl: []}, log), config.inspectionCallbackUrl!)
+    if (outcome.uuid) state.uuid = outcome.uuid
+    // Ironic's built-in inspection (API ≥ 1.84) made a token for us before processing the data: it
+    // is ours, and the lookup that follows only gets "******" (keep it, or that lookup would look
+    // like another agent holds the token and lock us down).
+    const given = outcome.lookup?.config.agent_token
+    if (typeof given === 'string' && given !== MASKED && given.length >= TOKEN_MIN_LENGTH) {
+      token = given
+      log.info('agent token received from inspection')
+    }
   }
 
   const lookupOnce = async (deadline: number | undefined, maxDelay = 60): Promise<LookupResult> => {

@@ -1,10 +1,11 @@
 /**
  * Inspection before lookup (IPA's inspector.py): collect data with the configured collectors and
  * POST it to ironic-inspector's /v1/continue or Ironic's /v1/continue_inspection. Returns the node
- * UUID from the answer (passed to lookup), or undefined.
+ * UUID from the answer (passed to lookup) and, from Ironic's endpoint at API 1.84, the lookup-style
+ * answer with the agent token Ironic made for us (our next lookup only gets "******").
  */
-import type {IronicClient} from './ironic-client.js'
-import {errorText, sleep} from './ironic-client.js'
+import type {IronicClient, LookupResult} from './ironic-client.js'
+import {errorText, parseLookupBody, sleep} from './ironic-client.js'
 import type {BlockDevice, Inventory} from './hardware/types.js'
 import type {AgentRuntime} from './runtime.js'
 import {logExtension} from './extensions/log.js'
@@ -52,20 +53,34 @@ export async function collectInspectionData(rt: AgentRuntime): Promise<Record<st
   return redactJson(data)
 }
 
-export async function runInspection(rt: AgentRuntime, client: IronicClient, url: string): Promise<string | undefined> {
+export interface InspectionOutcome {
+  /** The node's UUID from the answer (for lookup's node_uuid). */
+  uuid?: string
+  /** Ironic's /v1/continue_inspection at API ≥ 1.84: node and config (agent_token) as from a lookup. */
+  lookup?: LookupResult
+}
+
+export async function runInspection(rt: AgentRuntime, client: IronicClient, url: string): Promise<InspectionOutcome> {
   const data = await collectInspectionData(rt)
   let delay = 5000
   for (let attempt = 1; attempt <= 5; attempt++) {
     try {
       const res = await client.postInspection(url, data)
       if (res.status >= 200 && res.status < 300) {
-        const uuid = (res.json() as {uuid?: string}).uuid
-        rt.log.info('inspection data posted', {url, node: uuid})
-        return uuid
+        let body: unknown
+        try {
+          body = res.json()
+        } catch {
+          body = undefined
+        }
+        const lookup = parseLookupBody(body)
+        const uuid = lookup?.node.uuid ?? (typeof (body as {uuid?: unknown})?.uuid === 'string' ? (body as {uuid: string}).uuid : undefined)
+        rt.log.info('inspection data posted', {url, node: uuid, lookup_answer: Boolean(lookup)})
+        return {uuid, lookup}
       }
       if (res.status < 500 && res.status !== 409) {
         rt.log.error('inspection rejected; continuing to lookup', {status: res.status, error: errorText(res)})
-        return undefined
+        return {}
       }
       rt.log.warn('inspection endpoint busy or failing; retrying', {status: res.status})
     } catch (err) {
@@ -75,5 +90,5 @@ export async function runInspection(rt: AgentRuntime, client: IronicClient, url:
     delay = Math.min(30_000, delay * 1.5)
   }
   rt.log.error('inspection data could not be posted; continuing to lookup')
-  return undefined
+  return {}
 }

@@ -18,6 +18,8 @@ const AGENT_VERSION_MIN: ApiVersion = [1, 36]
 const AGENT_TOKEN_MIN: ApiVersion = [1, 62]
 export const AGENT_VERIFY_CA_MIN: ApiVersion = [1, 68]
 const FALLBACK_VERSION: ApiVersion = [1, 31]
+/** Ironic's built-in inspection answers lookup-style (node, config with a fresh agent_token) from 1.84. */
+export const CONTINUE_INSPECTION_VERSION: ApiVersion = [1, 84]
 
 export function cmpVersion(a: ApiVersion, b: ApiVersion): number {
   return a[0] - b[0] || a[1] - b[1]
@@ -160,18 +162,15 @@ export class IronicClient {
     }
     if (res.status === 409) return {kind: 'retry', reason: 'node is locked (409)', conflict: true}
     if (res.status !== 200) return {kind: 'retry', reason: `lookup answered ${res.status}: ${errorText(res)}`}
-    let body: Record<string, unknown>
+    let body: unknown
     try {
-      body = res.json() as Record<string, unknown>
+      body = res.json()
     } catch {
       return {kind: 'retry', reason: 'lookup answer is not JSON'}
     }
-    const node = body.node as LookupResult['node'] | undefined
-    if (!node || typeof node.uuid !== 'string') return {kind: 'retry', reason: 'lookup answer has no node.uuid'}
-    // Old API form: heartbeat_timeout at the top level.
-    const config = {...((body.config as Record<string, unknown>) ?? {})}
-    if (config.heartbeat_timeout === undefined && body.heartbeat_timeout !== undefined) config.heartbeat_timeout = body.heartbeat_timeout
-    return {kind: 'ok', result: {node, config}}
+    const result = parseLookupBody(body)
+    if (!result) return {kind: 'retry', reason: 'lookup answer has no node.uuid'}
+    return {kind: 'ok', result}
   }
 
   /** POST /v1/heartbeat/{uuid}; resolves on 202. */
@@ -197,9 +196,16 @@ export class IronicClient {
     throw new HeartbeatError(`Error heartbeating to agent API: status ${res.status}: ${text}`)
   }
 
-  /** POST inspection data to an inspection URL (no version header, as IPA). */
+  /**
+   * POST inspection data to an inspection URL. ironic-inspector's /v1/continue gets no version
+   * header (as IPA). Ironic's own /v1/continue_inspection (built-in inspection, Ironic ≥ 2023.2)
+   * gets API 1.84, where it answers like a lookup (node + config with a fresh agent token) instead
+   * of the inspector-compatible {"uuid"} of API 1.1 that IPA asks for by sending no header; that
+   * endpoint and 1.84 came in the same release, so every Ironic serving it accepts 1.84.
+   */
   async postInspection(url: string, data: unknown): Promise<HttpResponse> {
-    return this.http.request('POST', url, {body: JSON.stringify(data)})
+    const headers: Record<string, string> = isContinueInspectionUrl(url) ? {'X-OpenStack-Ironic-API-Version': fmt(CONTINUE_INSPECTION_VERSION)} : {}
+    return this.http.request('POST', url, {headers, body: JSON.stringify(data)})
   }
 
   /**
@@ -231,6 +237,29 @@ export class IronicClient {
     }
     throw new LookupAgentIPError(`Cannot find a local address to advertise: none of ${this.urls.join(', ')} is reachable`)
   }
+}
+
+/** Ironic's built-in inspection endpoint (…/v1/continue_inspection), not ironic-inspector's /v1/continue. */
+export function isContinueInspectionUrl(url: string): boolean {
+  try {
+    return /\/v1\/continue_inspection\/?$/.test(new URL(url).pathname)
+  } catch {
+    return false
+  }
+}
+
+/**
+ * A lookup answer's shape ({node: {uuid}, config}), or undefined; the old top-level
+ * heartbeat_timeout moves into config.
+ */
+export function parseLookupBody(body: unknown): LookupResult | undefined {
+  if (!body || typeof body !== 'object') return undefined
+  const b = body as Record<string, unknown>
+  const node = b.node as LookupResult['node'] | undefined
+  if (!node || typeof node !== 'object' || typeof node.uuid !== 'string') return undefined
+  const config = {...((b.config as Record<string, unknown>) ?? {})}
+  if (config.heartbeat_timeout === undefined && b.heartbeat_timeout !== undefined) config.heartbeat_timeout = b.heartbeat_timeout
+  return {node, config}
 }
 
 /** Ironic's error body is {"error_message": "<JSON string with faultstring>"}. */

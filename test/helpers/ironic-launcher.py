@@ -5,20 +5,33 @@ which can import the python3-ironic package) as:
 
     /usr/bin/python3 ironic-launcher.py --config-file ironic.conf
 
+(for Ironic 29: trixie's /usr/bin/python3 inside the chroot, see ironic29-chroot.py).
+
 The config must set ``rpc_transport = none``, which is what
 ``ironic.cmd.singleprocess`` (the combined "ironic" executable) expects.
 
-Two test-only changes are made before Ironic starts:
+Test-only changes made before Ironic starts:
 
 1. fake-hardware's management interface only accepts the boot device
    ``pxe`` (ironic/drivers/modules/fake.py, FakeManagement
    .get_supported_boot_devices). A ``direct`` deploy ends with
    prepare_instance_boot() setting the boot device to ``disk``, which then
    fails with "Invalid boot device disk specified." and leaves the node in
-   ``deploy failed``. We patch the method to also return ``disk``. This is
-   the only change to Ironic's behaviour; tests relying on it should say so.
+   ``deploy failed``. We patch the method to also return ``disk`` (21.4 and 29).
+   Tests relying on it should say so.
 
-2. stdin is watched from a real OS thread: the harness keeps a pipe open on
+2. Only for Ironic 29 (the harness sets RDK_IRONIC_PATCH_PARENT_NODE=1):
+   Debian trixie's python3-ironic 1:29.0.5-0+deb13u3 calls
+   ``api_utils.authorize_node_link_patch(node, patch, 'parent_node')`` on every
+   node PATCH, and that returns the node itself when the patch has no
+   ``/parent_node`` value, so every PATCH makes the node its own parent. The
+   next power action then locks the node twice and a deploy fails in
+   tear_down_agent with "ChildNodeLocked: Node X child_node X is presently
+   locked". We wrap the function to return None for ``parent_node`` when the
+   patch has no ``/parent_node`` value (what an unchanged link means). Ironic
+   21.4 has no such function: nothing is patched there.
+
+3. stdin is watched from a real OS thread: the harness keeps a pipe open on
    our stdin, so EOF means the Node.js process that started us has gone away
    (e.g. a killed vitest worker). We then stop ourselves (SIGTERM, then a hard
    exit) so no Ironic is left running after the test run.
@@ -44,6 +57,23 @@ def _patch_fake_management():
         return [boot_devices.PXE, boot_devices.DISK]
 
     fake.FakeManagement.get_supported_boot_devices = get_supported_boot_devices
+
+
+def _patch_parent_node_link():
+    # Ironic 29.0.5 (Debian deb13u3) bug, see the module docstring (2.).
+    from ironic.api.controllers.v1 import utils as api_utils
+
+    original = getattr(api_utils, 'authorize_node_link_patch', None)
+    if original is None:
+        return
+
+    def authorize_node_link_patch(orig_node, patch, field_name):
+        if (field_name == 'parent_node'
+                and not api_utils.get_patch_values(patch, '/parent_node')):
+            return None
+        return original(orig_node, patch, field_name)
+
+    api_utils.authorize_node_link_patch = authorize_node_link_patch
 
 
 def _watch_parent_via_stdin():
@@ -75,6 +105,8 @@ def _watch_parent_via_stdin():
 
 def main():
     _patch_fake_management()
+    if os.environ.get('RDK_IRONIC_PATCH_PARENT_NODE') == '1':
+        _patch_parent_node_link()
     if os.environ.get('RDK_IRONIC_WATCH_STDIN') == '1':
         _watch_parent_via_stdin()
     singleprocess.main()

@@ -1,4 +1,5 @@
-// Test harness: a REAL Ironic (Debian bookworm python3-ironic, 21.4) on 127.0.0.1.
+// Test harness: a REAL Ironic on 127.0.0.1: Debian bookworm's python3-ironic 21.4 (default), or
+// Debian trixie's 29.0.5 (OpenStack 2025.1, `ironic: '29'`) from the chroot .ci/install-deps builds.
 //
 // API and conductor run in one process (ironic.cmd.singleprocess, rpc_transport = none) started
 // from test/helpers/ironic-launcher.py with the Debian interpreter /usr/bin/python3 (the
@@ -9,10 +10,15 @@
 // raid/rescue, `noop` network. The launcher patches fake management to accept the boot device
 // `disk` (see the launcher's docstring), otherwise a direct deploy fails at its very end.
 //
+// Ironic 29 runs in that chroot through test/helpers/ironic29-chroot.py (a private mount namespace:
+// the test dir bound at the same path, a fresh /proc; `env -i`), so all paths below stay valid. Its
+// config adds built-in inspection (inspect interface `agent`, no ironic-inspector), and the launcher
+// also works around the 29.0.5 parent_node bug (see the launcher's docstring).
+//
 // See /work/shared/README.md ("Running a real Ironic on loopback") and
 // /work/shared/reference/ironic-wire.md for what this Ironic expects on the wire.
 import {spawn, spawnSync, type ChildProcess} from 'node:child_process'
-import {closeSync, existsSync, mkdirSync, openSync, writeFileSync} from 'node:fs'
+import {closeSync, copyFileSync, existsSync, mkdirSync, openSync, writeFileSync} from 'node:fs'
 import {open, stat} from 'node:fs/promises'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -23,12 +29,23 @@ export {freePort} from './http.js'
 
 export const IRONIC_PYTHON = '/usr/bin/python3'
 export const IRONIC_LAUNCHER = fileURLToPath(new URL('./ironic-launcher.py', import.meta.url))
+export const IRONIC29_CHROOT_HELPER = fileURLToPath(new URL('./ironic29-chroot.py', import.meta.url))
+/** Where .ci/install-deps builds the trixie chroot with Ironic 29 (RDK_IRONIC29_ROOT moves it). */
+export const IRONIC29_ROOT = process.env.RDK_IRONIC29_ROOT || '/var/cache/rdk-ci/ironic29-trixie'
 const INSTALL_HINT =
   'Ironic is not available: /usr/bin/python3 cannot import the "ironic" package. ' +
   'Install it with `apt-get install python3-ironic` (Debian bookworm, Ironic 21.4).'
+const INSTALL_HINT_29 =
+  `Ironic 29 is not available: no complete Debian trixie chroot at ${IRONIC29_ROOT} ` +
+  '(build it with .ci/install-deps, which needs the Debian package mmdebstrap; RDK_IRONIC29_ROOT moves it).'
+
+/** Which real Ironic: bookworm's 21.4 on the host, or trixie's 29.0.x in a chroot. */
+export type IronicRelease = '21.4' | '29'
 
 export interface IronicOptions {
   dir: string // a fresh temp dir owned by the test
+  /** Which Ironic. Default '21.4'. '29' also enables built-in inspection (see builtinInspection). */
+  ironic?: IronicRelease
   heartbeatTimeout?: number // [api] ramdisk_heartbeat_timeout, default 30
   fastTrack?: boolean // [deploy] fast_track, default false
   extraConfig?: Record<string, Record<string, string>> // section -> key -> value, merged last
@@ -59,6 +76,10 @@ export interface ApiOptions {
 }
 
 export interface Ironic {
+  /** Which Ironic runs. */
+  release: IronicRelease
+  /** ms from spawning the process to GET / answering (dbsync not included). */
+  startMs: number
   url: string // http://127.0.0.1:<port>
   port: number
   pid: number
@@ -98,8 +119,14 @@ export interface Ironic {
 
 let availableCache: boolean | undefined
 
-/** True if /usr/bin/python3 can import ironic (python3-ironic installed). */
-export function ironicAvailable(): boolean {
+/** True if the chroot .ci/install-deps builds for Ironic 29 is complete (and we can chroot: root). */
+export function ironic29Available(): boolean {
+  return existsSync(path.join(IRONIC29_ROOT, '.rdk-complete')) && process.getuid?.() === 0
+}
+
+/** True if /usr/bin/python3 can import ironic (python3-ironic installed); for '29', ironic29Available(). */
+export function ironicAvailable(release: IronicRelease = '21.4'): boolean {
+  if (release === '29') return ironic29Available()
   if (availableCache === undefined) {
     if (!existsSync(IRONIC_PYTHON)) {
       availableCache = false
@@ -164,6 +191,7 @@ function buildConfig(p: {
   heartbeatTimeout: number
   fastTrack: boolean
   inspector?: IronicOptions['inspector']
+  release: IronicRelease
 }): Config {
   const d = (...parts: string[]) => path.join(p.dir, ...parts)
   const enabled = (kind: string, impl: string): Record<string, string> => ({
@@ -195,7 +223,11 @@ function buildConfig(p: {
       ...enabled('console', 'no-console'),
       ...(p.inspector
         ? {enabled_inspect_interfaces: 'no-inspect,inspector', default_inspect_interface: 'inspector'}
-        : enabled('inspect', 'no-inspect')),
+        : p.release === '29'
+          ? // Built-in inspection (ironic-inspector is retired in 2025.1): the agent posts to
+            // <api>/v1/continue_inspection.
+            {enabled_inspect_interfaces: 'agent,no-inspect,fake', default_inspect_interface: 'agent'}
+          : enabled('inspect', 'no-inspect')),
       ...enabled('storage', 'noop'),
       ...enabled('vendor', 'no-vendor'),
     },
@@ -236,6 +268,7 @@ function buildConfig(p: {
       deploy_kernel: `${p.httpUrl}/deploy_kernel`,
       deploy_ramdisk: `${p.httpUrl}/deploy_ramdisk`,
       file_url_allowed_paths: p.dir,
+      ...(p.release === '29' ? {inspect_wait_timeout: '900'} : {}),
     },
     pxe: {
       images_path: d('images'),
@@ -254,9 +287,21 @@ function buildConfig(p: {
           },
         }
       : {}),
+    ...(p.release === '29'
+      ? {
+          inspector: {
+            // fake boot cannot validate managed inspection: the test boots the ramdisk itself.
+            require_managed_boot: 'false',
+            // The default hooks fill only cpu_arch and ports; these add memory_mb, cpus,
+            // capabilities (cpu flags, boot mode) and local_gb (root device).
+            hooks: '$default_hooks,memory,cpu-capabilities,boot-mode,root-device',
+          },
+          auto_discovery: {enabled: 'false'},
+        }
+      : {}),
     service_catalog: {
       // Required: without them cleaning fails at once with
-      // "Couldn't get the URL of the Ironic API service".
+      // "Couldn't get the URL of the Ironic API service". In 29 also the inspection callback's base.
       auth_type: 'none',
       endpoint_override: `http://127.0.0.1:${p.port}`,
     },
@@ -367,7 +412,34 @@ function describeError(body: unknown): string {
   return typeof body === 'string' ? body : JSON.stringify(body)
 }
 
-async function runDbsync(configFile: string, env: NodeJS.ProcessEnv, logFile: string): Promise<void> {
+/** How to run the Ironic Python with `pyArgs`: on the host (21.4) or in the trixie chroot (29). */
+interface PythonCommand {
+  file: string
+  args: string[]
+  env: NodeJS.ProcessEnv
+}
+type PythonRunner = (pyArgs: string[], extraEnv?: Record<string, string>) => PythonCommand
+
+function hostPython(env: NodeJS.ProcessEnv): PythonRunner {
+  return (pyArgs, extraEnv = {}) => ({file: IRONIC_PYTHON, args: pyArgs, env: {...env, ...extraEnv}})
+}
+
+/**
+ * unshare --mount (private) → ironic29-chroot.py (binds dir at the same path, mounts /proc,
+ * chroots, execs with exactly `env`, as env -i). No fork anywhere: the child's PID is Python's.
+ */
+function chrootPython(dir: string, env: Record<string, string>): PythonRunner {
+  return (pyArgs, extraEnv = {}) => {
+    const envArgs = Object.entries({...env, ...extraEnv}).flatMap(([k, v]) => ['--env', `${k}=${v}`])
+    return {
+      file: 'unshare',
+      args: ['--mount', '--propagation', 'private', '--', IRONIC_PYTHON, IRONIC29_CHROOT_HELPER, IRONIC29_ROOT, dir, ...envArgs, '--', '/usr/bin/python3', ...pyArgs],
+      env: {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'},
+    }
+  }
+}
+
+async function runDbsync(configFile: string, python: PythonRunner, logFile: string): Promise<void> {
   const args = [
     '-c',
     'import sys; from ironic.cmd import dbsync; sys.exit(dbsync.main())',
@@ -377,7 +449,8 @@ async function runDbsync(configFile: string, env: NodeJS.ProcessEnv, logFile: st
   ]
   const r = await new Promise<{code: number | null; signal: string | null; out: string; error?: Error}>((resolve) => {
     const chunks: Buffer[] = []
-    const child = spawn(IRONIC_PYTHON, args, {env, stdio: ['ignore', 'pipe', 'pipe']})
+    const cmd = python(args)
+    const child = spawn(cmd.file, cmd.args, {env: cmd.env, stdio: ['ignore', 'pipe', 'pipe']})
     child.stdout.on('data', (b: Buffer) => chunks.push(b))
     child.stderr.on('data', (b: Buffer) => chunks.push(b))
     const timer = setTimeout(() => child.kill('SIGKILL'), 120_000)
@@ -402,7 +475,8 @@ async function runDbsync(configFile: string, env: NodeJS.ProcessEnv, logFile: st
 // ---- main entry point ----------------------------------------------------------------------------
 
 export async function startIronic(opts: IronicOptions): Promise<Ironic> {
-  if (!ironicAvailable()) throw new Error(INSTALL_HINT)
+  const release: IronicRelease = opts.ironic ?? '21.4'
+  if (!ironicAvailable(release)) throw new Error(release === '29' ? INSTALL_HINT_29 : INSTALL_HINT)
 
   const dir = path.resolve(opts.dir)
   for (const sub of [
@@ -423,7 +497,7 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
   const httpUrl = opts.httpUrl ?? `http://127.0.0.1:${await freePort()}`
   const heartbeatTimeout = opts.heartbeatTimeout ?? 30
   const config = mergeConfig(
-    buildConfig({dir, port, httpUrl, heartbeatTimeout, fastTrack: opts.fastTrack ?? false, inspector: opts.inspector}),
+    buildConfig({dir, port, httpUrl, heartbeatTimeout, fastTrack: opts.fastTrack ?? false, inspector: opts.inspector, release}),
     opts.extraConfig,
   )
   // extraConfig may move the API port; the harness follows it.
@@ -434,15 +508,38 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
   const logDir = config.DEFAULT?.log_dir ?? dir
   const logFile = path.resolve(logDir, config.DEFAULT?.log_file ?? 'ironic.log')
 
-  const env = pythonEnv(process.env, {TMPDIR: path.join(dir, 'tmp'), ...opts.env})
-  await runDbsync(configFile, env, logFile)
+  let python: PythonRunner
+  let launcher = IRONIC_LAUNCHER
+  if (release === '29') {
+    // Only what Ironic needs (env -i): no variable of the test run leaks into the chroot.
+    python = chrootPython(dir, {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      LANG: 'C.UTF-8',
+      HOME: dir,
+      TMPDIR: path.join(dir, 'tmp'),
+      PYTHONUNBUFFERED: '1',
+      PYTHONDONTWRITEBYTECODE: '1',
+      no_proxy: '127.0.0.1,localhost',
+      NO_PROXY: '127.0.0.1,localhost',
+      RDK_IRONIC_PATCH_PARENT_NODE: '1',
+      ...opts.env,
+    })
+    // The chroot sees only dir (bound at the same path): the launcher goes there.
+    launcher = path.join(dir, 'ironic-launcher.py')
+    copyFileSync(IRONIC_LAUNCHER, launcher)
+  } else {
+    python = hostPython(pythonEnv(process.env, {TMPDIR: path.join(dir, 'tmp'), ...opts.env}))
+  }
+  await runDbsync(configFile, python, logFile)
 
   const logFd = openSync(logFile, 'a')
   let child: ChildProcess
+  const spawnedAt = Date.now()
   try {
-    child = spawn(IRONIC_PYTHON, [IRONIC_LAUNCHER, '--config-file', configFile], {
+    const cmd = python([launcher, '--config-file', configFile], {RDK_IRONIC_WATCH_STDIN: '1'})
+    child = spawn(cmd.file, cmd.args, {
       cwd: dir,
-      env: {...env, RDK_IRONIC_WATCH_STDIN: '1'},
+      env: cmd.env,
       // stdin: a pipe we never write to; the launcher exits when it closes (we died).
       stdio: ['pipe', logFd, logFd],
     })
@@ -523,6 +620,7 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
     await sleep(250)
   }
   const maxVersion: string = root.default_version.version
+  const startMs = Date.now() - spawnedAt
 
   const api = async <T = any>(
     method: string,
@@ -549,6 +647,8 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
   const getNode = async (uuid: string) => (await api('GET', `/v1/nodes/${uuid}`)).body
 
   const ironic: Ironic = {
+    release,
+    startMs,
     url,
     port: apiPort,
     pid,

@@ -1,6 +1,7 @@
 /**
- * The in-VM Ironic lab: a REAL Ironic 21.4 (and optionally a REAL ironic-inspector 11.1) on the
- * host's loopback driving our tiny ramdisk booted in qemu (TCG) with virtual disks.
+ * The in-VM Ironic lab: a REAL Ironic 21.4 (and optionally a REAL ironic-inspector 11.1), or a REAL
+ * Ironic 29 with its built-in inspection (`ironic: '29'`, docs/ironic.md), on the host's loopback
+ * driving our tiny ramdisk booted in qemu (TCG) with virtual disks.
  *
  *   const lab = await startLab({dir, inspector: true})          // builds the tiny image (shared cache)
  *   const node = await lab.ironic.createNode({properties: {root_device: {serial: 'rdk-disk0'}}})
@@ -37,7 +38,7 @@ import {startVm, type DiskSpec, type Vm} from '../../src/boot/qemu.js'
 import {buildTiny} from './artefacts.js'
 import {startImageServer, type ImageServer} from './image.js'
 import {startInspector, type Inspector} from './inspector.js'
-import {freePort, mergeConfig, startIronic, type Config, type Ironic} from './ironic.js'
+import {freePort, mergeConfig, startIronic, type Config, type Ironic, type IronicRelease} from './ironic.js'
 import {GUEST_HOST, startGuestProxy, type GuestProxy} from './proxy.js'
 import {sleep} from './http.js'
 
@@ -53,8 +54,11 @@ export interface LabBuild {
 export interface LabOptions {
   /** A fresh directory owned by the test: Ironic, inspector, build output, VM logs go under it. */
   dir: string
-  /** Also run ironic-inspector and make `inspector` the nodes' default inspect interface. */
+  /** Also run ironic-inspector and make `inspector` the nodes' default inspect interface (21.4 only). */
   inspector?: boolean
+  /** Which real Ironic (default '21.4'). '29' inspects with Ironic's built-in inspection: an
+   * 'inspect wait' boot gets ipa-inspection-callback-url=<ironic>/v1/continue_inspection. */
+  ironic?: IronicRelease
   /** Merged last into ironic.conf (section -> key -> value). The lab sets [deploy]
    * erase_devices_priority = 0 and erase_devices_metadata_priority = 10 (metadata-only cleaning). */
   ironicConfig?: Config
@@ -170,6 +174,7 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
     cleanups.length = 0
   }
   try {
+    if (opts.ironic === '29' && opts.inspector) throw new Error('startLab: ironic-inspector is for Ironic 21.4; Ironic 29 inspects by itself')
     const build = opts.build ?? (await buildLabImage(path.join(dir, 'build'), opts.buildKernelArgs, opts.buildElements))
     const proxy = await startGuestProxy()
     cleanups.push(() => proxy.close())
@@ -178,6 +183,7 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
     const inspectorPort = opts.inspector ? await freePort() : undefined
     const ironic = await startIronic({
       dir: path.join(dir, 'ironic'),
+      ironic: opts.ironic,
       heartbeatTimeout: opts.heartbeatTimeout ?? 30,
       // Anything Ironic derives from http_url must be reachable by the guest.
       httpUrl: `http://${GUEST_HOST}:${images.port}`,
@@ -215,6 +221,7 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
         build.kernelCmdline,
         `ipa-api-url=http://${GUEST_HOST}:${ironic.port}`,
         b.inspection && inspector ? `ipa-inspection-callback-url=http://${GUEST_HOST}:${inspector.port}/v1/continue` : '',
+        b.inspection && !inspector && ironic.release === '29' ? `ipa-inspection-callback-url=http://${GUEST_HOST}:${ironic.port}/v1/continue_inspection` : '',
         'ipa-advertise-host=127.0.0.1',
         `ipa-advertise-port=${agentPort}`,
         `BOOTIF=01-${b.mac.toLowerCase().replace(/:/g, '-')}`,

@@ -1,167 +1,30 @@
 /**
- * Block devices as IPA reports them (`hardware.list_all_block_devices`), the device allow-list,
- * and root-device / skip-list hint matching.
+ * Block devices as IPA reports them (`hardware.list_all_block_devices`), with the device allow-list
+ * applied, and root-device / skip-list hint matching.
  *
  * The allow-list is applied here and only here for listing: if `deviceAllowlist` is non-empty the
  * agent sees only those devices and their partitions; everything else is invisible. Destructive
- * code double-checks each target with assertDeviceAllowed() so no caller can bypass it.
- *
- * Parsers are pure functions over tool output; the I/O functions are thin wrappers around them.
+ * code double-checks each target with assertDeviceAllowed() (src/agent/disk/allowlist.ts) so no
+ * caller can bypass it. The probing itself (lsblk, udev, sysfs) is src/agent/disk/.
  */
-import {existsSync, realpathSync} from 'node:fs'
-import {readFile, readdir, realpath} from 'node:fs/promises'
+import {readdir, realpath} from 'node:fs/promises'
 import path from 'node:path'
 import {run, ToolMissingError} from '../../common/exec.js'
-import {BlockDeviceEraseError} from '../errors.js'
+import {isAllowed, resolveAllowlist} from '../disk/allowlist.js'
+import {bool, parseUdevProperties, runLsblk, str, udevProperties, type LsblkRow} from '../disk/probe.js'
+import {udevSettle} from '../disk/settle.js'
+import {readTrimmed, SYS_CLASS_BLOCK} from '../disk/sysfs.js'
 import type {Logger} from '../log.js'
 import type {BlockDevice} from './types.js'
 
-/** Columns asked of lsblk (all accepted by util-linux 2.38, Debian bookworm). */
-export const LSBLK_COLUMNS = ['KNAME', 'PKNAME', 'MODEL', 'SIZE', 'ROTA', 'TYPE', 'UUID', 'PARTUUID', 'SERIAL', 'WWN', 'LOG-SEC', 'PHY-SEC', 'TRAN', 'RO'] as const
+// Moved to src/agent/disk/; re-exported so branches written against this path still merge.
+// TODO(lead): drop after merging the burn-in branch, importing from ../disk/ instead.
+export {assertDeviceAllowed, isAllowed, resolveAllowlist} from '../disk/allowlist.js'
+export {LSBLK_COLUMNS, parseLsblkJson, parseUdevProperties, runLsblk, type LsblkRow} from '../disk/probe.js'
+export {udevSettle} from '../disk/settle.js'
+export {kernelName, parentDiskOf, readTrimmed} from '../disk/sysfs.js'
 
-/** One row of `lsblk --json --list`. */
-export interface LsblkRow {
-  kname: string
-  pkname: string | null
-  /** Every parent the device was listed under (an md array or multipath map has several). */
-  parents: string[]
-  model: string | null
-  size: number
-  rotational: boolean
-  type: string
-  uuid: string | null
-  partuuid: string | null
-  serial: string | null
-  wwn: string | null
-  logicalSectors: number | null
-  physicalSectors: number | null
-  tran: string | null
-  readOnly: boolean
-}
-
-const SYS_CLASS_BLOCK = '/sys/class/block'
 const GIB = 1024 ** 3
-
-function str(v: unknown): string | null {
-  if (v === null || v === undefined) return null
-  const s = String(v).trim()
-  return s === '' ? null : s
-}
-
-function int(v: unknown): number | null {
-  if (v === null || v === undefined || v === '') return null
-  const n = typeof v === 'number' ? v : Number(String(v).trim())
-  return Number.isFinite(n) ? Math.trunc(n) : null
-}
-
-function bool(v: unknown): boolean {
-  if (typeof v === 'boolean') return v
-  if (typeof v === 'number') return v !== 0
-  const s = String(v ?? '').trim().toLowerCase()
-  return s === '1' || s === 'true' || s === 'yes'
-}
-
-/**
- * Parse `lsblk --json` output (list or tree form; lsblk < 2.33 printed every value as a string,
- * newer ones use numbers and booleans). Children are flattened; a device listed under several
- * parents (md array, multipath map) is kept once with all its parents; `pkname` is taken from the
- * tree when the column is missing.
- */
-export function parseLsblkJson(text: string): LsblkRow[] {
-  const data = JSON.parse(text) as {blockdevices?: unknown[]}
-  const out: LsblkRow[] = []
-  const seen = new Map<string, LsblkRow>()
-  const walk = (nodes: unknown[] | undefined, parent: string | null): void => {
-    for (const raw of nodes ?? []) {
-      if (!raw || typeof raw !== 'object') continue
-      const d = raw as Record<string, unknown>
-      const kname = str(d.kname ?? d.name)
-      if (!kname) continue
-      const pk = str(d.pkname) ?? parent
-      const known = seen.get(kname)
-      if (known) {
-        if (pk && !known.parents.includes(pk)) known.parents.push(pk)
-      } else {
-        const row: LsblkRow = {
-          kname,
-          pkname: pk,
-          parents: pk ? [pk] : [],
-          model: str(d.model),
-          size: int(d.size) ?? 0,
-          rotational: bool(d.rota),
-          type: str(d.type) ?? '',
-          uuid: str(d.uuid),
-          partuuid: str(d.partuuid),
-          serial: str(d.serial),
-          wwn: str(d.wwn),
-          logicalSectors: int(d['log-sec']),
-          physicalSectors: int(d['phy-sec']),
-          tran: str(d.tran),
-          readOnly: bool(d.ro),
-        }
-        seen.set(kname, row)
-        out.push(row)
-      }
-      walk(d.children as unknown[] | undefined, kname)
-    }
-  }
-  walk(data.blockdevices, null)
-  return out
-}
-
-/** Parse `udevadm info --query=property` output (KEY=value lines). */
-export function parseUdevProperties(text: string): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const line of text.split('\n')) {
-    const eq = line.indexOf('=')
-    if (eq <= 0) continue
-    out[line.slice(0, eq).trim()] = line.slice(eq + 1).trim()
-  }
-  return out
-}
-
-/** `/dev/x` or a symlink to it → kernel name `x` (unresolvable paths keep their basename). */
-export function kernelName(device: string): string {
-  let p = device
-  try {
-    p = realpathSync(device)
-  } catch {
-    // not present (yet): compare by name
-  }
-  return path.basename(p)
-}
-
-/** Kernel names of the allow-list entries (symlinks such as /dev/disk/by-path/... resolved). */
-export function resolveAllowlist(allowlist: readonly string[]): Set<string> {
-  return new Set(allowlist.map(kernelName))
-}
-
-/** Is a device (or a partition of `parent`) visible under the allow-list? Empty list: everything is. */
-export function isAllowed(kname: string, parent: string | null, allowed: ReadonlySet<string>): boolean {
-  if (allowed.size === 0) return true
-  return allowed.has(kname) || (parent !== null && allowed.has(parent))
-}
-
-/** The whole disk a partition belongs to (from sysfs), or null for a whole disk. */
-export function parentDiskOf(kname: string, sysClassBlock = SYS_CLASS_BLOCK): string | null {
-  const dir = path.join(sysClassBlock, kname)
-  if (!existsSync(path.join(dir, 'partition'))) return null
-  try {
-    return path.basename(path.dirname(realpathSync(dir)))
-  } catch {
-    return null
-  }
-}
-
-/** Throw unless `device` (a disk or partition) is visible under the allow-list. */
-export function assertDeviceAllowed(device: string, allowlist: readonly string[]): void {
-  if (allowlist.length === 0) return
-  const allowed = resolveAllowlist(allowlist)
-  const kname = kernelName(device)
-  if (!isAllowed(kname, parentDiskOf(kname), allowed)) {
-    throw new BlockDeviceEraseError(`Refusing to touch ${device}: it is not in the agent's device allow-list (${allowlist.join(', ')})`)
-  }
-}
 
 export interface SelectOptions {
   /** Kernel names from resolveAllowlist(); empty means no allow-list. */
@@ -231,31 +94,6 @@ export async function byPathMapping(dir = '/dev/disk/by-path'): Promise<Map<stri
   return out
 }
 
-/** A sysfs-style file's trimmed content, or null when absent or empty. */
-export async function readTrimmed(file: string): Promise<string | null> {
-  try {
-    const s = (await readFile(file, 'utf8')).trim()
-    return s === '' ? null : s
-  } catch {
-    return null
-  }
-}
-
-/** Run lsblk once over every block device. */
-export async function runLsblk(): Promise<LsblkRow[]> {
-  const {stdout} = await run('lsblk', ['-bia', '--json', '--list', `-o${LSBLK_COLUMNS.join(',')}`])
-  return parseLsblkJson(stdout)
-}
-
-/** Wait for udev to settle (IPA does so before listing); harmless where udevd is not running. */
-export async function udevSettle(log?: Logger): Promise<void> {
-  try {
-    await run('udevadm', ['settle', '--timeout=30'], {timeoutMs: 35_000})
-  } catch (err) {
-    log?.debug('udevadm settle failed', {err})
-  }
-}
-
 class UdevState {
   missing = false
 }
@@ -263,8 +101,7 @@ class UdevState {
 async function udevOf(dev: string, state: UdevState, log?: Logger): Promise<Record<string, string>> {
   if (state.missing) return {}
   try {
-    const {stdout} = await run('udevadm', ['info', '--query=property', `--name=${dev}`], {timeoutMs: 10_000})
-    return parseUdevProperties(stdout)
+    return await udevProperties(dev)
   } catch (err) {
     if (err instanceof ToolMissingError) {
       state.missing = true

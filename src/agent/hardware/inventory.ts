@@ -12,7 +12,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {run, ToolMissingError, which} from '../../common/exec.js'
 import type {Logger} from '../log.js'
-import {readTrimmed} from './disks.js'
+import {readTrimmed} from '../disk/sysfs.js'
 import type {CPU, Memory, NetworkInterface, SystemVendor} from './types.js'
 
 

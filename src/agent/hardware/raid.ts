@@ -15,9 +15,13 @@ import {CommandExecutionError, SoftwareRAIDError} from '../errors.js'
 import type {Logger} from '../log.js'
 import {runningFromRamdisk} from '../system.js'
 import {addUefiBootEntries, findEfiLoaders, imageGrubInstall, withMount} from '../image/bootloader.js'
-import {partitionPath} from '../image/configdrive.js'
-import {matchDeviceHints, parentDiskOf, runLsblk, selectBlockDevices, resolveAllowlist, udevSettle, type LsblkRow} from './disks.js'
-import {parseBlkidExport, partitionsOf, probeDevice} from './erase.js'
+import {resolveAllowlist} from '../disk/allowlist.js'
+import {partitionNumber, partitionPath, ESP_TYPE_GPT} from '../disk/partitions.js'
+import {findByTag, lsblkColumns, probeDevice, runLsblk, type LsblkRow} from '../disk/probe.js'
+import {rereadPartitionTable, rescanDevice, udevSettle} from '../disk/settle.js'
+import {parentDiskOf, partitionsOf} from '../disk/sysfs.js'
+import {wipeSignatures} from '../disk/wipe.js'
+import {matchDeviceHints, selectBlockDevices} from './disks.js'
 import type {BlockDevice, NodeInfo} from './types.js'
 
 /** Room kept before the first RAID partition in UEFI mode for an ESP on every holder (IPA: 550 MiB, DIB's size). */
@@ -400,12 +404,6 @@ async function loadMdModules(log: Logger): Promise<void> {
   })
 }
 
-/** partprobe one device and wait for udev (IPA's rescan_device). */
-async function rescan(dev: string): Promise<void> {
-  await run('partprobe', [dev], {allowFailure: true, timeoutMs: 60_000})
-  await udevSettle()
-}
-
 /**
  * Is `dev` a software RAID array (IPA's is_md_device)? The kernel's md directory in sysfs says so
  * (partitions on an array have none); else `mdadm --detail` answers. Ironic 21.4 never sends
@@ -502,7 +500,7 @@ export async function createSoftwareRaid(ctx: RaidContext & {node: NodeInfo; dev
     } catch (err) {
       throw new SoftwareRAIDError(`Failed to create partitions on ${p.device}: ${(err as Error).message}`)
     }
-    await rescan(p.device)
+    await rescanDevice(p.device, log)
   }
   for (const a of plan.arrays) {
     log.info('creating md device', {device: a.device, components: a.components, raid_level: a.logicalDisk.raid_level})
@@ -591,8 +589,8 @@ async function deletePass(ctx: RaidContext & {allDevices: () => Promise<BlockDev
       if (!holders.includes(h)) holders.push(h)
     }
     log.info(`Deleting Software RAID device ${dev}`, {components})
-    const w = await run('wipefs', ['-af', dev], {allowFailure: true, timeoutMs: 60_000})
-    if (w.exitCode !== 0) log.warn(`Failed to wipefs ${dev}`, {err: w.stderr.trim()})
+    const w = await wipeSignatures(dev, {force: true})
+    if (w !== null) log.warn(`Failed to wipefs ${dev}`, {err: w})
     const s = await mdadm(['--stop', dev], {allowFailure: true})
     if (s.exitCode !== 0) log.warn(`Failed to stop ${dev}`, {err: s.stderr.trim()})
     for (const c of components) {
@@ -615,9 +613,9 @@ async function deletePass(ctx: RaidContext & {allDevices: () => Promise<BlockDev
   }
   for (const h of holders) {
     log.info(`Removing partitions on holder disk ${h}`)
-    const w = await run('wipefs', ['-af', h], {allowFailure: true, timeoutMs: 60_000})
-    if (w.exitCode !== 0) log.warn(`Failed to remove partitions on ${h}`, {err: w.stderr.trim()})
-    await run('blockdev', ['--rereadpt', h], {allowFailure: true, timeoutMs: 30_000}).catch(() => undefined)
+    const w = await wipeSignatures(h, {force: true})
+    if (w !== null) log.warn(`Failed to remove partitions on ${h}`, {err: w})
+    await rereadPartitionTable(h)
   }
 }
 
@@ -661,7 +659,7 @@ async function probedPartitions(dev: string): Promise<{dev: string; probe: Recor
 
 /** The vfat ESP inside the image written to the md device (GPT type EF00, else the first vfat partition). */
 export function pickImageEsp(parts: readonly {dev: string; probe: Record<string, string>}[]): string | null {
-  const esp = parts.find((p) => (p.probe.PART_ENTRY_TYPE ?? '').toLowerCase() === 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b')
+  const esp = parts.find((p) => (p.probe.PART_ENTRY_TYPE ?? '').toLowerCase() === ESP_TYPE_GPT)
   if (esp) return esp.dev
   return parts.find((p) => p.probe.TYPE === 'vfat' && (p.probe.PART_ENTRY_TYPE ?? '').toLowerCase() === '0xef')?.dev ?? null
 }
@@ -722,9 +720,7 @@ export async function installSoftRaidBootloader(ctx: RaidContext & {installDevic
 
 /** An md RAID-1 of vfat partitions: lsblk TYPE raid1 and FSTYPE vfat (IPA's find_esp_raid). */
 async function findEspRaid(): Promise<string | null> {
-  const {stdout} = await run('lsblk', ['-Pbio', 'NAME,TYPE,FSTYPE'], {timeoutMs: 30_000})
-  for (const line of stdout.split('\n')) {
-    const kv = Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]))
+  for (const kv of await lsblkColumns(['NAME', 'TYPE', 'FSTYPE'])) {
     if (kv.TYPE === 'raid1' && kv.FSTYPE === 'vfat') return `/dev/${kv.NAME}`
   }
   return null
@@ -746,7 +742,7 @@ async function uefiOnHolders(ctx: RaidContext, md: string, holders: string[], pa
     log.info(`Found RAIDed ESP ${espMd}, skip creation`)
     for (const c of (await mdDetail(espMd, log))?.components ?? []) {
       const holder = holderOf(c)
-      espParts.push({holder, part: c, number: Number(/(\d+)$/.exec(c)?.[1] ?? 0)})
+      espParts.push({holder, part: c, number: partitionNumber(c) || 0})
     }
   } else {
     log.info('Creating EFI partitions on software RAID holder disks')
@@ -754,25 +750,24 @@ async function uefiOnHolders(ctx: RaidContext, md: string, holders: string[], pa
       const label = `uefi-holder-${i}`
       const start = await firstFreeSector(holder)
       await run('sgdisk', ['-n', `0:${start}:+${ESP_SIZE_MIB}MiB`, '-t', '0:ef00', '-c', `0:${label}`, holder], {timeoutMs: 60_000})
-      await rescan(holder)
-      const {stdout} = await run('blkid', ['-l', '-t', `PARTLABEL=${label}`, holder], {allowFailure: true, timeoutMs: 30_000})
-      let part = stdout.trim().split('\n').pop()?.split(':', 1)[0]
+      await rescanDevice(holder, log)
+      let part = (await findByTag(`PARTLABEL=${label}`, holder)).pop()
       if (!part) {
         // No udev/blkid cache: the new partition is the highest-numbered one.
         const ps = await partitionsOf(holder)
-        part = ps.sort((a, b) => Number(/(\d+)$/.exec(a)![1]) - Number(/(\d+)$/.exec(b)![1])).pop()
+        part = ps.sort((a, b) => partitionNumber(a) - partitionNumber(b)).pop()
       }
       if (!part) throw new SoftwareRAIDError(`Could not find the EFI partition created on ${holder}`)
-      espParts.push({holder, part, number: Number(/(\d+)$/.exec(part)![1])})
+      espParts.push({holder, part, number: partitionNumber(part)})
     }
     espMd = await nextFreeMd()
     await mdadm(['--create', espMd, '--force', '--run', '--metadata=1.0', '--level', '1', '--name', 'esp', '--raid-devices', String(espParts.length), ...espParts.map((p) => p.part)])
-    await rescan(espMd)
+    await rescanDevice(espMd, log)
   }
   if (imageEsp) {
     log.debug(`Relocating EFI ${imageEsp} to ${espMd}`)
     await run('dd', [`if=${imageEsp}`, `of=${espMd}`, 'bs=4M', 'conv=fsync'], {timeoutMs: 600_000})
-    await run('wipefs', ['-a', imageEsp], {allowFailure: true, timeoutMs: 60_000})
+    await wipeSignatures(imageEsp)
   } else {
     await run('mkfs.vfat', ['-n', 'efi-part', espMd], {timeoutMs: 120_000})
   }
@@ -811,12 +806,11 @@ async function biosOnHolders(
     )
   }
   for (const [i, holder] of holders.entries()) {
-    const {stdout} = await run('blkid', ['-p', '-o', 'export', holder], {allowFailure: true, timeoutMs: 30_000})
-    if (parseBlkidExport(stdout).PTTYPE === 'gpt') {
+    if ((await probeDevice(holder)).PTTYPE === 'gpt') {
       log.debug(`Creating bios boot partition on disk holder ${holder}`)
       const start = await firstFreeSector(holder)
       await run('sgdisk', ['-n', `0:${start}:+2MiB`, '-t', '0:ef02', '-c', `0:bios-boot-part-${i}`, holder], {timeoutMs: 60_000})
-      await rescan(holder)
+      await rescanDevice(holder, log)
     }
   }
   await withMount(

@@ -21,10 +21,10 @@ import {CommandFailedError, run, runBuffer, ToolMissingError} from '../../common
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError} from '../errors.js'
 import type {Logger} from '../log.js'
-import {probeDevice} from '../hardware/erase.js'
-import {partitionPath, partitionTable, rescanDevice, type PartitionEntry} from './configdrive.js'
+import {isEspType, partitionNumber, partitionPath, partitionTable, type PartitionEntry} from '../disk/partitions.js'
+import {probeDevice} from '../disk/probe.js'
+import {rescanDevice} from '../disk/settle.js'
 
-export const ESP_TYPE_GPT = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b'
 export const EFI_FIRMWARE_DIR = '/sys/firmware/efi'
 
 // ------------------------------------------------------------------------------------------------
@@ -159,15 +159,6 @@ export interface EspLocation {
   label: string
 }
 
-function partNumber(node: string): number {
-  return Number(/(\d+)$/.exec(node)?.[1] ?? NaN)
-}
-
-function isEspType(label: string, type: string): boolean {
-  return label === 'gpt' ? type.toLowerCase() === ESP_TYPE_GPT : type.toLowerCase() === 'ef'
-}
-
-
 /**
  * A partition of `disk` by filesystem UUID or partition UUID (IPA's get_partition), case-insensitive.
  * DeviceNotFound when none matches.
@@ -176,7 +167,7 @@ export async function partitionByUuid(disk: string, uuid: string): Promise<{devi
   const table = await partitionTable(disk)
   const want = uuid.toLowerCase()
   for (const p of table?.partitions ?? []) {
-    const n = partNumber(p.node)
+    const n = partitionNumber(p.node)
     const dev = partitionPath(disk, n)
     if (p.uuid?.toLowerCase() === want) return {device: dev, number: n, entry: p}
     const tags = await probeDevice(dev)
@@ -194,7 +185,7 @@ export async function findEsp(disk: string, efiSystemPartUuid?: string | null): 
   if (table) {
     const esp = table.partitions.find((p) => isEspType(table.label, p.type))
     if (esp) {
-      const n = partNumber(esp.node)
+      const n = partitionNumber(esp.node)
       return {device: partitionPath(disk, n), number: n, entry: esp, label: table.label}
     }
   }
@@ -278,7 +269,7 @@ export async function addUefiBootEntries(args: UefiEntryArgs): Promise<{label: s
   const {disk, partition, log} = args
   if (!args.loaders.length) throw new CommandExecutionError(`No EFI boot loader to register for ${disk} partition ${partition}`)
   const table = await partitionTable(disk).catch(() => undefined)
-  const entry = table?.partitions.find((p) => partNumber(p.node) === partition)
+  const entry = table?.partitions.find((p) => partitionNumber(p.node) === partition)
   const partId = table?.label === 'gpt' ? entry?.uuid?.toLowerCase() : table?.id?.toLowerCase().replace(/^0x/, '')
   const created: {label: string; loader: string}[] = []
   let id = 1

@@ -15,74 +15,17 @@ import {randomUUID} from 'node:crypto'
 import {open} from 'node:fs/promises'
 import {gunzipSync} from 'node:zlib'
 import {run} from '../../common/exec.js'
+import {blockDeviceBytes, isEspType, partitionNumber, partitionPath, partitionTable, type PartitionEntry} from '../disk/partitions.js'
+import {probeDevice} from '../disk/probe.js'
+import {rescanDevice} from '../disk/settle.js'
 import {CommandExecutionError, ImageDownloadError} from '../errors.js'
-import {probeDevice} from '../hardware/erase.js'
 import type {Logger} from '../log.js'
 import {getWithRetries, redact, type DownloadSettings, type ImageInfo} from './download.js'
 
 export const MAX_CONFIG_DRIVE_SIZE_MB = 64
 const MIB = 1024 * 1024
 const MAX_MBR_DISK_MB = 2097152
-const ESP_GPT = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b'
 const CONFIGDRIVE_LABEL = 'config-2'
-
-export interface PartitionEntry {
-  node: string
-  start: number
-  size: number
-  type: string
-  uuid?: string
-  name?: string
-}
-
-export interface PartitionTable {
-  label: 'gpt' | 'dos' | string
-  id?: string
-  sectorsize: number
-  partitions: PartitionEntry[]
-}
-
-/** The disk's partition table (sfdisk --json), or undefined when it has none. */
-export async function partitionTable(device: string): Promise<PartitionTable | undefined> {
-  const r = await run('sfdisk', ['--json', device], {allowFailure: true})
-  if (r.exitCode !== 0) {
-    if (/does not contain a recognized partition table/i.test(r.stderr) || r.stdout.trim() === '') return undefined
-    throw new Error(r.stderr.trim() || `sfdisk --json ${device} failed with exit code ${r.exitCode}`)
-  }
-  const t = (JSON.parse(r.stdout) as {partitiontable: PartitionTable}).partitiontable
-  return {...t, sectorsize: t.sectorsize ?? 512, partitions: t.partitions ?? []}
-}
-
-/** Partition number from sfdisk's node name (/dev/sda3 → 3, /dev/nvme0n1p2 → 2). */
-function partNumber(node: string): number {
-  return Number(/(\d+)$/.exec(node)?.[1] ?? NaN)
-}
-
-/** The kernel's name for partition `n` of `device`. */
-export function partitionPath(device: string, n: number): string {
-  return /\d$/.test(device) ? `${device}p${n}` : `${device}${n}`
-}
-
-/** IPA's trigger_device_rescan: sync, settle, partprobe, settle (all best effort). */
-export async function rescanDevice(device: string, log?: Logger): Promise<void> {
-  await run('sync', [], {allowFailure: true}).catch(() => undefined)
-  await run('udevadm', ['settle', '--timeout=30'], {allowFailure: true, timeoutMs: 35_000}).catch(() => undefined)
-  const p = await run('partprobe', [device], {allowFailure: true, timeoutMs: 60_000}).catch((e: unknown) => ({exitCode: -1, stderr: String(e)}))
-  if (p.exitCode !== 0) log?.warn('partprobe failed; the partition table may be broken', {device, stderr: p.stderr.trim()})
-  await run('udevadm', ['settle', '--timeout=30'], {allowFailure: true, timeoutMs: 35_000}).catch(() => undefined)
-}
-
-/** IPA's get_disk_identifier: the MBR disk signature (bytes 440-443) as 0x%08x. */
-export async function diskIdentifier(device: string): Promise<string> {
-  const fh = await open(device, 'r')
-  try {
-    const buf = Buffer.alloc(4)
-    await fh.read(buf, 0, 4, 440)
-    return '0x' + buf.readUInt32LE(0).toString(16).padStart(8, '0')
-  } finally {
-    await fh.close()
-  }
-}
 
 /**
  * standby.get_partition_uuids data for a whole-disk image: the EFI system partition's UUID (its
@@ -94,9 +37,9 @@ export async function partitionUuids(device: string, log?: Logger): Promise<Reco
   if (!table) return out
   const partitions: Record<string, string> = {}
   for (const p of table.partitions) {
-    const n = partNumber(p.node)
+    const n = partitionNumber(p.node)
     const dev = partitionPath(device, n)
-    const isEsp = table.label === 'gpt' ? p.type.toLowerCase() === ESP_GPT : p.type.toLowerCase() === 'ef'
+    const isEsp = isEspType(table.label, p.type)
     const fs = await probeDevice(device, p.start * table.sectorsize)
     if (isEsp && !partitions['efi system partition']) {
       partitions['efi system partition'] = dev
@@ -200,12 +143,12 @@ export async function createConfigDrivePartition(
       if ((fs.LABEL ?? '').toLowerCase() === CONFIGDRIVE_LABEL) labelled.push(p)
     }
     if (labelled.length > 1) {
-      const found = labelled.map((p) => partitionPath(device, partNumber(p.node)))
+      const found = labelled.map((p) => partitionPath(device, partitionNumber(p.node)))
       throw deployFailure(`More than one partition with label "${CONFIGDRIVE_LABEL}" exists on device ${device} for node ${nodeUuid}: ${found.join(' and ')}.`, log)
     }
     let part: PartitionEntry | undefined = labelled[0]
     if (part) {
-      log.debug('config drive partition exists', {partition: partitionPath(device, partNumber(part.node))})
+      log.debug('config drive partition exists', {partition: partitionPath(device, partitionNumber(part.node))})
     } else {
       log.debug('adding a config drive partition', {device, mb})
       const before = new Set(table.partitions.map((p) => p.start))
@@ -219,14 +162,14 @@ export async function createConfigDrivePartition(
           throw deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Partition with UUID ${uuid} has not been found after creation.`, log)
         }
       } else {
-        const primaries = table.partitions.filter((p) => partNumber(p.node) <= 4).length
+        const primaries = table.partitions.filter((p) => partitionNumber(p.node) <= 4).length
         if (primaries > 3) {
           throw deployFailure(`Config drive cannot be created for node ${nodeUuid}. Disk (${device}) uses MBR partitioning and already has ${primaries} primary partitions.`, log)
         }
         // sfdisk --append rather than IPA's `parted mkpart`: parted gives the disk a new MBR
         // signature, which breaks images that boot by it (root=PARTUUID=<signature>-01, Windows).
         const sector = table.sectorsize
-        const sectors = Math.floor(Number((await run('blockdev', ['--getsize64', device])).stdout.trim()) / sector)
+        const sectors = Math.floor((await blockDeviceBytes(device)) / sector)
         let end = sectors
         if ((sectors * sector) / MIB > MAX_MBR_DISK_MB) {
           log.warn('disk is larger than 2TB: creating the config drive at the MBR limit', {device})
@@ -254,7 +197,7 @@ export async function createConfigDrivePartition(
       await fh.close()
     }
     await rescanDevice(device, log)
-    const path = partitionPath(device, partNumber(part.node))
+    const path = partitionPath(device, partitionNumber(part.node))
     log.info('config drive written', {node: nodeUuid, partition: path})
     return path
   } catch (err) {

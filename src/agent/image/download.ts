@@ -17,7 +17,7 @@ import {posix} from 'node:path'
 import {Readable} from 'node:stream'
 import {createHash, type Hash} from 'node:crypto'
 import tls from 'node:tls'
-import {ImageChecksumError, ImageDownloadError, RESTError} from '../errors.js'
+import {ImageChecksumError, ImageDownloadError, InvalidCommandParamsError, RESTError} from '../errors.js'
 import type {Logger} from '../log.js'
 import {GcNudger} from './gc.js'
 
@@ -43,6 +43,36 @@ export interface ImageInfo {
   configdrive?: string | null
   deploy_boot_mode?: string | null
   [key: string]: unknown
+}
+
+/** IPA's _validate_image_info: id, a non-empty urls list, and a checksum it can verify. */
+export function validateImageInfo(imageInfo: unknown): asserts imageInfo is ImageInfo {
+  if (!imageInfo || typeof imageInfo !== 'object' || Array.isArray(imageInfo)) {
+    throw new InvalidCommandParamsError('image_info must be an object')
+  }
+  const info = imageInfo as Record<string, unknown>
+  for (const field of ['id', 'urls']) {
+    if (!(field in info)) throw new InvalidCommandParamsError(`Image is missing '${field}' field.`)
+  }
+  if (!Array.isArray(info.urls) || info.urls.length === 0 || !info.urls.every((u) => typeof u === 'string' && u)) {
+    throw new InvalidCommandParamsError(`Image 'urls' must be a list with at least one element.`)
+  }
+  const {checksum, os_hash_algo: algo, os_hash_value: value} = info
+  let available = false
+  if (checksum !== undefined && checksum !== null) {
+    if (typeof checksum !== 'string' || !checksum) throw new InvalidCommandParamsError(`Image 'checksum' must be a non-empty string.`)
+    available = true
+  }
+  if (algo || value) {
+    if (typeof algo !== 'string' || !algo) throw new InvalidCommandParamsError(`Image 'os_hash_algo' must be a non-empty string.`)
+    if (typeof value !== 'string' || !value) throw new InvalidCommandParamsError(`Image 'os_hash_value' must be a non-empty string.`)
+    available = true
+  }
+  if (!available) {
+    throw new InvalidCommandParamsError(
+      `Image checksum is not available, either the 'checksum' field or the 'os_hash_algo' and 'os_hash_value' fields pair must be set for image verification.`,
+    )
+  }
 }
 
 export interface DownloadSettings {

@@ -12,15 +12,16 @@
  * resolved as the image would see them (absolute targets relative to its root), so a link to
  * /etc cannot redirect a write into the ramdisk.
  */
-import {chmod, chown, lstat, mkdir, open, readlink, unlink} from 'node:fs/promises'
+import {randomBytes} from 'node:crypto'
+import {chmod, chown, lstat, mkdir, open, readlink, rename, rmdir, stat, unlink} from 'node:fs/promises'
 import path from 'node:path'
 import type {AgentConfig} from '../config.js'
 import {CommandExecutionError, DeviceNotFound, InvalidCommandParamsError, RESTError} from '../errors.js'
-import {assertDeviceAllowed} from '../hardware/disks.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
 import type {Logger} from '../log.js'
 import {withMount} from './bootloader.js'
-import {probeDevice} from '../hardware/erase.js'
-import {partitionPath, partitionTable} from './configdrive.js'
+import {partitionNumber, partitionPath, partitionTable} from '../disk/partitions.js'
+import {probeDevice} from '../disk/probe.js'
 import {downloadSettings, getWithRetries} from './download.js'
 
 export interface InjectContext {
@@ -103,7 +104,7 @@ interface Part {
 async function listPartitions(device: string): Promise<Part[]> {
   const table = await partitionTable(device)
   return (table?.partitions ?? []).map((p) => {
-    const n = Number(/(\d+)$/.exec(p.node)?.[1])
+    const n = partitionNumber(p.node)
     return {device: partitionPath(device, n), number: n, type: p.type.toLowerCase()}
   })
 }
@@ -195,28 +196,72 @@ export function formatUrl(url: string, node: Record<string, unknown>, ports: unk
   })
 }
 
-async function writeContent(ctx: InjectContext, file: string, content: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
-  const fh = await open(file, 'w', 0o644)
+/**
+ * The content into `tmp` (a new file next to the destination), synced. The caller renames it
+ * into place, so a failing URL or bad base64 never leaves an empty or partial file behind.
+ */
+async function writeContent(ctx: InjectContext, name: string, tmp: string, content: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
+  // Decode or connect before the file exists.
+  let data: Buffer | undefined
+  let body: AsyncIterable<unknown> | undefined
+  if (content.includes('://')) {
+    const url = formatUrl(content, node, ports)
+    const settings = {...downloadSettings(ctx.config, ctx.log), ...(verifyCa === false ? {insecure: true} : {})}
+    body = await getWithRetries(url, name, {info: {}, settings})
+  } else {
+    const text = content.replace(/\s+/g, '')
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 !== 0) throw new Error('content is not valid base64')
+    data = Buffer.from(text, 'base64')
+  }
+  const fh = await open(tmp, 'wx', 0o644)
   try {
-    if (content.includes('://')) {
-      const url = formatUrl(content, node, ports)
-      const settings = {...downloadSettings(ctx.config, ctx.log), ...(verifyCa === false ? {insecure: true} : {})}
-      const res = await getWithRetries(url, path.basename(file), {info: {}, settings})
+    if (data) {
+      await fh.write(data, 0, data.length, 0)
+    } else {
       let pos = 0
-      for await (const chunk of res) {
+      for await (const chunk of body!) {
         await fh.write(chunk as Buffer, 0, (chunk as Buffer).length, pos)
         pos += (chunk as Buffer).length
       }
-    } else {
-      const text = content.replace(/\s+/g, '')
-      if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 !== 0) throw new Error('content is not valid base64')
-      const data = Buffer.from(text, 'base64')
-      await fh.write(data, 0, data.length, 0)
     }
     await fh.sync()
   } finally {
     await fh.close()
   }
+}
+
+/** fsync a directory (the rename into it is then durable). */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * Write `file` only once its content is complete: into a temporary file next to it (same
+ * filesystem), synced, given its mode and owner (the existing file's when none is asked for),
+ * then renamed over it and the directory synced. On failure nothing is left behind and an
+ * existing file is unchanged.
+ */
+async function writeAtomically(ctx: InjectContext, fl: InjectFile, file: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.rdk-${randomBytes(4).toString('hex')}`)
+  try {
+    await writeContent(ctx, path.basename(file), tmp, fl.content!, node, ports, verifyCa)
+    const old = await stat(file).catch(() => undefined)
+    const mode = fl.mode ?? (old ? old.mode & 0o7777 : undefined)
+    if (mode !== undefined) await chmod(tmp, mode)
+    const uid = fl.owner ?? old?.uid
+    const gid = fl.group ?? old?.gid
+    if (uid !== undefined || gid !== undefined) await chown(tmp, uid ?? -1, gid ?? -1)
+    await rename(tmp, file)
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined)
+    throw err
+  }
+  await syncDir(path.dirname(file))
 }
 
 async function injectOne(ctx: InjectContext, fl: InjectFile, dir: string, rel: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
@@ -230,9 +275,13 @@ async function injectOne(ctx: InjectContext, fl: InjectFile, dir: string, rel: s
     }
     const {file, createdDir} = await resolveInRoot(dir, rel, true)
     if (createdDir && fl.dirmode !== undefined) await chmod(createdDir, fl.dirmode)
-    await writeContent(ctx, file, fl.content!, node, ports, verifyCa)
-    if (fl.mode !== undefined) await chmod(file, fl.mode)
-    if (fl.owner !== undefined || fl.group !== undefined) await chown(file, fl.owner ?? -1, fl.group ?? -1)
+    try {
+      await writeAtomically(ctx, fl, file, node, ports, verifyCa)
+    } catch (err) {
+      // The leaf directory made for this file goes too (only if still empty).
+      if (createdDir) await rmdir(createdDir).catch(() => undefined)
+      throw err
+    }
     log.info('inject_files: written', {path: fl.path})
   } catch (err) {
     if (err instanceof InvalidCommandParamsError) throw err

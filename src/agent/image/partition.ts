@@ -15,16 +15,19 @@
  * partition uuid', partitions: {root, swap, ephemeral, configdrive, 'efi system partition',
  * 'BIOS Boot partition'}}.
  */
-import {stat} from 'node:fs/promises'
+import {open} from 'node:fs/promises'
 import {CommandFailedError, run} from '../../common/exec.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
+import {blockDeviceBytes, partitionNumber, partitionPath, partitionTable} from '../disk/partitions.js'
+import {blockUuid} from '../disk/probe.js'
+import {rescanDevice, waitForBlockDevice} from '../disk/settle.js'
+import {destroyDiskMetadata} from '../disk/wipe.js'
 import {CommandExecutionError, ImageWriteError, InvalidCommandParamsError, RESTError} from '../errors.js'
-import {assertDeviceAllowed} from '../hardware/disks.js'
-import {destroyDiskMetadata, probeDevice} from '../hardware/erase.js'
-import type {Logger} from '../log.js'
-import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB, partitionPath, partitionTable, rescanDevice} from './configdrive.js'
-import {downloadSettings, ImageDownload, type ImageInfo} from './download.js'
+import {getConfigDrive, MAX_CONFIG_DRIVE_SIZE_MB} from './configdrive.js'
+import {downloadSettings, ImageDownload, validateImageInfo, type ImageInfo} from './download.js'
+import type {PrepareContext} from './state.js'
+import {afterTouch, writeImage} from './stream.js'
 import {Target} from './target.js'
-import {validateImageInfo, writeImage, type PrepareContext} from './write.js'
 
 const MIB = 1024 * 1024
 /** IPA's [disk_utils] efi_system_partition_size default. */
@@ -125,26 +128,6 @@ export function partedArgs(device: string, label: 'msdos' | 'gpt', parts: Planne
   return args
 }
 
-async function waitForBlockDevice(dev: string, attempts = 10): Promise<void> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      if ((await stat(dev)).isBlockDevice()) return
-    } catch {
-      // not there yet
-    }
-    await run('udevadm', ['settle', '--timeout=10'], {allowFailure: true}).catch(() => undefined)
-    await new Promise((r) => setTimeout(r, 300 * (i + 1)))
-  }
-  throw new CommandExecutionError(`Unable to stat device ${dev} after attempting to verify ${attempts} times.`)
-}
-
-
-/** IPA's block_uuid: the filesystem UUID, else the partition UUID. */
-export async function blockUuid(dev: string): Promise<string> {
-  const t = await probeDevice(dev)
-  return t.UUID || (t.PART_ENTRY_UUID ?? '').toLowerCase()
-}
-
 async function mkfs(fs: string, dev: string, label: string): Promise<void> {
   if (fs === 'swap') await run('mkswap', ['-L', label, dev])
   else if (fs === 'vfat' || fs === 'fat') await run('mkfs.vfat', ['-n', label, dev])
@@ -164,7 +147,7 @@ async function checkExistingLayout(device: string, label: string, parts: Planned
   if (table.label !== want) mismatch(`it is ${table.label}, not ${want}`)
   const sectors = MIB / table.sectorsize
   for (const p of parts) {
-    const e = table.partitions.find((x) => Number(/(\d+)$/.exec(x.node)?.[1]) === p.number)
+    const e = table.partitions.find((x) => partitionNumber(x.node) === p.number)
     if (!e || e.start !== p.startMb * sectors || Math.abs(e.size - p.sizeMb * sectors) > sectors) mismatch(`partition ${p.number} (${p.role}) differs`)
   }
 }
@@ -197,7 +180,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     throw new CommandExecutionError(`Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${configdriveMb} MiB for node ${nodeUuid}.`)
   }
   const parts = planPartitions(layout, configdriveMb)
-  const diskBytes = Number((await run('blockdev', ['--getsize64', device])).stdout.trim())
+  const diskBytes = await blockDeviceBytes(device)
   const last = parts[parts.length - 1]!
   const neededMb = last.startMb + last.sizeMb + (layout.diskLabel === 'gpt' ? GPT_TAIL_MB : 0)
   if (neededMb * MIB > diskBytes) {
@@ -212,11 +195,15 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
   const dl = await ImageDownload.open(info, settings)
   const path = (p: PlannedPartition): string => partitionPath(device, p.number)
   const byRole = new Map(parts.map((p) => [p.role, p]))
+  const esp = byRole.get('efi system partition')
+  const rootPart = byRole.get('root')!
+  const root = path(rootPart)
   let touched = false
-  try {
-    if (layout.preserveEphemeral) {
-      await checkExistingLayout(device, layout.diskLabel, parts)
-    } else {
+  // The disk is partitioned only at the image's first write to the root partition, once the
+  // image has passed every check its first bytes and tables allow (format, qcow2 header/L1/first
+  // L2, virtual size against root_mb): a refused image leaves the disk as it was.
+  const partition = async (): Promise<void> => {
+    if (!layout.preserveEphemeral) {
       touched = true
       await destroyDiskMetadata(device, config.deviceAllowlist, log)
       await run('parted', partedArgs(device, layout.diskLabel, parts), {env: {LC_ALL: 'C'}})
@@ -224,14 +211,13 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     await rescanDevice(device, log)
     for (const p of parts) await waitForBlockDevice(path(p))
     log.info('disk partitioned', {device, partitions: parts.map((p) => `${p.number}:${p.role}:${p.sizeMb}MiB`)})
-
-    const esp = byRole.get('efi system partition')
     if (esp) await mkfs('vfat', path(esp), 'efi-part')
     const cd = byRole.get('configdrive')
     if (cd && iso) await writeAt(path(cd), iso)
-
-    const root = path(byRole.get('root')!)
-    const target = await Target.open(root)
+  }
+  try {
+    if (layout.preserveEphemeral) await checkExistingLayout(device, layout.diskLabel, parts)
+    const target = Target.deferredAt(root, rootPart.sizeMb * MIB, partition)
     try {
       state.lastWrite = await writeImage(dl, target, info.disk_format, {
         permitted: config.permittedImageFormats,
@@ -239,6 +225,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
         reopen: () => ImageDownload.open(info, settings),
         log,
       })
+      await target.open() // (an image that wrote nothing still gets its partitions)
       await target.sync()
     } catch (err) {
       if (err instanceof ImageWriteError && /holds only/.test(err.details)) {
@@ -247,7 +234,7 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
           `Root partition is too small for requested image. Image virtual size: ${m ? Math.ceil(Number(m[1]) / MIB) : '?'} MB, Root size: ${layout.rootMb} MB`,
         )
       }
-      throw err
+      throw touched ? afterTouch(err) : err
     } finally {
       await target.close()
     }
@@ -285,7 +272,6 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
 }
 
 async function writeAt(dev: string, data: Buffer): Promise<void> {
-  const {open} = await import('node:fs/promises')
   const fh = await open(dev, 'r+')
   try {
     await fh.write(data, 0, data.length, 0)

@@ -12,7 +12,13 @@
  * Supported: versions 2 and 3, zlib-compressed clusters (inflateRaw), zero clusters and
  * unallocated clusters (left unwritten: the caller zeroes what is not already zero). Refused:
  * backing files and external data files (security: IPA's format_inspector refuses both),
- * encryption, extended L2 entries, zstd compression, unknown incompatible features.
+ * encryption, extended L2 entries, zstd compression, unknown incompatible features, and
+ * inconsistent metadata: tables or data clusters on the header or on other metadata (a table
+ * pointing at itself), unaligned or past the end of the file, an L1 table too small. The header,
+ * refcount table and L1 table are checked as they arrive, and each L2 table as a whole before any
+ * cluster it maps is written; nothing reaches the target (ensureZero included) before the first
+ * L2 table has passed, so with qemu-img's layout every check of the first 512 MiB (64 KiB
+ * clusters) precedes the first write. docs/deploy.md "Checks before the first byte".
  */
 import {constants as zc, inflateRawSync} from 'node:zlib'
 import {InvalidImage} from '../errors.js'
@@ -21,6 +27,8 @@ import {BufferPool, isZero, TargetFullError, type Target} from './target.js'
 
 const QCOW2_MAGIC = 0x514649fb
 const MAX_L1_BYTES = 32 * 1024 * 1024
+/** qemu's QCOW_MAX_REFTABLE_SIZE. */
+const MAX_REFTABLE_BYTES = 8 * 1024 * 1024
 const TWO32 = 2 ** 32
 /** Data clusters known but not yet streamed past (~50 bytes each). */
 const MAX_MAPPED_AHEAD = 1_000_000
@@ -32,7 +40,10 @@ export interface Qcow2Header {
   virtualSize: number
   l1Size: number
   l1Offset: number
+  refcountTableOffset: number
+  refcountTableClusters: number
   nbSnapshots: number
+  snapshotsOffset: number
   incompatible: number
   headerLength: number
 }
@@ -49,14 +60,34 @@ function refuse(why: string): never {
   throw new InvalidImage(`Security: Image failed safety check: ${why}`)
 }
 
+/** Inconsistent metadata: the image would convert to junk (or worse), so it is refused. */
+export function corrupt(why: string): never {
+  throw new InvalidImage(`qcow2 image is corrupt: ${why}`)
+}
+
 function u64(buf: Buffer, off: number): number {
   const v = buf.readUInt32BE(off) * TWO32 + buf.readUInt32BE(off + 4)
   if (!Number.isSafeInteger(v)) throw new InvalidImage(`qcow2 header field at byte ${off} is out of range`)
   return v
 }
 
-/** Parse and safety-check the header (`buf` = at least the first cluster, or all there is). */
-export function parseQcow2Header(buf: Buffer): Qcow2Header {
+/** Host offsets are 56 bits wide in qcow2 (bits 9-55 of a table entry). */
+const MAX_HOST_OFFSET = 2 ** 56
+/** Incompatible feature bits this converter knows: dirty, corrupt, external data file, compression type, extended L2. */
+const KNOWN_INCOMPATIBLE = 0x1f
+const EXT_END = 0
+const EXT_DATA_FILE = 0x44415441
+const EXT_CRYPTO = 0x0537be77
+
+/**
+ * Parse and check the header (`buf` = at least the first cluster, or all there is). Everything
+ * the header alone can tell is checked here, before a byte of the target changes: version,
+ * backing file, external data file, encryption (crypt_method and the crypto header extension),
+ * compression type, unknown incompatible features, cluster_bits, refcount_order, the L1 table
+ * against the virtual size, and the header, L1 table, refcount table and snapshot table not
+ * overlapping each other or lying past the end of the file (`fileSize`, when the server said).
+ */
+export function parseQcow2Header(buf: Buffer, fileSize?: number): Qcow2Header {
   if (buf.length < 72 || buf.readUInt32BE(0) !== QCOW2_MAGIC) throw new InvalidImage('not a qcow2 image (bad magic)')
   const version = buf.readUInt32BE(4)
   if (version !== 2 && version !== 3) throw new InvalidImage(`qcow2 version ${version} is not supported (only 2 and 3)`)
@@ -68,41 +99,79 @@ export function parseQcow2Header(buf: Buffer): Qcow2Header {
   if (buf.readUInt32BE(32) !== 0) refuse('qcow2 image is encrypted')
   const l1Size = buf.readUInt32BE(36)
   const l1Offset = u64(buf, 40)
+  const refcountTableOffset = u64(buf, 48)
+  const refcountTableClusters = buf.readUInt32BE(56)
   const nbSnapshots = buf.readUInt32BE(60)
+  const snapshotsOffset = u64(buf, 64)
   let incompatible = 0
   let headerLength = 72
   let compressionType = 0
+  const clusterSize = 2 ** clusterBits
   if (version === 3) {
     if (buf.length < 104) throw new InvalidImage('qcow2 v3 header is truncated')
     if (buf.readUInt32BE(72) !== 0) throw new InvalidImage('qcow2 image uses unknown incompatible features')
     incompatible = buf.readUInt32BE(76)
     headerLength = buf.readUInt32BE(100)
-    if (headerLength < 104 || headerLength > buf.length) throw new InvalidImage(`qcow2 header_length ${headerLength} is invalid`)
+    if (headerLength < 104 || headerLength > Math.min(buf.length, clusterSize)) throw new InvalidImage(`qcow2 header_length ${headerLength} is invalid`)
     if (headerLength > 104) compressionType = buf[104]!
+    const refcountOrder = buf.readUInt32BE(96)
+    if (refcountOrder > 6) corrupt(`refcount_order ${refcountOrder} is out of range (0-6)`)
   }
-  const clusterSize = 2 ** clusterBits
-  if (incompatible & 0x2) throw new InvalidImage('qcow2 image is marked corrupt')
   if (incompatible & 0x4) refuse('qcow2 image uses an external data file')
+  if (incompatible & ~KNOWN_INCOMPATIBLE) throw new InvalidImage(`qcow2 image uses unknown incompatible features (0x${incompatible.toString(16)})`)
+  if (incompatible & 0x2) throw new InvalidImage('qcow2 image is marked corrupt')
   if (incompatible & 0x10) {
     throw new InvalidImage('qcow2 images with extended L2 entries (subclusters, extended_l2=on) are not supported: convert the image without extended_l2')
   }
   if (incompatible & 0x8 && compressionType !== 0) {
     throw new InvalidImage(`qcow2 compression type ${compressionType === 1 ? 'zstd' : compressionType} is not supported (only zlib): convert the image with compression_type=zlib`)
   }
-  if (incompatible & ~0x1f) throw new InvalidImage(`qcow2 image uses unknown incompatible features (0x${incompatible.toString(16)})`)
-  if (l1Offset % clusterSize !== 0) throw new InvalidImage('qcow2 L1 table is not cluster-aligned')
   if (l1Size * 8 > MAX_L1_BYTES) throw new InvalidImage(`qcow2 L1 table is too large (${l1Size} entries)`)
   const l2Coverage = clusterSize * (clusterSize / 8)
-  if (l1Size < Math.ceil(virtualSize / l2Coverage)) throw new InvalidImage('qcow2 L1 table is too small for the virtual size')
-  // Header extensions: refuse an external data file name even without the feature bit.
-  for (let off = version === 3 ? headerLength : 72; off + 8 <= Math.min(buf.length, clusterSize); ) {
+  if (l1Size < Math.ceil(virtualSize / l2Coverage)) corrupt(`the L1 table (${l1Size} entries) is too small for the virtual size ${virtualSize}`)
+  // Header extensions (all inside the first cluster): refuse an external data file name even
+  // without the feature bit, and the crypto header even without crypt_method.
+  const extEnd = Math.min(buf.length, clusterSize)
+  for (let off = version === 3 ? headerLength : 72; off + 8 <= extEnd; ) {
     const type = buf.readUInt32BE(off)
     const len = buf.readUInt32BE(off + 4)
-    if (type === 0) break
-    if (type === 0x44415441) refuse('qcow2 image names an external data file')
+    if (type === EXT_END) break
+    if (off + 8 + len > extEnd) corrupt(`header extension 0x${type.toString(16)} at byte ${off} runs past the first cluster`)
+    if (type === EXT_DATA_FILE) refuse('qcow2 image names an external data file')
+    if (type === EXT_CRYPTO) refuse('qcow2 image is encrypted')
     off += 8 + Math.ceil(len / 8) * 8
   }
-  return {version, clusterBits, clusterSize, virtualSize, l1Size, l1Offset, nbSnapshots, incompatible, headerLength}
+  // Where the header's tables lie: aligned, past the header, inside the file, apart.
+  const limit = fileSize ?? MAX_HOST_OFFSET
+  const ranges: {what: string; start: number; end: number}[] = [{what: 'header', start: 0, end: clusterSize}]
+  const place = (what: string, off: number, bytes: number): void => {
+    if (off % clusterSize !== 0) corrupt(`the ${what} offset ${off} is not cluster-aligned`)
+    if (off === 0) corrupt(`the ${what} overlaps the header`)
+    const end = off + Math.max(1, Math.ceil(bytes / clusterSize)) * clusterSize
+    if (off >= limit || end > MAX_HOST_OFFSET) corrupt(`the ${what} at offset ${off} lies past the end of the image (${limit} bytes)`)
+    for (const r of ranges) if (off < r.end && r.start < end) corrupt(`the ${what} at offset ${off} overlaps the ${r.what}`)
+    ranges.push({what, start: off, end})
+  }
+  if (l1Size > 0) place('L1 table', l1Offset, l1Size * 8)
+  if (refcountTableClusters === 0) corrupt('the image has no refcount table')
+  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES) corrupt(`the refcount table (${refcountTableClusters} clusters) is larger than qemu allows (8 MiB)`)
+  place('refcount table', refcountTableOffset, refcountTableClusters * clusterSize)
+  if (nbSnapshots > 65536) corrupt(`${nbSnapshots} snapshots is more than qcow2 allows (65536)`)
+  if (nbSnapshots > 0) place('snapshot table', snapshotsOffset, 1)
+  return {
+    version,
+    clusterBits,
+    clusterSize,
+    virtualSize,
+    l1Size,
+    l1Offset,
+    refcountTableOffset,
+    refcountTableClusters,
+    nbSnapshots,
+    snapshotsOffset,
+    incompatible,
+    headerLength,
+  }
 }
 
 interface CompressedBlob {
@@ -112,8 +181,8 @@ interface CompressedBlob {
 }
 
 interface Meta {
-  kind: 'l1' | 'l2'
-  /** l1: which cluster of the L1 table; l2: the L1 index it serves. */
+  kind: 'l1' | 'l2' | 'rt'
+  /** l1/rt: which cluster of the L1/refcount table; l2: the L1 index it serves. */
   index: number
 }
 
@@ -160,11 +229,21 @@ export class Qcow2Stream {
   private direct?: {idx: number; len: number; buf: Buffer; at: number}
   private readonly pool = new BufferPool()
   private readonly stats = {dataClusters: 0, compressedClusters: 0, zeroClusters: 0, maxPendingBytes: 0}
+  /** Every metadata cluster known so far (host cluster index → what it is): nothing may map data there. */
+  private readonly owners = new Map<number, string>()
+  /**
+   * Until the first L2 table has been checked nothing touches the target: the zero checks the L1
+   * table asks for wait here (a deferred target is wiped at its first write or zero check).
+   */
+  private zeroQueue: [number, number][] = []
+  private gateOpen = false
 
+  /** `fileSize`: the image's length when the server announced it (offsets past it are refused). */
   constructor(
     private readonly target: Target,
     private readonly log: Logger,
     private readonly pendingLimit = 64 * 1024 * 1024,
+    private readonly fileSize?: number,
   ) {}
 
   async push(chunk: Buffer): Promise<void> {
@@ -177,7 +256,7 @@ export class Qcow2Stream {
       const bits = head.readUInt32BE(20)
       const cs = bits >= 9 && bits <= 21 ? 2 ** bits : 512
       if (head.length < cs) return
-      this.start(parseQcow2Header(head.subarray(0, cs)))
+      this.start(parseQcow2Header(head.subarray(0, cs), this.fileSize))
       this.carry = []
       this.carryLen = 0
       chunk = head
@@ -262,7 +341,7 @@ export class Qcow2Stream {
     if (!this.header) {
       if (this.carryLen === 0) throw new InvalidImage('the image is empty')
       const head = Buffer.concat(this.carry)
-      this.start(parseQcow2Header(head))
+      this.start(parseQcow2Header(head, this.fileSize))
       await this.feed(head)
     }
     if (this.asmFill > 0) {
@@ -285,6 +364,7 @@ export class Qcow2Stream {
       throw new InvalidImage(`qcow2 image is truncated: data cluster at host offset ${host! * this.cs} is missing`)
     }
     if (!this.l1Done || this.outstandingL2 > 0) throw new InvalidImage('qcow2 image is truncated: an L1 or L2 table is missing')
+    await this.openGate()
     await this.flushRun()
     await this.target.drain()
     return {header: this.header!, ...this.stats}
@@ -299,15 +379,25 @@ export class Qcow2Stream {
     this.asm = [Buffer.alloc(h.clusterSize), Buffer.alloc(h.clusterSize)]
     this.target.setUnit(h.clusterSize)
     this.l1Clusters = Math.max(1, Math.ceil((h.l1Size * 8) / h.clusterSize))
+    // parseQcow2Header checked that these do not overlap.
+    this.owners.set(0, 'header')
     if (h.l1Size === 0) {
       this.l1Done = true
       this.l1 = Buffer.alloc(0)
     } else {
       this.l1 = Buffer.alloc(h.l1Size * 8)
       const first = h.l1Offset / h.clusterSize
-      if (first === 0) throw new InvalidImage('qcow2 L1 table overlaps the header')
-      for (let i = 0; i < this.l1Clusters; i++) this.meta.set(first + i, {kind: 'l1', index: i})
+      for (let i = 0; i < this.l1Clusters; i++) {
+        this.meta.set(first + i, {kind: 'l1', index: i})
+        this.owners.set(first + i, 'L1 table')
+      }
     }
+    const rt = h.refcountTableOffset / h.clusterSize
+    for (let i = 0; i < h.refcountTableClusters; i++) {
+      this.meta.set(rt + i, {kind: 'rt', index: i})
+      this.owners.set(rt + i, 'refcount table')
+    }
+    if (h.nbSnapshots > 0) this.owners.set(h.snapshotsOffset / h.clusterSize, 'snapshot table')
     this.log.info('qcow2 image', {version: h.version, cluster_size: h.clusterSize, virtual_size: h.virtualSize, snapshots: h.nbSnapshots})
   }
 
@@ -354,7 +444,29 @@ export class Qcow2Stream {
     }
   }
 
+  /** Record metadata cluster `idx` (refused if it is already something else, or past the file). */
+  private claim(idx: number, what: string, ref: string): void {
+    const off = idx * this.cs
+    if (this.fileSize !== undefined && off >= this.fileSize) corrupt(`${ref} points at the ${what} at offset ${off}, past the end of the image (${this.fileSize} bytes)`)
+    const other = this.owners.get(idx)
+    if (other) corrupt(`${ref} points at offset ${off} as a ${what}, but that cluster is the ${other}${other === what ? ' already' : ''}`)
+    this.owners.set(idx, what)
+  }
+
+  /** The L1 table's zero checks run once the first L2 table has been checked (or there is none). */
+  private async openGate(): Promise<void> {
+    if (this.gateOpen) return
+    this.gateOpen = true
+    const queue = this.zeroQueue
+    this.zeroQueue = []
+    for (const [start, len] of queue) await this.target.ensureZero(start, len, this.header!.virtualSize)
+  }
+
   private async handleMeta(m: Meta, buf: Buffer, _idx: number): Promise<void> {
+    if (m.kind === 'rt') {
+      this.parseRefcountTable(m.index, buf)
+      return
+    }
     if (m.kind === 'l1') {
       const start = m.index * this.cs
       buf.copy(this.l1!, start, 0, Math.min(buf.length, this.l1!.length - start))
@@ -365,25 +477,54 @@ export class Qcow2Stream {
     await this.parseL2(m.index, buf)
   }
 
+  /** Refcount blocks are metadata too: no table may map data onto them. */
+  private parseRefcountTable(i: number, buf: Buffer): void {
+    const per = this.cs / 8
+    for (let k = 0; k * 8 + 8 <= buf.length; k++) {
+      const hi = buf.readUInt32BE(k * 8)
+      const lo = buf.readUInt32BE(k * 8 + 4)
+      if (hi === 0 && lo === 0) continue
+      if (hi >= 2 ** 24 || lo % this.cs !== 0) corrupt(`refcount table entry ${i * per + k} (${hi * TWO32 + lo}) is not a cluster-aligned offset`)
+      const off = hi * TWO32 + lo
+      const idx = off / this.cs
+      if (this.data.has(idx)) corrupt(`refcount table entry ${i * per + k} points at offset ${off}, which an L2 table maps as data`)
+      this.claim(idx, 'refcount block', `refcount table entry ${i * per + k}`)
+    }
+  }
+
   private async parseL1(): Promise<void> {
     const l1 = this.l1!
     this.l1Done = true
     const l2Coverage = this.cs * (this.cs / 8)
+    const vsize = this.header!.virtualSize
+    // First every entry is checked (nothing has been written yet): aligned, inside the file, not
+    // the header, the L1 or refcount table, a refcount block or another L2 table.
+    for (let j = 0; j < l1.length / 8 && j * l2Coverage < vsize; j++) {
+      const hi = l1.readUInt32BE(j * 8)
+      const lo = l1.readUInt32BE(j * 8 + 4)
+      const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
+      if (off === 0) continue
+      if (off < this.cs) corrupt(`L1 entry ${j} points at offset ${off}, inside the header`)
+      if (off % this.cs !== 0) corrupt(`L1 entry ${j} points at offset ${off}, which is not cluster-aligned`)
+      this.claim(off / this.cs, 'L2 table', `L1 entry ${j}`)
+    }
     for (let j = 0; j < l1.length / 8; j++) {
-      if (j * l2Coverage >= this.header!.virtualSize) break
+      if (j * l2Coverage >= vsize) break
       const hi = l1.readUInt32BE(j * 8)
       const lo = l1.readUInt32BE(j * 8 + 4)
       const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
       if (off === 0) {
-        // No L2 table: the whole region reads as zeros. Check the disk now, overlapping the stream.
+        // No L2 table: the whole region reads as zeros. Check the disk (overlapping the stream)
+        // once the first L2 table has passed its checks.
         const start = j * l2Coverage
-        await this.target.ensureZero(start, Math.min(l2Coverage, this.header!.virtualSize - start), this.header!.virtualSize)
+        const len = Math.min(l2Coverage, vsize - start)
+        if (this.gateOpen) await this.target.ensureZero(start, len, vsize)
+        else this.zeroQueue.push([start, len])
         continue
       }
-      if (off % this.cs !== 0) throw new InvalidImage(`qcow2 L2 table offset ${off} is not cluster-aligned`)
       const l2idx = off / this.cs
       if (l2idx >= this.idx) {
-        if (this.meta.has(l2idx) || this.data.has(l2idx)) throw new InvalidImage(`qcow2 cluster ${off} is used twice`)
+        if (this.data.has(l2idx)) corrupt(`the L2 table at offset ${off} is also mapped as data`)
         this.meta.set(l2idx, {kind: 'l2', index: j})
         this.outstandingL2++
       } else {
@@ -392,9 +533,54 @@ export class Qcow2Stream {
         await this.parseL2(j, past)
       }
     }
+    if (this.outstandingL2 === 0) await this.openGate()
+  }
+
+  /**
+   * Every entry of an L2 table, before any cluster it maps is written: data must not lie on
+   * metadata (the header, the L1/refcount tables, refcount blocks, any L2 table — itself
+   * included), must be cluster-aligned and inside the file.
+   */
+  private checkL2(j: number, table: Buffer): void {
+    const cs = this.cs
+    const bits = this.header!.clusterBits
+    const l2Coverage = cs * (cs / 8)
+    const vsize = this.header!.virtualSize
+    const x = 62 - (bits - 8)
+    const hiOffMask = 2 ** (x - 32) - 1
+    const sectorsMask = 2 ** (bits - 8) - 1
+    const limit = this.fileSize ?? MAX_HOST_OFFSET
+    for (let k = 0; k < cs / 8 && k * 8 + 8 <= table.length; k++) {
+      const guest = j * l2Coverage + k * cs
+      if (guest >= vsize) break
+      const hi = table.readUInt32BE(k * 8)
+      const lo = table.readUInt32BE(k * 8 + 4)
+      const where = `the L2 table for guest offset ${guest}`
+      if (hi & 0x40000000) {
+        const start = (hi & hiOffMask) * TWO32 + lo
+        const nb = ((hi >>> (x - 32)) & sectorsMask) + 1
+        const end = start + nb * 512 - (start % 512)
+        if (start < cs) corrupt(`${where} maps compressed data at offset ${start}, inside the header`)
+        if (start >= limit) corrupt(`${where} maps compressed data at offset ${start}, past the end of the image (${limit} bytes)`)
+        for (let c = Math.floor(start / cs); c <= Math.floor((end - 1) / cs); c++) {
+          const other = this.owners.get(c)
+          if (other) corrupt(`${where} maps compressed data at offset ${start} onto the ${other}`)
+        }
+        continue
+      }
+      const off = (hi & 0x00ffffff) * TWO32 + (lo & 0xfffffe00)
+      if (off === 0 || (lo & 1) === 1) continue
+      if (off < cs) corrupt(`${where} maps data at offset ${off}, inside the header`)
+      if (off % cs !== 0) corrupt(`${where} maps data at offset ${off}, which is not cluster-aligned`)
+      if (off >= limit) corrupt(`${where} maps data at offset ${off}, past the end of the image (${limit} bytes)`)
+      const other = this.owners.get(off / cs)
+      if (other) corrupt(`${where} maps data at offset ${off}, which is the ${other}`)
+    }
   }
 
   private async parseL2(j: number, table: Buffer): Promise<void> {
+    this.checkL2(j, table)
+    await this.openGate()
     const cs = this.cs
     const bits = this.header!.clusterBits
     const l2Coverage = cs * (cs / 8)
@@ -431,7 +617,6 @@ export class Qcow2Stream {
         continue
       }
       await endZeroRun(guest)
-      if (off % cs !== 0) throw new InvalidImage(`qcow2 data cluster offset ${off} is not cluster-aligned`)
       const h = off / cs
       this.stats.dataClusters++
       if (h >= this.idx) {

@@ -5,7 +5,7 @@
  * rewriting what already is zero.
  */
 import {open, stat, type FileHandle} from 'node:fs/promises'
-import {run} from '../../common/exec.js'
+import {blockDeviceBytes} from '../disk/partitions.js'
 import type {Logger} from '../log.js'
 
 const MAX_IN_FLIGHT = 4
@@ -95,30 +95,77 @@ export function isZero(buf: Buffer): boolean {
 }
 const ZERO = Buffer.alloc(ZERO_PIECE)
 
+/**
+ * The target of an image write. A deferred target (Target.deferred / Target.deferredAt) is not
+ * opened, read or written until the image has passed every check that can be made from its first
+ * bytes and tables: its `beforeFirstWrite` hook (wipe the partition tables, partition the disk…)
+ * runs at the first write, zero check or explicit open(), never earlier. `touched` tells whether
+ * that happened.
+ */
 export class Target {
   private inFlight: Promise<unknown>[] = []
   private failure: unknown
   private readonly checkPool = new BufferPool(MAX_IN_FLIGHT, ZERO_PIECE)
+  private fh?: FileHandle
+  private opening?: Promise<FileHandle>
+  private opened: boolean
   bytesWritten = 0
   coverage: Coverage
 
   private constructor(
     readonly path: string,
-    private readonly fh: FileHandle,
+    fh: FileHandle | undefined,
     readonly isBlockDevice: boolean,
     /** Capacity in bytes (block device), or undefined for a regular file (grows). */
     readonly capacity: number | undefined,
+    private readonly beforeFirstWrite?: () => Promise<void>,
   ) {
+    this.fh = fh
+    this.opened = fh !== undefined
     this.coverage = new Coverage(64 * 1024)
   }
 
-  static async open(path: string): Promise<Target> {
+  private static async probe(path: string): Promise<{isBlock: boolean; capacity: number | undefined}> {
     const st = await stat(path)
     const isBlock = st.isBlockDevice()
     if (!isBlock && !st.isFile()) throw new Error(`${path} is neither a block device nor a regular file`)
-    const capacity = isBlock ? Number((await run('blockdev', ['--getsize64', path])).stdout.trim()) : undefined
+    const capacity = isBlock ? await blockDeviceBytes(path) : undefined
+    return {isBlock, capacity}
+  }
+
+  static async open(path: string): Promise<Target> {
+    const {isBlock, capacity} = await Target.probe(path)
     const fh = await open(path, 'r+')
     return new Target(path, fh, isBlock, capacity)
+  }
+
+  /** An existing device or file, sized now, opened only after `beforeFirstWrite` has run. */
+  static async deferred(path: string, beforeFirstWrite: () => Promise<void>): Promise<Target> {
+    const {isBlock, capacity} = await Target.probe(path)
+    return new Target(path, undefined, isBlock, capacity, beforeFirstWrite)
+  }
+
+  /** A device that `beforeFirstWrite` creates (a partition not made yet), of a known size. */
+  static deferredAt(path: string, capacity: number, beforeFirstWrite: () => Promise<void>): Target {
+    return new Target(path, undefined, true, capacity, beforeFirstWrite)
+  }
+
+  /** Whether the target has been opened (for a deferred target: whether beforeFirstWrite ran). */
+  get touched(): boolean {
+    return this.opened
+  }
+
+  /** Run beforeFirstWrite (once) and open the target; every read and write goes through here. */
+  async open(): Promise<FileHandle> {
+    if (this.fh) return this.fh
+    this.opening ??= (async () => {
+      this.opened = true
+      await this.beforeFirstWrite?.()
+      const fh = await open(this.path, 'r+')
+      this.fh = fh
+      return fh
+    })()
+    return this.opening
   }
 
   /** Use a different coverage granularity (the qcow2 cluster size); call before any write. */
@@ -135,7 +182,8 @@ export class Target {
     if (this.capacity !== undefined && pos + buf.length > this.capacity) {
       throw new TargetFullError(this.path, pos + buf.length, this.capacity)
     }
-    const p = this.fh.write(buf, 0, buf.length, pos).then(
+    const fh = this.fh ?? (await this.open())
+    const p = fh.write(buf, 0, buf.length, pos).then(
       () => {
         this.bytesWritten += buf.length
         this.coverage.mark(pos, pos + buf.length, limit)
@@ -156,13 +204,14 @@ export class Target {
    */
   async ensureZero(pos: number, len: number, limit = Infinity): Promise<void> {
     if (this.failure) throw this.failure
+    const fh = this.fh ?? (await this.open())
     const p = (async () => {
       const buf = await this.checkPool.get()
       try {
         for (let off = pos; off < pos + len; off += buf.length) {
           const n = Math.min(buf.length, pos + len - off)
-          const {bytesRead} = await this.fh.read(buf, 0, n, off)
-          if (bytesRead > 0 && !isZero(buf.subarray(0, bytesRead))) await this.fh.write(ZERO, 0, bytesRead, off)
+          const {bytesRead} = await fh.read(buf, 0, n, off)
+          if (bytesRead > 0 && !isZero(buf.subarray(0, bytesRead))) await fh.write(ZERO, 0, bytesRead, off)
         }
       } finally {
         this.checkPool.release(buf)
@@ -189,6 +238,7 @@ export class Target {
    */
   async zeroGaps(size: number, log?: Logger): Promise<{checked: number; zeroed: number}> {
     await this.drain()
+    const fh = await this.open()
     let checked = 0
     let zeroed = 0
     // Pieces of at most CHECK_PIECE bytes, CHECK_PARALLEL reads in flight (each with its buffer).
@@ -198,13 +248,13 @@ export class Target {
     const worker = async (): Promise<void> => {
       const buf = Buffer.allocUnsafe(CHECK_PIECE)
       for (const [off, len] of pieces) {
-        const {bytesRead} = await this.fh.read(buf, 0, len, off)
+        const {bytesRead} = await fh.read(buf, 0, len, off)
         checked += len
         if (bytesRead === 0) continue // past the end of a regular file: reads as zeros already
         if (!isZero(buf.subarray(0, bytesRead))) {
           for (let o = 0; o < bytesRead; o += ZERO.length) {
             const n = Math.min(ZERO.length, bytesRead - o)
-            await this.fh.write(ZERO, 0, n, off + o)
+            await fh.write(ZERO, 0, n, off + o)
           }
           zeroed += bytesRead
         }
@@ -213,8 +263,8 @@ export class Target {
     await Promise.all(Array.from({length: CHECK_PARALLEL}, worker))
     if (!this.isBlockDevice) {
       // A regular file shorter than the image must still be as long as the image.
-      const st = await this.fh.stat()
-      if (st.size < size) await this.fh.truncate(size)
+      const st = await fh.stat()
+      if (st.size < size) await fh.truncate(size)
     }
     log?.debug('unwritten ranges checked for zeros', {checked, zeroed})
     return {checked, zeroed}
@@ -222,12 +272,14 @@ export class Target {
 
   async sync(): Promise<void> {
     await this.drain()
-    await this.fh.datasync()
+    await this.fh?.datasync()
   }
 
   async close(): Promise<void> {
     await Promise.allSettled(this.inFlight)
-    await this.fh.close().catch(() => undefined)
+    await this.opening?.catch(() => undefined)
+    await this.fh?.close().catch(() => undefined)
+    this.fh = undefined
   }
 }
 
