@@ -26,8 +26,10 @@ import path from 'node:path'
 import {CommandFailedError, run, ToolMissingError, type RunResult} from '../../common/exec.js'
 import {CleaningError, CommandExecutionError, InvalidCommandParamsError} from '../errors.js'
 import type {Logger} from '../log.js'
-import {assertDeviceAllowed, kernelName} from './disks.js'
-import {assertNoSpecialFilesystems, assertNotInUse, devicesInUse, isReadOnlyDevice, isVirtualMediaDevice} from './erase.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
+import {assertNoSpecialFilesystems, assertNotInUse, devicesInUse} from '../disk/guard.js'
+import {isVirtualMediaDevice} from '../disk/probe.js'
+import {isReadOnlyDevice, kernelName} from '../disk/sysfs.js'
 import type {BlockDevice, NodeInfo} from './types.js'
 
 /** IPA's defaults. */
