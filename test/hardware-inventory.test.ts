@@ -291,9 +291,12 @@ describe('steps', () => {
     // software RAID steps exist now (test/hardware-raid.test.ts): no target_raid_config → {}; apply without a config → parameter error
     await expect(registry.dispatchStep('clean', 'create_configuration', {uuid: 'n'}, [], {})).resolves.toEqual({})
     await expect(registry.dispatchStep('deploy', 'apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
-    for (const name of ['burnin_cpu', 'clean_uefi_nvram']) {
-      await expect(registry.dispatchStep('clean', name, {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
-    }
+    await expect(registry.dispatchStep('service', 'execute_bootc_install', {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
+    // burn-in and clean_uefi_nvram exist now (test/hardware-burnin.test.ts): bad settings fail before anything runs
+    await expect(registry.dispatchStep('clean', 'burnin_cpu', {driver_info: {agent_burnin_cpu_timeout: 0}}, [], {})).rejects.toThrow(/agent_burnin_cpu_timeout must be a positive duration/)
+    await expect(registry.dispatchStep('clean', 'clean_uefi_nvram', {}, [], {match_patterns: 'x'})).rejects.toThrow(/match_patterns must be a list of strings/)
+    // burnin_disk destroys data: not a service step (IPA)
+    await expect(registry.dispatchStep('service', 'burnin_disk', {}, [], {})).rejects.toThrow(/burnin_disk/)
     // inject_files exists now (test/image-inject.test.ts): bad files are a parameter error, none is a no-op
     await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
     await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {})).resolves.toBeNull()

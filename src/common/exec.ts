@@ -74,6 +74,8 @@ export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   unzip: 'unzip',
   sha256sum: 'coreutils',
   tar: 'tar',
+  'stress-ng': 'stress-ng',
+  fio: 'fio',
 }
 
 export class ToolMissingError extends Error {

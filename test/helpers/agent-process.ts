@@ -35,6 +35,8 @@ export interface AgentProcessOptions {
   startTimeoutMs?: number
   /** Bundle to run. Default AGENT_BUNDLE. */
   bundle?: string
+  /** A program that execs the agent (e.g. ['ip', 'netns', 'exec', NS]): it must exec, so the PID stays the agent's. */
+  wrap?: string[]
 }
 
 export interface AgentProcess {
@@ -103,7 +105,8 @@ export async function startAgentProcess(opts: AgentProcessOptions = {}): Promise
   const args = buildArgs(opts, token)
 
   installExitHook()
-  const child = spawn(process.execPath, [bundle, ...args], {
+  const argv = [...(opts.wrap ?? []), process.execPath, bundle, ...args]
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: REPO_ROOT,
     env: {...process.env, ...opts.env},
     stdio: ['ignore', 'pipe', 'pipe'],

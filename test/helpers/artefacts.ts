@@ -14,10 +14,19 @@ export interface BuiltArtefact {
   sha256: string
 }
 
+export interface BuildTinyOptions {
+  /** Extra elements (--element), e.g. 'burnin'. */
+  elements?: string[]
+  /** Custom hardware-manager modules (--hardware-manager). */
+  hardwareManagers?: string[]
+}
+
 /** `rdk build` (the CLI, as users run it) into `out`; the package cache is the shared default one. */
-export async function buildTiny(out: string, formats: string[], kernelArgs: string[] = [], env: Record<string, string> = {}): Promise<{artefacts: BuiltArtefact[]; stages: {name: string; ms: number; note?: string}[]; durationMs: number}> {
+export async function buildTiny(out: string, formats: string[], kernelArgs: string[] = [], env: Record<string, string> = {}, opts: BuildTinyOptions = {}): Promise<{artefacts: BuiltArtefact[]; stages: {name: string; ms: number; note?: string}[]; durationMs: number}> {
   const args = ['bin/run.js', 'build', '--output', out, '--json', '--format', formats.join(',')]
   for (const k of kernelArgs) args.push('--kernel-arg', k)
+  for (const e of opts.elements ?? []) args.push('--element', e)
+  for (const m of opts.hardwareManagers ?? []) args.push('--hardware-manager', m)
   const r = await run(process.execPath, args, {timeoutMs: 900_000, env})
   return JSON.parse(r.stdout)
 }

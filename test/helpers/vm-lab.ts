@@ -70,6 +70,8 @@ export interface LabOptions {
   build?: LabBuild
   /** Extra `--kernel-arg`s baked into the default build. */
   buildKernelArgs?: string[]
+  /** Extra elements (`--element`) for the default build, e.g. ['burnin']. */
+  buildElements?: string[]
 }
 
 export interface BootOptions {
@@ -150,8 +152,8 @@ export const DEFAULT_AGENT_STATES = ['inspect wait', 'clean wait', 'wait call-ba
 export const DEFAULT_FAIL_STATES = ['clean failed', 'deploy failed', 'inspect failed', 'rescue failed', 'service failed', 'error']
 
 /** Build the tiny ramdisk (rdk build, shared package cache) into `out`. */
-export async function buildLabImage(out: string, kernelArgs: string[] = []): Promise<LabBuild> {
-  const r = await buildTiny(out, ['kernel', 'initramfs'], kernelArgs)
+export async function buildLabImage(out: string, kernelArgs: string[] = [], elements: string[] = []): Promise<LabBuild> {
+  const r = await buildTiny(out, ['kernel', 'initramfs'], kernelArgs, {}, {elements})
   const find = (suffix: string) => {
     const a = r.artefacts.find((x) => x.path.endsWith(suffix))
     if (!a) throw new Error(`rdk build produced no *${suffix}: ${JSON.stringify(r.artefacts.map((x) => x.path))}`)
@@ -173,7 +175,7 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
   }
   try {
     if (opts.ironic === '29' && opts.inspector) throw new Error('startLab: ironic-inspector is for Ironic 21.4; Ironic 29 inspects by itself')
-    const build = opts.build ?? (await buildLabImage(path.join(dir, 'build'), opts.buildKernelArgs))
+    const build = opts.build ?? (await buildLabImage(path.join(dir, 'build'), opts.buildKernelArgs, opts.buildElements))
     const proxy = await startGuestProxy()
     cleanups.push(() => proxy.close())
     const images = await startImageServer()

@@ -8,8 +8,9 @@
  *
  * Implemented: inventory, erase_devices, erase_devices_metadata, erase_devices_express,
  * erase_pstore, erase_block_device, write_image (whole-disk images, src/agent/image/), software RAID
- * (create_configuration, delete_configuration, apply_configuration: raid.ts, docs/raid.md). Every
- * other IPA step exists and fails with NotImplementedYet.
+ * (create_configuration, delete_configuration, apply_configuration: raid.ts, docs/raid.md), burn-in
+ * (burnin_cpu/memory/disk/network/gpu: burnin.ts, docs/burnin.md), clean_uefi_nvram (nvram.ts).
+ * Every other IPA step exists and fails with NotImplementedYet.
  */
 import {readFile} from 'node:fs/promises'
 import {existsSync} from 'node:fs'
@@ -48,6 +49,8 @@ import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
 import {createSoftwareRaid, deleteSoftwareRaid, softRaidRootDevice, softwareRaidConfig, validateRaidConfig, type RaidConfig} from './raid.js'
 import {runningFromRamdisk} from '../system.js'
+import {burninCpu, burninDisk, burninGpu, burninMemory, burninNetwork} from './burnin.js'
+import {cleanUefiNvram} from './nvram.js'
 import {injectFiles} from '../image/inject.js'
 import {collectDmi, collectNumaTopology, collectPciDevices, type CollectorRoots} from './collectors.js'
 import {HardwareManager, type ManagerRegistry} from './manager.js'
@@ -71,12 +74,6 @@ type StepArgs = Record<string, unknown> | undefined
 /** Which later piece of work brings each not-yet-implemented step (the lead may update these). */
 export const NOT_YET_ISSUE: Readonly<Record<string, string>> = {
   execute_bootc_install: 'a later issue',
-  clean_uefi_nvram: 'a later issue',
-  burnin_cpu: 'a later issue (burn-in)',
-  burnin_disk: 'a later issue (burn-in)',
-  burnin_memory: 'a later issue (burn-in)',
-  burnin_network: 'a later issue (burn-in)',
-  burnin_gpu: 'a later issue (burn-in)',
 }
 
 export const RAID_APPLY_CONFIGURATION_ARGSINFO: ArgsInfo = {
@@ -764,23 +761,26 @@ export class GenericHardwareManager extends HardwareManager {
     throw new NotImplementedYet(name, NOT_YET_ISSUE[name] ?? 'a later issue')
   }
 
-  async clean_uefi_nvram(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('clean_uefi_nvram')
+  /** Clean/deploy step clean_uefi_nvram: remove UEFI boot entries whose device path matches (nvram.ts). */
+  async clean_uefi_nvram(_node: NodeInfo, _ports: Port[], args?: StepArgs): Promise<unknown> {
+    return cleanUefiNvram({log: this.ctx.log}, args?.match_patterns)
   }
-  async burnin_cpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('burnin_cpu')
+  /** Burn-in steps (burnin.ts, docs/burnin.md): settings from node.driver_info.agent_burnin_*. */
+  async burnin_cpu(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<unknown> {
+    return burninCpu({log: this.ctx.log}, node)
   }
-  async burnin_disk(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('burnin_disk')
+  async burnin_disk(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<unknown> {
+    const devices = await this.list_block_devices_check_skip_list(node)
+    return burninDisk({log: this.ctx.log, allowlist: this._allowlist, guardSpecial: this._guardSpecial(node)}, node, devices)
   }
-  async burnin_memory(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('burnin_memory')
+  async burnin_memory(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<unknown> {
+    return burninMemory({log: this.ctx.log}, node)
   }
-  async burnin_network(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('burnin_network')
+  async burnin_network(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<unknown> {
+    return burninNetwork({log: this.ctx.log}, node)
   }
-  async burnin_gpu(_node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<never> {
-    this._notYet('burnin_gpu')
+  async burnin_gpu(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<unknown> {
+    return burninGpu({log: this.ctx.log}, node)
   }
   /** Deploy step inject_files: src/agent/image/inject.ts. */
   async inject_files(node: NodeInfo, _ports: Port[], args?: StepArgs): Promise<null> {

@@ -54,16 +54,29 @@ const fetchPackagesStage: Stage = {
         await collect(ctx.tree, ctx.tree.entries().filter((e) => e.source === element))
         ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element})
       }
-      for (const [i, p] of resolved.entries()) {
-        if (asked.has(p.name)) continue
-        const staged = new FileTree(ctx.tree.blobs)
-        await extractDeb(paths[i]!, staged, {source: `dependency:${p.name}`, filter: isSharedLibrary})
-        const libs = staged.entries().filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
-        if (!libs.length) continue
-        for (const e of libs) ctx.tree.insert(e)
-        await collect(ctx.tree, libs.filter((e) => e.type === 'file'))
-        if (!ctx.packages.some((q) => q.name === p.name)) ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: '(library)'})
-        deps++
+      // Until nothing new is needed: a library added may need another one from a package already
+      // looked at (librados2's libceph-common, libicu72's libicudata).
+      const stagedTrees = new Map<number, FileTree>()
+      for (let added = true; added; ) {
+        added = false
+        for (const [i, p] of resolved.entries()) {
+          if (asked.has(p.name)) continue
+          let staged = stagedTrees.get(i)
+          if (!staged) {
+            staged = new FileTree(ctx.tree.blobs)
+            await extractDeb(paths[i]!, staged, {source: `dependency:${p.name}`, filter: isSharedLibrary})
+            stagedTrees.set(i, staged)
+          }
+          const libs = staged.entries().filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
+          if (!libs.length) continue
+          for (const e of libs) ctx.tree.insert(e)
+          await collect(ctx.tree, libs.filter((e) => e.type === 'file'))
+          added = true
+          if (!ctx.packages.some((q) => q.name === p.name)) {
+            ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: '(library)'})
+            deps++
+          }
+        }
       }
     }
     return `${report.packages.length} toolset packages${extra.length ? ` + ${extra.length} from elements${deps ? ` (+ libraries from ${deps} of their dependencies)` : ''}` : ''}`
