@@ -17,12 +17,6 @@ import {readTrimmed, SYS_CLASS_BLOCK} from '../disk/sysfs.js'
 import type {Logger} from '../log.js'
 import type {BlockDevice} from './types.js'
 
-// Moved to src/agent/disk/; re-exported so branches written against this path still merge.
-// TODO(lead): drop after merging the burn-in branch, importing from ../disk/ instead.
-export {assertDeviceAllowed, isAllowed, resolveAllowlist} from '../disk/allowlist.js'
-export {LSBLK_COLUMNS, parseLsblkJson, parseUdevProperties, runLsblk, type LsblkRow} from '../disk/probe.js'
-export {udevSettle} from '../disk/settle.js'
-export {kernelName, parentDiskOf, readTrimmed} from '../disk/sysfs.js'
 
 const GIB = 1024 ** 3
 

@@ -13,22 +13,6 @@ import {assertDeviceAllowed} from '../disk/allowlist.js'
 import {BlockDeviceEraseError} from '../errors.js'
 import type {Logger} from '../log.js'
 
-// Moved to src/agent/disk/; re-exported so branches written against this path still merge.
-// TODO(lead): drop after merging the burn-in branch, importing from ../disk/ instead.
-export {
-  assertNoSpecialFilesystems,
-  assertNotInUse,
-  devicesInUse,
-  findSpecialFilesystem,
-  GUARDED_FS_TYPES,
-  GUARDED_PARTITION_IDS,
-  parseMountinfo,
-  parseSwaps,
-  type MountEntry,
-} from '../disk/guard.js'
-export {isLinuxRaidMember, isVirtualMediaDevice, parseBlkidExport, probeDevice, VIRTUAL_MEDIA_LABEL} from '../disk/probe.js'
-export {deviceSize, isReadOnlyDevice, partitionsOf} from '../disk/sysfs.js'
-export {destroyDiskMetadata, GPT_SIZE_SECTORS} from '../disk/wipe.js'
 
 // ------------------------------------------------------------------------------------------------
 // shred

@@ -18,23 +18,13 @@ import os from 'node:os'
 import {performance} from 'node:perf_hooks'
 import {run, ToolMissingError} from '../../common/exec.js'
 import {BlockDeviceEraseError, DeviceNotFound, InvalidCommandParamsError, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
-import {assertDeviceAllowed, deviceHintsProblem, guessRootDisk, kernelName, listBlockDevices, matchDeviceHints, parentDiskOf, skipListFromNode} from './disks.js'
-import {
-  assertNoSpecialFilesystems,
-  assertNotInUse,
-  ataSecureErase,
-  clearDirectory,
-  destroyDiskMetadata,
-  devicesInUse,
-  isLinuxRaidMember,
-  isNvme,
-  isReadOnlyDevice,
-  isVirtualMediaDevice,
-  nvmeSecureErase,
-  probeDevice,
-  pstoreMountPoint,
-  shredDevice,
-} from './erase.js'
+import {assertDeviceAllowed} from '../disk/allowlist.js'
+import {assertNoSpecialFilesystems, assertNotInUse, devicesInUse} from '../disk/guard.js'
+import {isLinuxRaidMember, isVirtualMediaDevice, probeDevice} from '../disk/probe.js'
+import {isReadOnlyDevice, kernelName, parentDiskOf} from '../disk/sysfs.js'
+import {destroyDiskMetadata} from '../disk/wipe.js'
+import {deviceHintsProblem, guessRootDisk, listBlockDevices, matchDeviceHints, skipListFromNode} from './disks.js'
+import {ataSecureErase, clearDirectory, isNvme, nvmeSecureErase, pstoreMountPoint, shredDevice} from './erase.js'
 import {
   collectCpu,
   collectMemory,
