@@ -6,12 +6,12 @@ import {join, resolve} from 'node:path'
 import {pathToFileURL} from 'node:url'
 import {gunzipSync} from 'node:zlib'
 import {afterAll, describe, expect, it} from 'vitest'
-import type {Compression} from '../src/build/compress.js'
-import {parseCpio} from '../src/build/cpio.js'
-import {createDefaultRegistry} from '../src/build/flavors.js'
-import {runBuild, StageFailedError, type BuildResult} from '../src/build/pipeline.js'
-import type {StageRegistry} from '../src/build/registry.js'
-import {finishSpec, type BuildSpec} from '../src/build/spec.js'
+import type {Compression} from '../src/builder/compress.js'
+import {parseCpio} from '../src/builder/cpio.js'
+import {createDefaultRegistry} from '../src/builder/flavors.js'
+import {runBuild, StageFailedError, type BuildResult} from '../src/builder/pipeline.js'
+import type {StageRegistry} from '../src/builder/registry.js'
+import {finishSpec, type BuildSpec} from '../src/builder/spec.js'
 
 const FIXTURES = resolve('test/fixtures/elements')
 const EPOCH = 1650000000
@@ -204,7 +204,7 @@ describe('atomic outputs', () => {
     expect(log.join('\n')).toContain(stale)
   })
 
-  const dist = resolve('dist/build/pipeline.js')
+  const dist = resolve('dist/builder/pipeline.js')
   const cases = [
     {signal: 'SIGTERM', code: 143, where: 'after pack-initramfs (a temporary artefact exists)'},
     {signal: 'SIGINT', code: 130, where: 'while a cache entry is being produced'},
@@ -217,9 +217,9 @@ describe('atomic outputs', () => {
       const inCache = signal === 'SIGINT'
       writeFileSync(
         driver,
-        `import {createDefaultRegistry} from '${url('dist/build/flavors.js')}'
-import {finishSpec} from '${url('dist/build/spec.js')}'
-import {runBuild} from '${url('dist/build/pipeline.js')}'
+        `import {createDefaultRegistry} from '${url('dist/builder/flavors.js')}'
+import {finishSpec} from '${url('dist/builder/spec.js')}'
+import {runBuild} from '${url('dist/builder/pipeline.js')}'
 const r = createDefaultRegistry()
 r.updateFlavor('tiny', {defaultElements: []})
 const hang = (ctx) => new Promise(() => {

@@ -2,7 +2,7 @@ import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {SpecError} from '../src/build/errors.js'
+import {SpecError} from '../src/builder/errors.js'
 import {
   buildFlagTable,
   DEFAULT_SOURCE_DATE_EPOCH,
@@ -12,7 +12,7 @@ import {
   resolveSpec,
   SPEC_SETTINGS,
   type SpecSources,
-} from '../src/build/spec.js'
+} from '../src/builder/spec.js'
 
 const tmp = mkdtempSync(join(tmpdir(), 'rdk-spec-test-'))
 afterAll(() => rmSync(tmp, {recursive: true, force: true}))
@@ -261,7 +261,7 @@ describe('spec errors', () => {
 describe('docs/build.md', () => {
   it('documents every setting (YAML key and flag) and every generic stage', async () => {
     const {readFileSync} = await import('node:fs')
-    const {genericStages} = await import('../src/build/stages.js')
+    const {genericStages} = await import('../src/builder/stages.js')
     const doc = readFileSync('docs/build.md', 'utf8')
     for (const s of SPEC_SETTINGS) {
       expect(doc, s.key).toContain(`| \`${s.key}\` | \`--${s.flag}`)

@@ -12,8 +12,8 @@ import {fileURLToPath} from 'node:url'
 import {createGunzip} from 'node:zlib'
 import ejs from 'ejs'
 import {runBuffer} from '../common/exec.js'
-import {BuildError} from '../build/errors.js'
-import {sha256File as hashFile} from '../build/tree.js'
+import {BuildError} from '../builder/errors.js'
+import {sha256File as hashFile} from '../builder/tree.js'
 
 /**
  * A bad input or an output that cannot be written: the message says it all. A BuildError, so

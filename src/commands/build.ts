@@ -1,8 +1,8 @@
 import {Command, Flags} from '@oclif/core'
 import {stringify} from 'yaml'
-import {buildFlagTable, resolveSpec} from '../build/spec.js'
-import {runBuild, StageFailedError} from '../build/pipeline.js'
-import {isUserError} from '../build/errors.js'
+import {buildFlagTable, resolveSpec} from '../builder/spec.js'
+import {runBuild, StageFailedError} from '../builder/pipeline.js'
+import {isUserError} from '../builder/errors.js'
 
 const specFlags = Object.fromEntries(
   buildFlagTable().map((f) => [f.name, f.multiple ? Flags.string({description: f.help, multiple: true}) : Flags.string({description: f.help})]),

@@ -1,6 +1,6 @@
 import {Command, Flags} from '@oclif/core'
-import {ElementCatalog, elementSearchPaths, HOOK_PHASES, type Element} from '../build/elements.js'
-import {isUserError} from '../build/errors.js'
+import {ElementCatalog, elementSearchPaths, HOOK_PHASES, type Element} from '../builder/elements.js'
+import {isUserError} from '../builder/errors.js'
 
 interface Row {
   name: string

@@ -1,16 +1,16 @@
 /**
- * The tiny flavor's own stages, plugged into the generic pipeline (src/build/registry.ts):
+ * The tiny flavor's own stages, plugged into the generic pipeline (src/builder/registry.ts):
  * Debian packages (the deploy toolset + whatever elements ask for), the Debian kernel with the
  * deploy ramdisk's modules, and Node + the agent bundle. No chroot, no root-only tricks.
  */
-import type {Stage, StageRegistry} from '../../build/registry.js'
+import type {Stage, StageRegistry} from '../../builder/registry.js'
 import {extractDeb} from '../../debian/extract.js'
 import {installKernelModules, moduleList, prepareKernel} from '../../debian/kernel.js'
 import {fetchPackages, resolvePackages} from '../../debian/packages.js'
 import {buildToolset, DEPLOY_TOOLSET, PRUNED_DEPENDENCIES} from '../../debian/toolset.js'
 import type {ExtractEntryInfo} from '../../debian/extract.js'
 import {isElf, parseElf} from '../../debian/elf.js'
-import {baseOf, FileTree, type TreeEntry} from '../../build/tree.js'
+import {baseOf, FileTree, type TreeEntry} from '../../builder/tree.js'
 import {addAgentBundle, addNodeRuntime} from './node.js'
 
 /** Shared libraries (and their symlinks) of a dependency package: lib*.so* anywhere under usr/lib. */

@@ -124,7 +124,7 @@ export const assembleTreeStage: Stage = {
 
 export const packInitramfsStage: Stage = {
   name: 'pack-initramfs',
-  description: 'write the tree as deterministic newc cpio layers (src/build/layers.ts), compress each (cached by its digest) and concatenate them',
+  description: 'write the tree as deterministic newc cpio layers (src/builder/layers.ts), compress each (cached by its digest) and concatenate them',
   produces: ['initramfs'],
   async run(ctx) {
     if (!ctx.needs('initramfs')) return 'skipped: no format needs an initramfs'
