@@ -1,44 +1,39 @@
 /**
- * Errors the builder raises for things the user can fix (bad config, unknown element, missing
- * tool). `rdk build` prints their message without a stack trace; anything else is a bug and keeps
- * its stack.
+ * The builder's errors: UserErrors (src/common/errors.ts) whose message says it all, so the
+ * command layer prints them without a stack trace. BuildError: the build failed (exit 1);
+ * SpecError and ElementError: the spec or the element graph is wrong (exit 2).
  */
-import {CommandFailedError, ToolMissingError} from '../common/exec.js'
+import {EXIT_FAILURE, EXIT_USAGE, InterruptedError, UserError, type UserErrorOptions} from '../common/errors.js'
 
-export class BuildError extends Error {
-  constructor(message: string) {
-    super(message)
+export {isUserError} from '../common/errors.js'
+
+export class BuildError extends UserError {
+  constructor(message: string, opts: UserErrorOptions = {}) {
+    super(message, {exit: EXIT_FAILURE, ...opts})
     this.name = 'BuildError'
   }
 }
 
 /** A build spec (rdk.yaml or flags) is wrong. */
 export class SpecError extends BuildError {
-  constructor(message: string) {
-    super(message)
+  constructor(message: string, opts: UserErrorOptions = {}) {
+    super(message, {exit: EXIT_USAGE, ...opts})
     this.name = 'SpecError'
   }
 }
 
 /** An element is unknown, malformed, or the element graph cannot be resolved. */
 export class ElementError extends BuildError {
-  constructor(message: string) {
-    super(message)
+  constructor(message: string, opts: UserErrorOptions = {}) {
+    super(message, {exit: EXIT_USAGE, ...opts})
     this.name = 'ElementError'
   }
 }
 
-/** The build was interrupted by SIGINT/SIGTERM. */
-export class BuildInterruptedError extends BuildError {
-  readonly signal: NodeJS.Signals
+/** The build was interrupted by SIGINT/SIGTERM (exit 130/143). */
+export class BuildInterruptedError extends InterruptedError {
   constructor(signal: NodeJS.Signals) {
-    super(`build interrupted by ${signal}`)
+    super('build', signal)
     this.name = 'BuildInterruptedError'
-    this.signal = signal
   }
-}
-
-/** True for errors whose message is the whole story (no stack trace wanted). */
-export function isUserError(err: unknown): err is Error {
-  return err instanceof BuildError || err instanceof ToolMissingError || err instanceof CommandFailedError
 }
