@@ -352,6 +352,23 @@ describe('flavors and their stage lists', () => {
     expect(existsSync(spec.cacheDir)).toBe(false)
   })
 
+  it('keeps the layers pointing one way: commands → flavors → builder → artefacts → common', () => {
+    const importsOf = (dir: string): {file: string; spec: string}[] =>
+      readdirSync(dir, {recursive: true, encoding: 'utf8'})
+        .filter((f) => f.endsWith('.ts'))
+        .flatMap((f) => [...readFileSync(join(dir, f), 'utf8').matchAll(/(?:from|import\()\s*'([^']+)'/g)].map((m) => ({file: `${dir}/${f}`, spec: m[1]!})))
+    const bad = (dir: string, forbidden: RegExp) => importsOf(dir).filter((i) => forbidden.test(i.spec)).map((i) => `${i.file} → ${i.spec}`)
+    expect(bad('src/artefacts', /\/(builder|flavors|commands|agent)\//)).toEqual([])
+    expect(bad('src/builder', /\/(flavors|commands|agent)\//)).toEqual([])
+    expect(bad('src/common', /\/(builder|flavors|commands|agent|artefacts|debian)\//)).toEqual([])
+    expect(bad('src/agent', /\/(builder|flavors|commands|artefacts)\//)).toEqual([])
+    // No import() built from a path anywhere in the builder side.
+    for (const dir of ['src/builder', 'src/flavors', 'src/artefacts']) {
+      for (const f of readdirSync(dir, {recursive: true, encoding: 'utf8'}).filter((x) => x.endsWith('.ts'))) expect(readFileSync(join(dir, f), 'utf8'), f).not.toMatch(/\bimport\((?!')/)
+    }
+    expect(importsOf('src/builder').concat(importsOf('src/flavors'), importsOf('src/artefacts')).some((i) => i.spec.startsWith('.'))).toBe(true) // the scan sees imports
+  })
+
   it('skips a stage by its skip() without calling run()', async () => {
     let ran = false
     const flavor = testFlavor({after: 'root-hooks', stage: {name: 'never', description: 'skips', skip: () => 'not today', run: async () => void (ran = true)}})
