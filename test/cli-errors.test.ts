@@ -76,6 +76,32 @@ describe.skipIf(!built)('rdk commands: exit codes, message and hint, stack trace
     expect(readdirSync(out)).toEqual([])
   })
 
+  it('a missing host tool inside a stage exits 2 and names the Debian package', () => {
+    const empty = join(tmp, 'empty-path')
+    mkdirSync(empty, {recursive: true})
+    const out = join(tmp, 'out-nopath')
+    const r = rdk(['build', '--output', out, '--format', 'initramfs'], {PATH: empty})
+    expect(r.status, r.stderr).toBe(2)
+    expect(r.stderr).toMatch(/^rdk build: error: stage fetch-packages: required program '(\S+)' was not found on PATH: install the Debian package '(\S+)'/m)
+    expect(r.stderr).toMatch(/^hint: apt-get install \S+$/m)
+    expect(r.stderr).not.toMatch(STACK)
+    expect(readdirSync(out)).toEqual([])
+  })
+
+  it("an element asking for a package apt does not know exits 2 with the resolver's message and a hint", () => {
+    const elements = join(tmp, 'pkg-elements')
+    mkdirSync(join(elements, 'wants-nope'), {recursive: true})
+    writeFileSync(join(elements, 'wants-nope/element.yaml'), 'description: asks for a package that does not exist\npackages: [rdk-no-such-package]\n')
+    const out = join(tmp, 'out-nopkg')
+    // The shared package cache (default cache dir): the toolset is resolved from it, no downloads once warm.
+    const r = rdk(['build', '--elements-path', elements, '--element', 'wants-nope', '--output', out, '--format', 'initramfs'])
+    expect(r.status, r.stderr).toBe(2)
+    expect(r.stderr).toMatch(/^rdk build: error: stage fetch-packages: no such Debian package \(or version\) in apt's indexes: rdk-no-such-package/m)
+    expect(r.stderr).toMatch(/^hint: check the name \(apt-cache policy NAME\)/m)
+    expect(r.stderr).not.toMatch(STACK)
+    expect(readdirSync(out)).toEqual([])
+  }, 300_000)
+
   it('rdk build --dry-run lists the stages in order with skip reasons and writes nothing', () => {
     const out = join(tmp, 'out-dry')
     const text = rdk(['build', '--dry-run', '--output', out, '--format', 'initramfs,ipxe'])
