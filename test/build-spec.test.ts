@@ -3,6 +3,9 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {SpecError} from '../src/builder/errors.js'
+import {resolveEpoch} from '../src/artefacts/iso.js'
+import {defaultCacheDir} from '../src/common/defaults.js'
+import {defaultCacheDir as debianDefaultCacheDir} from '../src/debian/packages.js'
 import {
   buildFlagTable,
   DEFAULT_SOURCE_DATE_EPOCH,
@@ -81,6 +84,33 @@ describe('build spec defaults', () => {
     expect(s.sourceDateEpoch).toBe(1234567890)
     expect(s.cacheDir).toBe('/var/cache/x/rdk')
     await expect(spec(cwd, undefined, {}, {SOURCE_DATE_EPOCH: 'yesterday'})).rejects.toThrow(/SOURCE_DATE_EPOCH must be a whole number/)
+  })
+
+  it('has one SOURCE_DATE_EPOCH default and parser, shared with rdk iso / the PXE tree', async () => {
+    const saved = process.env.SOURCE_DATE_EPOCH
+    try {
+      delete process.env.SOURCE_DATE_EPOCH
+      expect(resolveEpoch()).toBe(DEFAULT_SOURCE_DATE_EPOCH)
+      expect(resolveEpoch(7)).toBe(7)
+      process.env.SOURCE_DATE_EPOCH = '1234567890'
+      expect(resolveEpoch()).toBe(1234567890)
+      process.env.SOURCE_DATE_EPOCH = 'yesterday' // was silently ignored by rdk iso before
+      expect(() => resolveEpoch()).toThrow(/SOURCE_DATE_EPOCH must be a whole number of seconds, got "yesterday"/)
+    } finally {
+      if (saved === undefined) delete process.env.SOURCE_DATE_EPOCH
+      else process.env.SOURCE_DATE_EPOCH = saved
+    }
+  })
+
+  it('has one cache-dir default, the same as the Debian layer and rdk boot use: $RDK_CACHE_DIR first', async () => {
+    const cwd = workdir()
+    const both = {RDK_CACHE_DIR: '/srv/rdk-cache', XDG_CACHE_HOME: '/var/cache/x'}
+    expect((await spec(cwd, undefined, {}, both)).cacheDir).toBe('/srv/rdk-cache')
+    expect(defaultCacheDir(both, '/home/u')).toBe('/srv/rdk-cache')
+    expect((await spec(cwd, undefined, {}, {RDK_CACHE_DIR: 'rel-cache'})).cacheDir).toBe(join(cwd, 'rel-cache'))
+    expect(defaultCacheDir({RDK_CACHE_DIR: '', XDG_CACHE_HOME: ''}, '/home/u')).toBe('/home/u/.cache/rdk')
+    expect(debianDefaultCacheDir).toBe(defaultCacheDir)
+    expect((await spec(cwd, 'cacheDir: /from/file\n', {}, both)).cacheDir).toBe('/from/file')
   })
 
   it('picks up ./rdk.yaml when there is no --config', async () => {
