@@ -103,37 +103,37 @@ async function ensureScratch(ctx: BuildContext): Promise<void> {
 
 /** The tar and zip bundles, then a `<file>.sha256` for every regular-file artefact. */
 export const bundleStage: Stage = {
-    name: 'make-bundles',
-    description: 'write <name>.tar.gz / <name>.zip (all boot artefacts, manifest.json, SHA256SUMS) and <file>.sha256 files',
-    produces: ['tar', 'zip'],
-    skip: (ctx) => (ctx.spec.formats.some((f) => BUNDLES.includes(f)) ? undefined : 'no bundle requested'),
-    async run(ctx) {
-      const formats = BUNDLES.filter((f) => ctx.spec.formats.includes(f)) as BundleFormat[]
-      const {kernel, initrd} = inputs(ctx)
-      const name = ctx.spec.name
-      const entries: BundleEntry[] = [
-        {name: `${name}.kernel`, path: kernel},
-        {name: `${name}.initramfs`, path: initrd},
-      ]
-      for (const kind of ['iso', 'ipxe', 'pxe'] as const) {
-        const a = ctx.bootFiles[kind]
-        if (!a) throw new BuildError(`the bundle needs the ${kind} artefact, but make-${kind} did not write it`)
-        entries.push({name: a.file, path: a.path})
-      }
-      const m = await buildManifest(ctx)
-      delete m.artefacts
-      const notes: string[] = []
-      for (const f of formats) {
-        const a = ctx.outputs.add(f, `${name}${BUNDLE_EXTENSIONS[f]}`)
-        const r = await writeBundle(f, a.tempPath, entries, {manifest: m, sourceDateEpoch: ctx.spec.sourceDateEpoch})
-        notes.push(`${a.file}: ${r.files.length + 1} files`)
-      }
-      // IPA's CI publishes <file>.sha256 next to each file; `sha256sum -c <file>.sha256` checks it.
-      for (const a of [...ctx.outputs.all()]) {
-        if (['manifest', 'sha256', 'pxe'].includes(a.kind)) continue
-        const s = ctx.outputs.add('sha256', `${a.file}.sha256`)
-        await writeFile(s.tempPath, await sha256Line(a.tempPath, a.file), {mode: 0o644})
-      }
-      return notes.join(', ')
-    },
+  name: 'make-bundles',
+  description: 'write <name>.tar.gz / <name>.zip (all boot artefacts, manifest.json, SHA256SUMS) and <file>.sha256 files',
+  produces: ['tar', 'zip'],
+  skip: (ctx) => (ctx.spec.formats.some((f) => BUNDLES.includes(f)) ? undefined : 'no bundle requested'),
+  async run(ctx) {
+    const formats = BUNDLES.filter((f) => ctx.spec.formats.includes(f)) as BundleFormat[]
+    const {kernel, initrd} = inputs(ctx)
+    const name = ctx.spec.name
+    const entries: BundleEntry[] = [
+      {name: `${name}.kernel`, path: kernel},
+      {name: `${name}.initramfs`, path: initrd},
+    ]
+    for (const kind of ['iso', 'ipxe', 'pxe'] as const) {
+      const a = ctx.bootFiles[kind]
+      if (!a) throw new BuildError(`the bundle needs the ${kind} artefact, but make-${kind} did not write it`)
+      entries.push({name: a.file, path: a.path})
+    }
+    const m = await buildManifest(ctx)
+    delete m.artefacts
+    const notes: string[] = []
+    for (const f of formats) {
+      const a = ctx.outputs.add(f, `${name}${BUNDLE_EXTENSIONS[f]}`)
+      const r = await writeBundle(f, a.tempPath, entries, {manifest: m, sourceDateEpoch: ctx.spec.sourceDateEpoch})
+      notes.push(`${a.file}: ${r.files.length + 1} files`)
+    }
+    // IPA's CI publishes <file>.sha256 next to each file; `sha256sum -c <file>.sha256` checks it.
+    for (const a of [...ctx.outputs.all()]) {
+      if (['manifest', 'sha256', 'pxe'].includes(a.kind)) continue
+      const s = ctx.outputs.add('sha256', `${a.file}.sha256`)
+      await writeFile(s.tempPath, await sha256Line(a.tempPath, a.file), {mode: 0o644})
+    }
+    return notes.join(', ')
+  },
 }
