@@ -27,9 +27,9 @@ import {
   type ResolvedVm,
   type VmOptions,
 } from '../src/boot/qemu.js'
-import {renderTemplate, templateSpec} from '../src/build/assemble.js'
-import {loadElement} from '../src/build/elements.js'
-import {finishSpec} from '../src/build/spec.js'
+import {renderTemplate, templateSpec} from '../src/builder/assemble.js'
+import {loadElement} from '../src/builder/elements.js'
+import {finishSpec} from '../src/builder/spec.js'
 import {run, ToolMissingError, which} from '../src/common/exec.js'
 import {addNodeRuntime, NODE_IMAGE_PATH} from '../src/flavors/tiny/node.js'
 

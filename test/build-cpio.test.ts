@@ -6,9 +6,9 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gunzipSync} from 'node:zlib'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {compressFile, type Compression} from '../src/build/compress.js'
-import {parseCpio, writeCpio} from '../src/build/cpio.js'
-import {FileTree} from '../src/build/tree.js'
+import {compressFile, type Compression} from '../src/builder/compress.js'
+import {parseCpio, writeCpio} from '../src/builder/cpio.js'
+import {FileTree} from '../src/builder/tree.js'
 
 const EPOCH = 1700000000
 const tmp = mkdtempSync(join(tmpdir(), 'rdk-cpio-test-'))

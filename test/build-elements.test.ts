@@ -3,12 +3,12 @@ import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync} fr
 import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {assembleElement} from '../src/build/assemble.js'
-import {ElementError} from '../src/build/errors.js'
-import {ElementCatalog, elementSearchPaths, hooksFor, loadElement, resolveElements, type Element} from '../src/build/elements.js'
-import {runHooks} from '../src/build/hooks.js'
-import {finishSpec} from '../src/build/spec.js'
-import {FileTree} from '../src/build/tree.js'
+import {assembleElement} from '../src/builder/assemble.js'
+import {ElementError} from '../src/builder/errors.js'
+import {ElementCatalog, elementSearchPaths, hooksFor, loadElement, resolveElements, type Element} from '../src/builder/elements.js'
+import {runHooks} from '../src/builder/hooks.js'
+import {finishSpec} from '../src/builder/spec.js'
+import {FileTree} from '../src/builder/tree.js'
 
 const FIXTURES = resolve('test/fixtures/elements')
 const BUILTIN = resolve('elements')

@@ -1,11 +1,11 @@
 /**
- * The layered initramfs (src/build/layers.ts): which entry goes to which layer, digests that change
+ * The layered initramfs (src/builder/layers.ts): which entry goes to which layer, digests that change
  * only with their layer's content, disjoint inode ranges, and archives that together hold the tree.
  */
 import {describe, expect, it} from 'vitest'
-import {parseCpio, writeCpio} from '../src/build/cpio.js'
-import {DEFAULT_LAYER, DIRS_LAYER, LAYER_INO_STRIDE, planLayers} from '../src/build/layers.js'
-import {FileTree} from '../src/build/tree.js'
+import {parseCpio, writeCpio} from '../src/builder/cpio.js'
+import {DEFAULT_LAYER, DIRS_LAYER, LAYER_INO_STRIDE, planLayers} from '../src/builder/layers.js'
+import {FileTree} from '../src/builder/tree.js'
 import {PassThrough} from 'node:stream'
 
 const ELF_EXEC = (() => {

@@ -6,12 +6,15 @@ import {join, resolve} from 'node:path'
 import {pathToFileURL} from 'node:url'
 import {gunzipSync} from 'node:zlib'
 import {afterAll, describe, expect, it} from 'vitest'
-import type {Compression} from '../src/build/compress.js'
-import {parseCpio} from '../src/build/cpio.js'
-import {createDefaultRegistry} from '../src/build/flavors.js'
-import {runBuild, StageFailedError, type BuildResult} from '../src/build/pipeline.js'
-import type {StageRegistry} from '../src/build/registry.js'
-import {finishSpec, type BuildSpec} from '../src/build/spec.js'
+import type {Compression} from '../src/builder/compress.js'
+import {parseCpio} from '../src/builder/cpio.js'
+import {checkSupported, flavorStages, planBuild, runBuild, StageFailedError, type BuildResult} from '../src/builder/pipeline.js'
+import type {FlavorDefinition, Stage} from '../src/builder/stage.js'
+import * as shared from '../src/builder/stages.js'
+import {finishSpec, type BuildSpec} from '../src/builder/spec.js'
+import {describeError} from '../src/common/errors.js'
+import {buildImage, FLAVOR_TABLE, flavorFor} from '../src/flavors/index.js'
+import {tiny} from '../src/flavors/tiny/index.js'
 
 const FIXTURES = resolve('test/fixtures/elements')
 const EPOCH = 1650000000
@@ -25,12 +28,22 @@ const freshDir = () => {
   return d
 }
 
-/** The default registry, but the tiny flavor starts from no elements (the tests pick their own). */
-function testRegistry(extra?: (r: StageRegistry) => void): StageRegistry {
-  const r = createDefaultRegistry()
-  r.updateFlavor('tiny', {defaultElements: []})
-  extra?.(r)
-  return r
+/** The shared stages without the tiny flavor's Debian/kernel/agent ones (no downloads in these tests). */
+const TEST_STAGES: readonly Stage[] = [
+  shared.resolveElementsStage,
+  shared.rootHooksStage,
+  shared.assembleTreeStage,
+  shared.runHooksStage,
+  shared.packInitramfsStage,
+  shared.writeKernelStage,
+  shared.writeArtefactsStage,
+]
+
+/** A flavor like tiny that starts from no elements (the tests pick their own), with `extra` stages after the named one. */
+function testFlavor(extra?: {after: string; stage: Stage}): FlavorDefinition {
+  const stages = [...TEST_STAGES]
+  if (extra) stages.splice(stages.findIndex((s) => s.name === extra.after) + 1, 0, extra.stage)
+  return {...tiny, defaultElements: [], stages}
 }
 
 async function testSpec(dir: string, over: Partial<BuildSpec> = {}): Promise<BuildSpec> {
@@ -40,15 +53,15 @@ async function testSpec(dir: string, over: Partial<BuildSpec> = {}): Promise<Bui
   )
 }
 
-async function build(spec: BuildSpec, registry = testRegistry()): Promise<{result: BuildResult; log: string[]}> {
+async function build(spec: BuildSpec, flavor = testFlavor()): Promise<{result: BuildResult; log: string[]}> {
   const log: string[] = []
-  const result = await runBuild(spec, {registry, loadPlugins: false, handleSignals: false, log: (l) => log.push(l)})
+  const result = await runBuild(spec, {flavor, handleSignals: false, log: (l) => log.push(l)})
   return {result, log}
 }
 
-async function buildError(spec: BuildSpec, registry = testRegistry()): Promise<Error> {
+async function buildError(spec: BuildSpec, flavor = testFlavor()): Promise<Error> {
   try {
-    await build(spec, registry)
+    await build(spec, flavor)
   } catch (err) {
     return err as Error
   }
@@ -115,23 +128,10 @@ describe('build result and manifest', () => {
       expect(a.sha256).toBe(sha(a.path))
       expect(a.size).toBe(statSync(a.path).size)
     }
-    expect(result.stages.map((s) => s.name)).toEqual([
-      'resolve-elements',
-      'root-hooks',
-      'fetch-packages',
-      'fetch-kernel',
-      'assemble-tree',
-      'run-hooks',
-      'pack-initramfs',
-      'write-kernel',
-      'make-iso',
-      'make-pxe',
-      'make-ipxe',
-      'make-bundles',
-      'write-artefacts',
-    ])
+    expect(result.stages.map((s) => s.name)).toEqual(TEST_STAGES.map((s) => s.name))
+    expect(result.stages.find((s) => s.name === 'write-kernel')!.note).toBe('skipped: kernel format not requested')
     expect(result.stages.every((s) => typeof s.ms === 'number' && s.ms >= 0)).toBe(true)
-    expect(log.filter((l) => /^\[\d+\/13\] /.test(l))).toHaveLength(13)
+    expect(log.filter((l) => /^\[\d+\/7\] /.test(l))).toHaveLength(7)
     const hello = result.elements.find((e) => e.name === 'hello')!
     expect(hello.bytes).toBeGreaterThan(0)
     expect(hello.origin).toBe('user')
@@ -147,11 +147,9 @@ describe('build result and manifest', () => {
     const dir = freshDir()
     const vmlinuz = join(dir, 'vmlinuz')
     writeFileSync(vmlinuz, 'not really a kernel')
-    const registry = testRegistry((r) =>
-      r.registerStage('tiny', {name: 'fake-kernel', description: 'test', run: async (ctx) => void (ctx.kernel = {path: vmlinuz, version: '6.1.0-test'})}, {replace: 'fetch-kernel'}),
-    )
+    const flavor = testFlavor({after: 'root-hooks', stage: {name: 'fake-kernel', description: 'test', run: async (ctx) => void (ctx.kernel = {path: vmlinuz, version: '6.1.0-test'})}})
     const spec = await testSpec(dir, {formats: ['kernel', 'initramfs'], name: 'lab'})
-    const {result} = await build(spec, registry)
+    const {result} = await build(spec, flavor)
     expect(result.artefacts.map((a) => a.file)).toEqual(['lab.initramfs', 'lab.kernel', 'lab.manifest.json'])
     expect(readFileSync(join(spec.output, 'lab.kernel'), 'utf8')).toBe('not really a kernel')
     expect(JSON.parse(readFileSync(join(spec.output, 'lab.manifest.json'), 'utf8')).kernel).toEqual({version: '6.1.0-test', source: null})
@@ -161,8 +159,9 @@ describe('build result and manifest', () => {
 describe('atomic outputs', () => {
   it('leaves the output directory as it was when a late stage fails', async () => {
     let workDir = ''
-    const registry = testRegistry((r) =>
-      r.registerStage('tiny', {
+    const flavor = testFlavor({
+      after: 'write-kernel',
+      stage: {
         name: 'explode',
         description: 'fails after the initramfs was written',
         run: async (ctx) => {
@@ -170,15 +169,17 @@ describe('atomic outputs', () => {
           expect(readdirSync(ctx.spec.output).some((f) => f.includes('.rdk-tmp-'))).toBe(true) // something half-done exists
           throw new Error('boom')
         },
-      }),
-    )
+      },
+    })
     const spec = await testSpec(freshDir())
     mkdirSync(spec.output, {recursive: true})
     writeFileSync(join(spec.output, 'rdk-tiny.initramfs'), 'previous build')
-    const err = await buildError(spec, registry)
+    const err = await buildError(spec, flavor)
     expect(err).toBeInstanceOf(StageFailedError)
     expect((err as StageFailedError).stage).toBe('explode')
     expect(err.message).toBe('stage explode: boom')
+    // A plain Error inside a stage is an internal failure: exit 1, and the CLI offers --debug.
+    expect(describeError(err)).toMatchObject({exitCode: 1, internal: true})
     expect(listing(spec.output)).toEqual(['rdk-tiny.initramfs'])
     expect(readFileSync(join(spec.output, 'rdk-tiny.initramfs'), 'utf8')).toBe('previous build')
     expect(existsSync(workDir)).toBe(false)
@@ -188,7 +189,7 @@ describe('atomic outputs', () => {
     const spec = await testSpec(freshDir(), {elements: ['failing-hook']})
     const err = await buildError(spec)
     expect(err).toBeInstanceOf(StageFailedError)
-    expect((err as StageFailedError).userFacing).toBe(true)
+    expect(describeError(err)).toMatchObject({exitCode: 1, internal: false}) // the build failed; the message says why
     expect(err.message).toMatch(/^stage run-hooks: hook finalise\.d\/50-fail of element 'failing-hook' exited with code 3/)
     expect(listing(spec.output)).toEqual([])
   })
@@ -204,7 +205,8 @@ describe('atomic outputs', () => {
     expect(log.join('\n')).toContain(stale)
   })
 
-  const dist = resolve('dist/build/pipeline.js')
+  const dist = resolve('dist/builder/pipeline.js')
+  const stageNames = TEST_STAGES.map((s) => s.name)
   const cases = [
     {signal: 'SIGTERM', code: 143, where: 'after pack-initramfs (a temporary artefact exists)'},
     {signal: 'SIGINT', code: 130, where: 'while a cache entry is being produced'},
@@ -217,18 +219,20 @@ describe('atomic outputs', () => {
       const inCache = signal === 'SIGINT'
       writeFileSync(
         driver,
-        `import {createDefaultRegistry} from '${url('dist/build/flavors.js')}'
-import {finishSpec} from '${url('dist/build/spec.js')}'
-import {runBuild} from '${url('dist/build/pipeline.js')}'
-const r = createDefaultRegistry()
-r.updateFlavor('tiny', {defaultElements: []})
+        `import {finishSpec} from '${url('dist/builder/spec.js')}'
+import {runBuild} from '${url('dist/builder/pipeline.js')}'
+import * as shared from '${url('dist/builder/stages.js')}'
+import {tiny} from '${url('dist/flavors/tiny/index.js')}'
 const hang = (ctx) => new Promise(() => {
   process.stdout.write('READY ' + ctx.workDir + '\\n')
   setInterval(() => {}, 1000)
 })
-r.registerStage('tiny', {name: 'wait', description: 'hangs', run: ${inCache ? "(ctx) => ctx.cache.directory('slow', {x: 1}, () => hang(ctx))" : 'hang'}}, {after: 'pack-initramfs'})
+const wait = {name: 'wait', description: 'hangs', run: ${inCache ? "(ctx) => ctx.cache.directory('slow', {x: 1}, () => hang(ctx))" : 'hang'}}
+const byName = Object.fromEntries(Object.values(shared).filter((s) => s && typeof s === 'object' && 'run' in s).map((s) => [s.name, s]))
+const stages = ${JSON.stringify(stageNames)}.map((n) => byName[n])
+stages.splice(stages.findIndex((s) => s.name === 'pack-initramfs') + 1, 0, wait)
 const spec = await finishSpec(${JSON.stringify({elements: ['hello'], elementPaths: [FIXTURES], output: join(dir, 'out'), cacheDir: join(dir, 'cache'), formats: ['initramfs']})}, {env: {}})
-await runBuild(spec, {registry: r, loadPlugins: false, log: (l) => process.stderr.write(l + '\\n')})
+await runBuild(spec, {flavor: {...tiny, defaultElements: [], stages}, log: (l) => process.stderr.write(l + '\\n')})
 `,
       )
       const child = spawn(process.execPath, [driver], {stdio: ['ignore', 'pipe', 'pipe']})
@@ -270,23 +274,21 @@ await runBuild(spec, {registry: r, loadPlugins: false, log: (l) => process.stder
 describe('clear errors', () => {
   it('refuses flavors and formats that are not implemented yet, before doing anything', async () => {
     const dir = freshDir()
-    await expect(build(await testSpec(dir, {flavor: 'debian'}))).rejects.toThrow("flavor 'debian' is not implemented yet; flavors that build today: tiny")
-    // iso is implemented (src/artefacts), but this registry has no kernel stage: a clear error, no output.
-    await expect(build(await testSpec(dir, {formats: ['initramfs', 'iso']}))).rejects.toThrow(/stage fetch-kernel: flavor 'tiny' has no kernel stage registered yet, so formats iso cannot be built/)
+    expect(() => flavorFor('debian')).toThrow("flavor 'debian' is not implemented yet; flavors that build today: tiny")
+    await expect(buildImage(await testSpec(dir, {flavor: 'container'}), {handleSignals: false})).rejects.toThrow("flavor 'container' is not implemented yet")
+    expect(describeError(await buildImage(await testSpec(dir, {flavor: 'debian'})).catch((e: unknown) => e))).toMatchObject({exitCode: 2, hint: 'use --flavor tiny'})
+    // This flavor has no make-iso stage: the format is refused before any stage runs, no output.
+    const err = await buildError(await testSpec(dir, {formats: ['initramfs', 'iso']}))
+    expect(err.message).toBe("format iso is not implemented yet for flavor 'tiny'; formats that build today: initramfs, kernel")
+    expect(describeError(err).exitCode).toBe(2)
     expect(listing(join(dir, 'out'))).toEqual([])
   })
 
-  it('says the kernel and package stages are placeholders until the flavor registers them', async () => {
+  it('says so when a kernel is asked for and no stage of the flavor provides one', async () => {
     const dir = freshDir()
-    expect((await buildError(await testSpec(dir, {formats: ['kernel', 'initramfs']}))).message).toMatch(
-      /^stage fetch-kernel: flavor 'tiny' has no kernel stage registered yet, so formats kernel cannot be built; use --format initramfs/,
-    )
-    const pk = join(dir, 'pk')
-    mkdirSync(join(pk, 'wants-packages'), {recursive: true})
-    writeFileSync(join(pk, 'wants-packages/element.yaml'), 'packages: [busybox, kmod]\n')
-    expect((await buildError(await testSpec(dir, {elements: ['wants-packages'], elementPaths: [pk]}))).message).toMatch(
-      /^stage fetch-packages: element wants-packages needs Debian packages \(busybox, kmod\), but flavor 'tiny' has no package stage registered yet/,
-    )
+    const err = await buildError(await testSpec(dir, {formats: ['kernel', 'initramfs']}))
+    expect(err.message).toBe("stage write-kernel: no kernel image: no stage of flavor 'tiny' provided one")
+    expect(listing(join(dir, 'out'))).toEqual([])
   })
 
   it('surfaces a missing compressor as the Debian package to install', async () => {
@@ -301,18 +303,79 @@ describe('clear errors', () => {
       process.env.PATH = path
     }
     expect(err).toBeInstanceOf(StageFailedError)
-    expect((err as StageFailedError).userFacing).toBe(true)
     expect(err.message).toMatch(/^stage pack-initramfs: required program 'zstd' was not found on PATH: install the Debian package 'zstd'/)
+    expect(describeError(err)).toMatchObject({exitCode: 2, hint: 'apt-get install zstd', internal: false})
   })
 
-  it('refuses a stage registered after write-artefacts and duplicate stage names', () => {
-    const r = testRegistry()
-    const s = {name: 'late', description: '', run: async () => {}}
-    expect(() => r.registerStage('tiny', s, {after: 'write-artefacts'})).toThrow(/nothing may run after write-artefacts/)
-    expect(() => r.registerStage('tiny', {...s, name: 'assemble-tree'})).toThrow(/already registered/)
-    expect(() => r.registerStage('tiny', s, {after: 'nope'})).toThrow(/no stage 'nope'/)
-    r.registerStage('tiny', s)
-    expect(r.stages('tiny').map((x) => x.name).slice(-2)).toEqual(['late', 'write-artefacts'])
+  it('refuses a stage list that does not end with write-artefacts or names a stage twice', () => {
+    const late = {name: 'late', description: '', run: async () => {}}
+    expect(() => flavorStages({...tiny, stages: [...TEST_STAGES, late]})).toThrow(/must end with write-artefacts/)
+    expect(() => flavorStages({...tiny, stages: [shared.assembleTreeStage, ...TEST_STAGES]})).toThrow(/two stages are named 'assemble-tree'/)
+    expect(() => checkSupported({formats: ['kernel']} as BuildSpec, {name: 'debian', description: '', defaultElements: []})).toThrow("flavor 'debian' is not implemented yet")
+  })
+})
+
+describe('flavors and their stage lists', () => {
+  it("tiny's file lists the whole build, in order, each stage once", () => {
+    expect(FLAVOR_TABLE.tiny).toBe(tiny)
+    expect(flavorStages(tiny).map((s) => s.name)).toEqual([
+      'resolve-elements', 'root-hooks', 'fetch-packages', 'fetch-kernel', 'assemble-tree', 'add-agent', 'run-hooks',
+      'pack-initramfs', 'write-kernel', 'make-iso', 'make-pxe', 'make-ipxe', 'make-bundles', 'write-artefacts',
+    ])
+    expect(FLAVOR_TABLE.debian.stages).toBeUndefined()
+    expect(FLAVOR_TABLE.container.stages).toBeUndefined()
+  })
+
+  it('plans a build without running it: which stages would skip, and why', async () => {
+    const dir = freshDir()
+    const spec = await testSpec(dir, {formats: ['kernel', 'initramfs', 'iso'], elements: ['hello', 'failing-hook']})
+    const flavor = {...tiny, defaultElements: []}
+    const plan = await planBuild(spec, flavor)
+    expect(plan.elements.map((e) => e.name)).toEqual(['base-lite', 'failing-hook', 'hello'])
+    const skip = Object.fromEntries(plan.stages.map((s) => [s.name, s.skip]))
+    expect(skip).toMatchObject({
+      'resolve-elements': null,
+      'root-hooks': 'no root.d scripts',
+      'run-hooks': null, // failing-hook has a finalise.d script
+      'fetch-packages': null,
+      'pack-initramfs': null,
+      'write-kernel': null,
+      'make-iso': null,
+      'make-pxe': 'pxe not requested',
+      'make-ipxe': 'ipxe not requested',
+      'make-bundles': 'no bundle requested',
+    })
+    // A bundle needs the ISO, PXE tree and iPXE script even when they are not formats of their own.
+    const bundled = await planBuild(await testSpec(dir, {formats: ['tar']}), flavor)
+    expect(bundled.stages.filter((s) => s.skip).map((s) => s.name)).toEqual(['root-hooks', 'write-kernel'])
+    expect(existsSync(spec.output)).toBe(false) // nothing written
+    expect(existsSync(spec.cacheDir)).toBe(false)
+  })
+
+  it('keeps the layers pointing one way: commands → flavors → builder → artefacts → common', () => {
+    const importsOf = (dir: string): {file: string; spec: string}[] =>
+      readdirSync(dir, {recursive: true, encoding: 'utf8'})
+        .filter((f) => f.endsWith('.ts'))
+        .flatMap((f) => [...readFileSync(join(dir, f), 'utf8').matchAll(/(?:from|import\()\s*'([^']+)'/g)].map((m) => ({file: `${dir}/${f}`, spec: m[1]!})))
+    const bad = (dir: string, forbidden: RegExp) => importsOf(dir).filter((i) => forbidden.test(i.spec)).map((i) => `${i.file} → ${i.spec}`)
+    expect(bad('src/artefacts', /\/(builder|flavors|commands|agent)\//)).toEqual([])
+    expect(bad('src/builder', /\/(flavors|commands|agent)\//)).toEqual([])
+    expect(bad('src/common', /\/(builder|flavors|commands|agent|artefacts|debian)\//)).toEqual([])
+    expect(bad('src/agent', /\/(builder|flavors|commands|artefacts)\//)).toEqual([])
+    // No import() built from a path anywhere in the builder side.
+    for (const dir of ['src/builder', 'src/flavors', 'src/artefacts']) {
+      for (const f of readdirSync(dir, {recursive: true, encoding: 'utf8'}).filter((x) => x.endsWith('.ts'))) expect(readFileSync(join(dir, f), 'utf8'), f).not.toMatch(/\bimport\((?!')/)
+    }
+    expect(importsOf('src/builder').concat(importsOf('src/flavors'), importsOf('src/artefacts')).some((i) => i.spec.startsWith('.'))).toBe(true) // the scan sees imports
+  })
+
+  it('skips a stage by its skip() without calling run()', async () => {
+    let ran = false
+    const flavor = testFlavor({after: 'root-hooks', stage: {name: 'never', description: 'skips', skip: () => 'not today', run: async () => void (ran = true)}})
+    const {result, log} = await build(await testSpec(freshDir()), flavor)
+    expect(ran).toBe(false)
+    expect(result.stages.find((s) => s.name === 'never')!.note).toBe('skipped: not today')
+    expect(log.join('\n')).toMatch(/\[3\/8\] never {2}skipped: not today/)
   })
 })
 
@@ -354,10 +417,9 @@ describe('cache', () => {
     const elements = join(dir, 'elements')
     cpSync(FIXTURES, elements, {recursive: true})
     const produced: string[] = []
-    const registry = testRegistry((r) =>
-      r.registerStage(
-        'tiny',
-        {
+    const flavor = testFlavor({
+      after: 'root-hooks',
+      stage: {
           name: 'fake-packages',
           description: 'per-element fragments through ctx.cache.fragment',
           run: async (ctx) => {
@@ -370,17 +432,15 @@ describe('cache', () => {
             }
           },
         },
-        {replace: 'fetch-packages'},
-      ),
-    )
+    })
     const spec = await testSpec(dir, {elementPaths: [elements]})
-    const first = (await build(spec, registry)).result
+    const first = (await build(spec, flavor)).result
     expect(produced).toEqual(['base-lite', 'hello'])
-    const again = (await build(spec, registry)).result
+    const again = (await build(spec, flavor)).result
     expect(produced).toEqual(['base-lite', 'hello'])
     expect(again.artefacts[0]!.sha256).toBe(first.artefacts[0]!.sha256)
     writeFileSync(join(elements, 'hello/hello.txt'), 'touched\n')
-    const third = (await build(spec, registry)).result
+    const third = (await build(spec, flavor)).result
     expect(produced).toEqual(['base-lite', 'hello', 'hello'])
     const cpio = parseCpio(decompress(spec.compress, readFileSync(third.artefacts[0]!.path)))
     expect(cpio.find((e) => e.name === 'opt/base-lite/payload')!.data.toString()).toMatch(/^expensive output for base-lite/)

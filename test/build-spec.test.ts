@@ -2,7 +2,10 @@ import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {SpecError} from '../src/build/errors.js'
+import {SpecError} from '../src/builder/errors.js'
+import {resolveEpoch} from '../src/artefacts/iso.js'
+import {defaultCacheDir} from '../src/common/defaults.js'
+import {defaultCacheDir as debianDefaultCacheDir} from '../src/debian/packages.js'
 import {
   buildFlagTable,
   DEFAULT_SOURCE_DATE_EPOCH,
@@ -12,7 +15,7 @@ import {
   resolveSpec,
   SPEC_SETTINGS,
   type SpecSources,
-} from '../src/build/spec.js'
+} from '../src/builder/spec.js'
 
 const tmp = mkdtempSync(join(tmpdir(), 'rdk-spec-test-'))
 afterAll(() => rmSync(tmp, {recursive: true, force: true}))
@@ -81,6 +84,33 @@ describe('build spec defaults', () => {
     expect(s.sourceDateEpoch).toBe(1234567890)
     expect(s.cacheDir).toBe('/var/cache/x/rdk')
     await expect(spec(cwd, undefined, {}, {SOURCE_DATE_EPOCH: 'yesterday'})).rejects.toThrow(/SOURCE_DATE_EPOCH must be a whole number/)
+  })
+
+  it('has one SOURCE_DATE_EPOCH default and parser, shared with rdk iso / the PXE tree', async () => {
+    const saved = process.env.SOURCE_DATE_EPOCH
+    try {
+      delete process.env.SOURCE_DATE_EPOCH
+      expect(resolveEpoch()).toBe(DEFAULT_SOURCE_DATE_EPOCH)
+      expect(resolveEpoch(7)).toBe(7)
+      process.env.SOURCE_DATE_EPOCH = '1234567890'
+      expect(resolveEpoch()).toBe(1234567890)
+      process.env.SOURCE_DATE_EPOCH = 'yesterday' // was silently ignored by rdk iso before
+      expect(() => resolveEpoch()).toThrow(/SOURCE_DATE_EPOCH must be a whole number of seconds, got "yesterday"/)
+    } finally {
+      if (saved === undefined) delete process.env.SOURCE_DATE_EPOCH
+      else process.env.SOURCE_DATE_EPOCH = saved
+    }
+  })
+
+  it('has one cache-dir default, the same as the Debian layer and rdk boot use: $RDK_CACHE_DIR first', async () => {
+    const cwd = workdir()
+    const both = {RDK_CACHE_DIR: '/srv/rdk-cache', XDG_CACHE_HOME: '/var/cache/x'}
+    expect((await spec(cwd, undefined, {}, both)).cacheDir).toBe('/srv/rdk-cache')
+    expect(defaultCacheDir(both, '/home/u')).toBe('/srv/rdk-cache')
+    expect((await spec(cwd, undefined, {}, {RDK_CACHE_DIR: 'rel-cache'})).cacheDir).toBe(join(cwd, 'rel-cache'))
+    expect(defaultCacheDir({RDK_CACHE_DIR: '', XDG_CACHE_HOME: ''}, '/home/u')).toBe('/home/u/.cache/rdk')
+    expect(debianDefaultCacheDir).toBe(defaultCacheDir)
+    expect((await spec(cwd, 'cacheDir: /from/file\n', {}, both)).cacheDir).toBe('/from/file')
   })
 
   it('picks up ./rdk.yaml when there is no --config', async () => {
@@ -259,14 +289,17 @@ describe('spec errors', () => {
 })
 
 describe('docs/build.md', () => {
-  it('documents every setting (YAML key and flag) and every generic stage', async () => {
+  it('documents every setting (YAML key and flag) and points at the flavor file for the stages', async () => {
     const {readFileSync} = await import('node:fs')
-    const {genericStages} = await import('../src/build/stages.js')
+    const {tiny} = await import('../src/flavors/tiny/index.js')
     const doc = readFileSync('docs/build.md', 'utf8')
     for (const s of SPEC_SETTINGS) {
       expect(doc, s.key).toContain(`| \`${s.key}\` | \`--${s.flag}`)
     }
-    for (const stage of genericStages()) expect(doc, stage.name).toContain(`| \`${stage.name}\` |`)
+    expect(doc).toContain('[`src/flavors/tiny/index.ts`](../src/flavors/tiny/index.ts)')
+    // No second hand-kept stage table: the docs name stages, the flavor file orders them.
+    expect(doc).not.toMatch(/^\| stage \| does \|$/m)
+    for (const stage of tiny.stages!) expect(doc, stage.name).toContain(`\`${stage.name}\``)
   })
 })
 

@@ -2,7 +2,7 @@ import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {comparePaths, FileTree, normalisePath, sha256, TreeError} from '../src/build/tree.js'
+import {comparePaths, FileTree, normalisePath, sha256, TreeError} from '../src/builder/tree.js'
 
 const tmp = mkdtempSync(join(tmpdir(), 'rdk-tree-test-'))
 afterAll(() => rmSync(tmp, {recursive: true, force: true}))

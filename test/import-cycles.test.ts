@@ -13,13 +13,6 @@ import {describe, expect, it} from 'vitest'
 const ROOT = path.resolve(import.meta.dirname, '..')
 const SRC = path.join(ROOT, 'src')
 
-// Cycles the builder helper is removing in parallel (src/build, src/artefacts are theirs). Each entry is
-// the sorted member list of one strongly connected component, joined by ' '. The lead empties this list
-// after merging the builder restructuring; nothing under src/agent may ever be listed here.
-const KNOWN_BUILDER_CYCLES: string[] = [
-  // build/context.ts imports the registry's types and build/registry.ts the context: found on main at 9d21a03.
-  'src/build/context.ts src/build/registry.ts',
-]
 
 function tsFiles(dir: string): string[] {
   const out: string[] = []
@@ -172,15 +165,10 @@ describe('import graph of src/', () => {
     expect(oneCycle(g, found[0])).toEqual(['a', 'b', 'c', 'a'])
   })
 
-  it('has no import circles (except the explicitly listed builder ones the lead is removing)', () => {
+  it('has no import circles', () => {
     const comps = cycles(graph)
-    const unexpected = comps.filter((c) => !KNOWN_BUILDER_CYCLES.includes(c.join(' ')))
-    const report = unexpected.map((c) => `  ${oneCycle(graph, c).join(' → ')}${c.length > 2 ? `  (component: ${c.join(', ')})` : ''}`)
+    const report = comps.map((c) => `  ${oneCycle(graph, c).join(' → ')}${c.length > 2 ? `  (component: ${c.join(', ')})` : ''}`)
     expect(report, `import cycles under src/:\n${report.join('\n')}`).toEqual([])
-    // An allow-listed builder cycle that no longer exists must leave the list.
-    const stale = KNOWN_BUILDER_CYCLES.filter((k) => !comps.some((c) => c.join(' ') === k))
-    expect(stale, 'KNOWN_BUILDER_CYCLES lists cycles that are gone: remove them').toEqual([])
-    for (const k of KNOWN_BUILDER_CYCLES) expect(k.includes('src/agent/'), `agent file in the builder allow-list: ${k}`).toBe(false)
   })
 
   // The agent's disk layering: disk/ is the bottom (block devices, partitions, wipes, guards); image/

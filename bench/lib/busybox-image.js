@@ -8,9 +8,9 @@
 // through the Debian layer's verified cache (dist/debian/*), so the build's cache dir is reused.
 import {rm, stat} from 'node:fs/promises'
 import {join} from 'node:path'
-import {COMPRESSIONS, compressFile} from '../../dist/build/compress.js'
-import {writeCpio} from '../../dist/build/cpio.js'
-import {FileTree} from '../../dist/build/tree.js'
+import {COMPRESSIONS, compressFile} from '../../dist/builder/compress.js'
+import {writeCpio} from '../../dist/builder/cpio.js'
+import {FileTree} from '../../dist/builder/tree.js'
 import {addUsrMergeLinks, extractDeb, noDocs} from '../../dist/debian/extract.js'
 import {installKernelModules, prepareKernel} from '../../dist/debian/kernel.js'
 import {fetchPackages, resolvePackages} from '../../dist/debian/packages.js'

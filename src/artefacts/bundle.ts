@@ -16,7 +16,7 @@ import {pipeline} from 'node:stream/promises'
 import {basename, join, posix} from 'node:path'
 import tar from 'tar-stream'
 import yazl from 'yazl'
-import {gzipTo} from '../build/compress.js'
+import {gzipTo} from '../common/gzip.js'
 import {ArtefactError, atomicOutput, listFiles, sha256File} from './common.js'
 
 export type BundleFormat = 'tar' | 'zip'

@@ -4,7 +4,7 @@
  * EJS templates from `templates/`, fixed timestamps, and atomic outputs (a temporary name in the
  * output's own directory, renamed at the end; removed on any error).
  */
-import {randomBytes} from 'node:crypto'
+import {createHash, randomBytes} from 'node:crypto'
 import {constants as fsConstants, createReadStream} from 'node:fs'
 import {access, open, readdir, readFile, rename, rm, stat, utimes} from 'node:fs/promises'
 import {basename, dirname, join, relative} from 'node:path'
@@ -12,14 +12,13 @@ import {fileURLToPath} from 'node:url'
 import {createGunzip} from 'node:zlib'
 import ejs from 'ejs'
 import {runBuffer} from '../common/exec.js'
-import {BuildError} from '../build/errors.js'
-import {sha256File as hashFile} from '../build/tree.js'
+import {UserError} from '../common/errors.js'
 
 /**
- * A bad input or an output that cannot be written: the message says it all. A BuildError, so
- * `rdk build` prints it without a stack trace when a format stage fails.
+ * A bad input or an output that cannot be written: the message says it all. A UserError (exit 2),
+ * so `rdk build` and `rdk iso` print it without a stack trace.
  */
-export class ArtefactError extends BuildError {
+export class ArtefactError extends UserError {
   constructor(message: string) {
     super(message)
     this.name = 'ArtefactError'
@@ -193,8 +192,13 @@ export async function listFiles(dir: string): Promise<string[]> {
 }
 
 export async function sha256File(path: string): Promise<{sha256: string; size: number}> {
-  const {hash, size} = await hashFile(path)
-  return {sha256: hash, size}
+  const h = createHash('sha256')
+  let size = 0
+  for await (const chunk of createReadStream(path, {highWaterMark: 1 << 20})) {
+    h.update(chunk as Buffer)
+    size += (chunk as Buffer).length
+  }
+  return {sha256: h.digest('hex'), size}
 }
 
 /**

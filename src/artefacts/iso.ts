@@ -22,6 +22,7 @@ import {createHash} from 'node:crypto'
 import {copyFile, mkdir, mkdtemp, rm, stat, truncate, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {basename, join, resolve} from 'node:path'
+import {sourceDateEpochFromEnv} from '../common/defaults.js'
 import {run} from '../common/exec.js'
 import {
   ArtefactError,
@@ -38,8 +39,6 @@ import {
   type KernelArgs,
 } from './common.js'
 
-/** 2024-01-01T00:00:00Z, as rdk build uses when SOURCE_DATE_EPOCH is not set. */
-export const DEFAULT_EPOCH = 1704067200
 
 /**
  * GRUB modules built into the EFI image: file systems and partition tables to find the ISO on a CD
@@ -89,9 +88,7 @@ export interface IsoResult {
 /** The epoch from the option, else $SOURCE_DATE_EPOCH, else 2024-01-01. */
 export function resolveEpoch(epoch?: number): number {
   if (epoch !== undefined) return epoch
-  const env = process.env.SOURCE_DATE_EPOCH
-  if (env !== undefined && /^\d+$/.test(env)) return Number(env)
-  return DEFAULT_EPOCH
+  return sourceDateEpochFromEnv(process.env)
 }
 
 /** mkfs.vfat + mtools: a FAT image of `size` bytes holding `files` (image path → host path). */

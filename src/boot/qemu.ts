@@ -33,6 +33,7 @@ import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import {extname, join} from 'node:path'
 import {gunzipSync} from 'node:zlib'
+import {UserError} from '../common/errors.js'
 import {run, runBuffer, ToolMissingError, which} from '../common/exec.js'
 import {defaultCacheDir} from '../debian/packages.js'
 
@@ -47,7 +48,8 @@ export const OVMF_PATHS = ['/usr/share/ovmf/OVMF.fd', '/usr/share/qemu/OVMF.fd']
 export type Accel = 'kvm' | 'tcg'
 export type DiskBus = 'virtio' | 'nvme'
 
-export class BootError extends Error {
+/** rdk boot's bad input (a missing artefact, a bad flag combination): a UserError, exit 2. */
+export class BootError extends UserError {
   constructor(message: string) {
     super(message)
     this.name = 'BootError'

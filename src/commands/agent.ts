@@ -1,12 +1,13 @@
-import {Command, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {agentFlagTable, configFromCli, runAgentUntilStopped} from '../agent/cli.js'
-import {ConfigError} from '../agent/config.js'
+import {RdkCommand} from './base.js'
 
 const settingFlags = Object.fromEntries(
   agentFlagTable().map((f) => [f.name, f.type === 'boolean' ? Flags.boolean({description: f.help, allowNo: true}) : Flags.string({description: f.help})]),
 )
 
-export default class Agent extends Command {
+/** --debug is the agent's own setting (ipa-debug: debug logging); it also turns on stack traces. */
+export default class Agent extends RdkCommand {
   static override summary = 'Run the IPA-compatible agent (what deploy ramdisks run)'
   static override description =
     'Settings come from the baked config file (/etc/rdk/agent.json), then the kernel command line (ipa-* parameters from /proc/cmdline), then these flags (the kernel parameter names without "ipa-"); later sources win.'
@@ -24,12 +25,7 @@ export default class Agent extends Command {
   async run(): Promise<void> {
     const {flags} = await this.parse(Agent)
     const {cmdline, config: configFile, ...settings} = flags
-    try {
-      const config = await configFromCli({cmdlineFile: cmdline, configFile, flags: settings})
-      process.exitCode = await runAgentUntilStopped(config)
-    } catch (err) {
-      if (err instanceof ConfigError) this.error(err.message, {exit: 2})
-      throw err
-    }
+    const config = await configFromCli({cmdlineFile: cmdline, configFile, flags: settings})
+    process.exitCode = await runAgentUntilStopped(config)
   }
 }

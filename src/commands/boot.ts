@@ -1,9 +1,9 @@
-import {Command, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 import {bootFromCli} from '../boot/cli.js'
-import {BootError, DEFAULT_MAC, DEFAULT_MEMORY_MIB} from '../boot/qemu.js'
-import {ToolMissingError} from '../common/exec.js'
+import {DEFAULT_MAC, DEFAULT_MEMORY_MIB} from '../boot/qemu.js'
+import {RdkCommand} from './base.js'
 
-export default class Boot extends Command {
+export default class Boot extends RdkCommand {
   static override summary = 'Boot a built ramdisk (kernel + initramfs, ISO, PXE tree or iPXE script) in qemu, with the serial console on this terminal'
   static override description =
     'Finds <output>/<name>.kernel and <output>/<name>.initramfs as rdk build writes them, or boots --kernel/--initrd. ' +
@@ -50,39 +50,34 @@ export default class Boot extends Command {
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Boot)
-    try {
-      process.exitCode = await bootFromCli({
-        kernel: flags.kernel,
-        initrd: flags.initrd,
-        iso: flags.iso,
-        isoAs: flags['iso-as'] as 'cdrom' | 'disk' | undefined,
-        pxe: flags.pxe,
-        ipxe: flags.ipxe,
-        output: flags.output,
-        name: flags.name,
-        append: flags.append,
-        memory: flags.memory,
-        cpus: flags.cpus,
-        disks: flags.disk ?? [],
-        diskSize: flags['disk-size'],
-        diskBus: flags['disk-bus'] as 'virtio' | 'nvme',
-        portForwards: flags['port-forward'] ?? [],
-        mac: flags.mac,
-        serialLog: flags['serial-log'],
-        uefi: flags.uefi || Boolean(flags.firmware),
-        secureBoot: flags['secure-boot'],
-        firmware: flags.firmware,
-        accel: flags.accel as 'auto' | 'kvm' | 'tcg',
-        pvh: flags.pvh,
-        restrictNetwork: flags['restrict-network'],
-        reboot: flags.reboot,
-        qemuArgs: flags['qemu-arg'] ?? [],
-        dryRun: flags['dry-run'],
-        say: (line) => process.stderr.write(line + '\n'),
-      })
-    } catch (err) {
-      if (err instanceof BootError || err instanceof ToolMissingError) this.error(err.message, {exit: 2})
-      throw err
-    }
+    process.exitCode = await bootFromCli({
+      kernel: flags.kernel,
+      initrd: flags.initrd,
+      iso: flags.iso,
+      isoAs: flags['iso-as'] as 'cdrom' | 'disk' | undefined,
+      pxe: flags.pxe,
+      ipxe: flags.ipxe,
+      output: flags.output,
+      name: flags.name,
+      append: flags.append,
+      memory: flags.memory,
+      cpus: flags.cpus,
+      disks: flags.disk ?? [],
+      diskSize: flags['disk-size'],
+      diskBus: flags['disk-bus'] as 'virtio' | 'nvme',
+      portForwards: flags['port-forward'] ?? [],
+      mac: flags.mac,
+      serialLog: flags['serial-log'],
+      uefi: flags.uefi || Boolean(flags.firmware),
+      secureBoot: flags['secure-boot'],
+      firmware: flags.firmware,
+      accel: flags.accel as 'auto' | 'kvm' | 'tcg',
+      pvh: flags.pvh,
+      restrictNetwork: flags['restrict-network'],
+      reboot: flags.reboot,
+      qemuArgs: flags['qemu-arg'] ?? [],
+      dryRun: flags['dry-run'],
+      say: (line) => process.stderr.write(line + '\n'),
+    })
   }
 }

@@ -1,7 +1,8 @@
-import {Command, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
+import {RdkCommand} from './base.js'
 import {collectInventory} from '../agent/inventory-cli.js'
 
-export default class Inventory extends Command {
+export default class Inventory extends RdkCommand {
   static override summary = "Print this machine's hardware inventory as JSON (what the agent reports to Ironic)"
   static override flags = {
     'device-allowlist': Flags.string({description: 'only report these block devices (comma-separated /dev paths)'}),
@@ -12,7 +13,8 @@ export default class Inventory extends Command {
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Inventory)
-    const inventory = await collectInventory(flags)
+    const {debug: _debug, ...options} = flags
+    const inventory = await collectInventory(options)
     this.log(JSON.stringify(inventory, null, 2))
   }
 }

@@ -1,9 +1,8 @@
-import {Command, Flags} from '@oclif/core'
-import {ArtefactError} from '../artefacts/common.js'
+import {Flags} from '@oclif/core'
 import {makeIso} from '../artefacts/iso.js'
-import {CommandFailedError, ToolMissingError} from '../common/exec.js'
+import {RdkCommand} from './base.js'
 
-export default class Iso extends Command {
+export default class Iso extends RdkCommand {
   static override summary = 'Make a hybrid BIOS + UEFI boot ISO (CD and USB stick / disk) from any kernel and initramfs'
   static override description =
     'Like IPA\'s iso-image-create: ISOLINUX for BIOS, GRUB in an ESP image (EFI/BOOT/BOOTX64.EFI) for UEFI, isohybrid. ' +
@@ -30,23 +29,18 @@ export default class Iso extends Command {
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Iso)
-    try {
-      const r = await makeIso({
-        kernel: flags.kernel,
-        initrd: flags.initrd,
-        output: flags.output,
-        kernelArgs: flags['kernel-arg'] ?? [],
-        label: flags.label,
-        title: flags.title,
-        secureBoot: flags.shim && flags['signed-grub'] ? {shim: flags.shim, grub: flags['signed-grub']} : flags['secure-boot'],
-        sourceDateEpoch: flags['source-date-epoch'],
-        timeout: flags.timeout,
-      })
-      this.log(`${r.path}  ${(r.size / 1e6).toFixed(1)} MB  sha256:${r.sha256}`)
-      this.log(`label ${r.label}${r.secureBoot ? ', Secure Boot (signed shim + GRUB)' : ''}; kernel command line: ${r.cmdline}`)
-    } catch (err) {
-      if (err instanceof ArtefactError || err instanceof ToolMissingError || err instanceof CommandFailedError) this.error(err.message, {exit: 2})
-      throw err
-    }
+    const r = await makeIso({
+      kernel: flags.kernel,
+      initrd: flags.initrd,
+      output: flags.output,
+      kernelArgs: flags['kernel-arg'] ?? [],
+      label: flags.label,
+      title: flags.title,
+      secureBoot: flags.shim && flags['signed-grub'] ? {shim: flags.shim, grub: flags['signed-grub']} : flags['secure-boot'],
+      sourceDateEpoch: flags['source-date-epoch'],
+      timeout: flags.timeout,
+    })
+    this.log(`${r.path}  ${(r.size / 1e6).toFixed(1)} MB  sha256:${r.sha256}`)
+    this.log(`label ${r.label}${r.secureBoot ? ', Secure Boot (signed shim + GRUB)' : ''}; kernel command line: ${r.cmdline}`)
   }
 }

@@ -6,6 +6,7 @@
  * Debian package providing it.
  */
 import {execa} from 'execa'
+import {EXIT_FAILURE, UserError} from './errors.js'
 
 /** Debian package that provides each host tool rdk calls. */
 export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
@@ -78,7 +79,8 @@ export const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   fio: 'fio',
 }
 
-export class ToolMissingError extends Error {
+/** A host tool is missing: a UserError (exit 2) whose hint is the Debian package to install. */
+export class ToolMissingError extends UserError {
   readonly tool: string
   readonly debianPackage: string | undefined
   constructor(tool: string) {
@@ -87,6 +89,7 @@ export class ToolMissingError extends Error {
       pkg
         ? `required program '${tool}' was not found on PATH: install the Debian package '${pkg}' (apt-get install ${pkg})`
         : `required program '${tool}' was not found on PATH`,
+      {hint: pkg ? `apt-get install ${pkg}` : `install '${tool}' or add its directory to PATH`},
     )
     this.name = 'ToolMissingError'
     this.tool = tool
@@ -94,14 +97,15 @@ export class ToolMissingError extends Error {
   }
 }
 
-export class CommandFailedError extends Error {
+/** A tool ran and failed: a UserError with exit 1 (the message has its exit status and stderr). */
+export class CommandFailedError extends UserError {
   readonly command: string
   readonly exitCode: number | undefined
   readonly stdout: string
   readonly stderr: string
   constructor(command: string, exitCode: number | undefined, signal: string | undefined, stdout: string, stderr: string, timedOut: boolean) {
     const how = timedOut ? 'timed out' : signal ? `was killed by ${signal}` : `exited with code ${exitCode}`
-    super(`command '${command}' ${how}${stderr.trim() ? `: ${stderr.trim().slice(-2000)}` : ''}`)
+    super(`command '${command}' ${how}${stderr.trim() ? `: ${stderr.trim().slice(-2000)}` : ''}`, {exit: EXIT_FAILURE})
     this.name = 'CommandFailedError'
     this.command = command
     this.exitCode = exitCode

@@ -11,6 +11,7 @@
 import {mkdtemp, readFile, readdir, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join, posix} from 'node:path'
 import {tmpdir} from 'node:os'
+import {EXIT_FAILURE, UserError, type UserErrorOptions} from '../common/errors.js'
 import {run} from '../common/exec.js'
 import {readElfSection} from './elf.js'
 import {addUsrMergeLinks, unpackDebCached} from './extract.js'
@@ -79,9 +80,10 @@ export function moduleList(extra: readonly string[] = []): string[] {
 /** Firmware packages searched by default: only `main` (free). Non-free firmware (firmware-misc-nonfree, firmware-bnx2x, …) lives in `non-free-firmware`, which must be in apt's sources to use. */
 export const DEFAULT_FIRMWARE_PACKAGES: readonly string[] = ['firmware-linux-free']
 
-export class KernelModuleError extends Error {
-  constructor(message: string) {
-    super(message)
+/** An unknown module or @set (exit 2), or a kernel package rdk cannot use (exit 1). */
+export class KernelModuleError extends UserError {
+  constructor(message: string, opts: UserErrorOptions = {}) {
+    super(message, opts)
     this.name = 'KernelModuleError'
   }
 }
@@ -159,7 +161,7 @@ function softdepNames(values: readonly string[]): string[] {
 /** modinfo of one `.ko` file. */
 export function moduleInfoFromBuffer(buf: Buffer, relPath: string): ModuleInfo {
   const sec = readElfSection(buf, '.modinfo', relPath)
-  if (!sec) throw new KernelModuleError(`${relPath} has no .modinfo section`)
+  if (!sec) throw new KernelModuleError(`${relPath} has no .modinfo section`, {exit: EXIT_FAILURE})
   const mi = parseModinfo(sec)
   const base = posix.basename(relPath).replace(/\.ko(\.(xz|gz|zst))?$/, '')
   return {
@@ -198,7 +200,7 @@ export async function moduleIndex(modulesDir: string): Promise<ModuleInfo[]> {
   const files = (await walk(modulesDir)).filter((p) => /\.ko(\.(xz|gz|zst))?$/.test(p)).sort()
   const modules: ModuleInfo[] = []
   for (const rel of files) {
-    if (!rel.endsWith('.ko')) throw new KernelModuleError(`${rel}: compressed modules are not supported (bookworm's kernel ships plain .ko files)`)
+    if (!rel.endsWith('.ko')) throw new KernelModuleError(`${rel}: compressed modules are not supported (bookworm's kernel ships plain .ko files)`, {exit: EXIT_FAILURE})
     modules.push(moduleInfoFromBuffer(await readFile(join(modulesDir, rel)), rel))
   }
   const tmp = `${indexPath}.${process.pid}.tmp`
@@ -268,7 +270,7 @@ export function selectModules(index: readonly ModuleInfo[], wanted: readonly str
       const dm = byName.get(d)
       if (!dm) {
         if (builtinNames.has(d)) continue
-        throw new KernelModuleError(`module ${m.name} depends on ${d}, which is not in the kernel package`)
+        throw new KernelModuleError(`module ${m.name} depends on ${d}, which is not in the kernel package`, {exit: EXIT_FAILURE})
       }
       queue.push({m: dm, reason: `dependency of ${m.name}`})
     }
@@ -314,7 +316,7 @@ export async function prepareKernel(opts: KernelOptions): Promise<PreparedKernel
 
   const boot = await readdir(join(unpacked.dir, 'boot'))
   const vmlinuz = boot.find((n) => n.startsWith('vmlinuz-'))
-  if (!vmlinuz) throw new KernelModuleError(`${image.name} ${image.version} has no boot/vmlinuz-*`)
+  if (!vmlinuz) throw new KernelModuleError(`${image.name} ${image.version} has no boot/vmlinuz-*`, {exit: EXIT_FAILURE})
   const kernelVersion = vmlinuz.slice('vmlinuz-'.length)
   const modulesDir = join(unpacked.dir, 'usr/lib/modules', kernelVersion)
   const index = await moduleIndex(modulesDir)
@@ -323,7 +325,7 @@ export async function prepareKernel(opts: KernelOptions): Promise<PreparedKernel
 
   const sel = selectModules(index, opts.modules ?? DEFAULT_MODULES, builtinNames)
   if (sel.unknown.length && !opts.ignoreUnknown) {
-    throw new KernelModuleError(`no such kernel module (or alias) in ${image.name} ${image.version}: ${sel.unknown.join(', ')}`)
+    throw new KernelModuleError(`no such kernel module (or alias) in ${image.name} ${image.version}: ${sel.unknown.join(', ')}`, {hint: 'give a module name or alias that the kernel package ships, or an @set (see --help of --kernel-module)'})
   }
 
   const firmware: PreparedKernel['firmware'] = []

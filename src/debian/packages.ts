@@ -13,6 +13,8 @@ import {createReadStream} from 'node:fs'
 import {mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {homedir} from 'node:os'
 import {join} from 'node:path'
+import {defaultCacheDir} from '../common/defaults.js'
+import {EXIT_FAILURE, UserError, type UserErrorOptions} from '../common/errors.js'
 import {run} from '../common/exec.js'
 import {compareDebianVersions, parseDepends, satisfies, type DepAlternative} from './version.js'
 
@@ -53,30 +55,29 @@ export interface ResolveOptions extends AptOptions {
   exclude?: readonly string[]
 }
 
-export class PackageResolveError extends Error {
-  constructor(message: string) {
-    super(message)
+/** A package name, version or dependency cannot be resolved from apt's indexes: a UserError (exit 2). */
+export class PackageResolveError extends UserError {
+  constructor(message: string, opts: UserErrorOptions = {}) {
+    super(message, opts)
     this.name = 'PackageResolveError'
   }
 }
 
-export class DebHashMismatchError extends Error {
+/** A downloaded .deb does not match apt's index: the build failed (exit 1); the next run downloads it again. */
+export class DebHashMismatchError extends UserError {
   constructor(
     readonly pkg: string,
     readonly expected: string,
     readonly actual: string,
     readonly file: string,
   ) {
-    super(`SHA256 mismatch for ${pkg}: apt's index says ${expected}, the file ${file} has ${actual} (the file was deleted)`)
+    super(`SHA256 mismatch for ${pkg}: apt's index says ${expected}, the file ${file} has ${actual} (the file was deleted)`, {exit: EXIT_FAILURE, hint: "run again to download it anew; if it keeps failing, run 'apt-get update' (stale indexes) or check the mirror"})
     this.name = 'DebHashMismatchError'
   }
 }
 
-/** Default cache directory: $RDK_CACHE_DIR, else $XDG_CACHE_HOME/rdk, else ~/.cache/rdk. */
-export function defaultCacheDir(): string {
-  if (process.env.RDK_CACHE_DIR) return process.env.RDK_CACHE_DIR
-  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'rdk')
-}
+/** Default cache directory (src/common/defaults.ts): $RDK_CACHE_DIR, else $XDG_CACHE_HOME/rdk, else ~/.cache/rdk. */
+export {defaultCacheDir}
 
 function aptEnv(opts: AptOptions): Record<string, string | undefined> | undefined {
   return opts.aptConfig ? {...process.env, APT_CONFIG: opts.aptConfig} : undefined
@@ -314,7 +315,7 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
       queue.push(c)
     }
   }
-  if (missing.length) throw new PackageResolveError(`no such Debian package (or version) in apt's indexes: ${missing.join(', ')} (run 'apt-get update'?)`)
+  if (missing.length) throw new PackageResolveError(`no such Debian package (or version) in apt's indexes: ${missing.join(', ')} (run 'apt-get update'?)`, {hint: "check the name (apt-cache policy NAME); run 'apt-get update' if the indexes are old"})
 
   while (queue.length && !opts.noDependencies) {
     const next: Candidate[] = []

@@ -1,16 +1,32 @@
 /**
- * The tiny flavor's own stages, plugged into the generic pipeline (src/build/registry.ts):
- * Debian packages (the deploy toolset + whatever elements ask for), the Debian kernel with the
- * deploy ramdisk's modules, and Node + the agent bundle. No chroot, no root-only tricks.
+ * The tiny flavor: a busybox ramdisk with the agent, its tools and a kernel, no systemd.
+ *
+ * `tiny.stages` at the bottom is the whole build, in order — the one list to read. The shared
+ * stages come from src/builder/stages.ts; the three of its own are here: Debian packages (the
+ * deploy toolset + whatever elements ask for), the Debian kernel with the deploy ramdisk's
+ * modules, and Node + the agent bundle. No chroot, no root-only tricks.
  */
-import type {Stage, StageRegistry} from '../../build/registry.js'
+import type {FlavorDefinition, Stage} from '../../builder/stage.js'
+import {
+  assembleTreeStage,
+  bundleStage,
+  ipxeStage,
+  isoStage,
+  packInitramfsStage,
+  pxeStage,
+  resolveElementsStage,
+  rootHooksStage,
+  runHooksStage,
+  writeArtefactsStage,
+  writeKernelStage,
+} from '../../builder/stages.js'
 import {extractDeb} from '../../debian/extract.js'
 import {installKernelModules, moduleList, prepareKernel} from '../../debian/kernel.js'
 import {fetchPackages, resolvePackages} from '../../debian/packages.js'
 import {buildToolset, DEPLOY_TOOLSET, PRUNED_DEPENDENCIES} from '../../debian/toolset.js'
 import type {ExtractEntryInfo} from '../../debian/extract.js'
 import {isElf, parseElf} from '../../debian/elf.js'
-import {baseOf, FileTree, type TreeEntry} from '../../build/tree.js'
+import {baseOf, FileTree, type TreeEntry} from '../../builder/tree.js'
 import {addAgentBundle, addNodeRuntime} from './node.js'
 
 /** Shared libraries (and their symlinks) of a dependency package: lib*.so* anywhere under usr/lib. */
@@ -109,8 +125,27 @@ const addAgentStage: Stage = {
   },
 }
 
-export function register(registry: StageRegistry): void {
-  registry.registerStage('tiny', fetchPackagesStage, {replace: 'fetch-packages'})
-  registry.registerStage('tiny', fetchKernelStage, {replace: 'fetch-kernel'})
-  registry.registerStage('tiny', addAgentStage, {after: 'assemble-tree'})
+export const tiny: FlavorDefinition = {
+  name: 'tiny',
+  description: 'small busybox ramdisk: the agent, its tools and a kernel, no systemd',
+  defaultElements: ['base', 'agent'],
+  // Any root= makes the kernel unpack the initramfs into ramfs instead of a tmpfs capped at half
+  // the RAM: the image then boots in 384 MiB instead of 416 (the /init inside is run either way).
+  kernelArgs: {root: '/dev/ram0'},
+  stages: [
+    resolveElementsStage, // the flavor's default elements + the spec's, with dependencies
+    rootHooksStage, // root.d hooks, before anything is in the tree
+    fetchPackagesStage, // the deploy toolset + packages elements ask for
+    fetchKernelStage, // Debian's kernel + the deploy modules
+    assembleTreeStage, // elements' files, SSH keys, hardware managers
+    addAgentStage, // Node + the agent bundle
+    runHooksStage, // extra-data.d … finalise.d against a staged copy
+    packInitramfsStage, // layered, cached, compressed cpio
+    writeKernelStage, // <name>.kernel
+    isoStage, // <name>.iso (also when a bundle needs it)
+    pxeStage, // <name>-pxe/
+    ipxeStage, // <name>.ipxe
+    bundleStage, // <name>.tar.gz, <name>.zip, <file>.sha256
+    writeArtefactsStage, // check, hash, manifest, rename into place
+  ],
 }

@@ -16,9 +16,8 @@
  */
 import {createReadStream, createWriteStream} from 'node:fs'
 import {writeFile} from 'node:fs/promises'
-import {Readable, Transform, type Writable} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
-import {constants, createGzip} from 'node:zlib'
+import {gzipTo} from '../common/gzip.js'
 import {run, runBuffer} from '../common/exec.js'
 
 export const COMPRESSIONS = ['gzip', 'xz', 'zstd', 'none'] as const
@@ -29,33 +28,7 @@ export function compressionTool(kind: Compression): string | undefined {
   return kind === 'xz' ? 'xz' : kind === 'zstd' ? 'zstd' : undefined
 }
 
-/** Pin gzip's header: no FNAME, MTIME 0, XFL 2 (max compression), OS 3 (Unix) whatever the platform. */
-function fixGzipHeader(): Transform {
-  let done = false
-  return new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      if (!done) {
-        if (chunk.length < 10) return cb(new Error('gzip: short header chunk'))
-        chunk = Buffer.from(chunk)
-        chunk.writeUInt32LE(0, 4)
-        chunk[8] = 2
-        chunk[9] = 3
-        done = true
-      }
-      cb(null, chunk)
-    },
-  })
-}
-
-export function gzipStream(): Transform {
-  return createGzip({level: 9, memLevel: 9, strategy: constants.Z_DEFAULT_STRATEGY, chunkSize: 1 << 20})
-}
-
-/** Stream `source` through gzip into `dest`. */
-export async function gzipTo(source: Readable | AsyncIterable<Buffer>, dest: string | Writable): Promise<void> {
-  const out = typeof dest === 'string' ? createWriteStream(dest, {mode: 0o644}) : dest
-  await pipeline(source instanceof Readable ? source : Readable.from(source), gzipStream(), fixGzipHeader(), out)
-}
+export {gzipStream, gzipTo} from '../common/gzip.js'
 
 /**
  * Compress the file `input` into `output`; `input` is left in place. xz and zstd go through

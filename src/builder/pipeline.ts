@@ -1,6 +1,9 @@
 /**
- * Running a build: spec → stages → artefacts.
+ * Running a build: spec + the flavor's stage list → artefacts (src/flavors/index.ts picks the
+ * flavor; this module does not know any flavor).
  *
+ * - Each stage may skip itself (`skip(ctx)`, a reason); planBuild() asks every stage without running
+ *   anything, for `rdk build --dry-run`.
  * - One progress line per stage on stderr (`[3/9] assemble-tree  212 entries  0.04s`), timings kept
  *   for the --json result.
  * - Artefacts are written to temporary files in the output directory and renamed into place by
@@ -14,17 +17,16 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {BuildCache} from './cache.js'
 import {Outputs, type BuildContext} from './context.js'
-import {BuildError, BuildInterruptedError, isUserError} from './errors.js'
-import {defaultRegistry, loadFlavorModules} from './flavors.js'
-import type {StageRegistry} from './registry.js'
+import {BuildError, BuildInterruptedError, SpecError} from './errors.js'
+import type {Element} from './elements.js'
+import {FINAL_STAGE, type FlavorDefinition, type Stage} from './stage.js'
 import type {BuildSpec, Format} from './spec.js'
+import {resolveBuildElements} from './stages.js'
 import {FileTree} from './tree.js'
 
 export interface BuildOptions {
-  /** Stage registry (default: rdk's, with the flavor's module loaded). */
-  registry?: StageRegistry
-  /** Import src/flavors/<flavor>/index.js (default: true for the default registry). */
-  loadPlugins?: boolean
+  /** The flavor to build: its stage list (src/flavors/index.ts flavorFor(spec.flavor)). */
+  flavor: FlavorDefinition
   /** Where progress lines go (default: stderr, prefixed with "rdk build: "). */
   log?: (line: string) => void
   /** Clean up and exit on SIGINT/SIGTERM (default true; tests running in-process turn it off). */
@@ -70,8 +72,12 @@ export function contributions(sizes: BuildResult['sizes'], layers: ReadonlyMap<s
   return [...acc.values()].filter((a) => a.bytes > 0).sort((a, b) => b.bytes - a.bytes || (a.name < b.name ? -1 : 1))
 }
 
-/** A stage failed; `cause` is the original error, `stage` its name. */
-export class StageFailedError extends BuildError {
+/**
+ * A stage failed; `cause` is the original error, `stage` its name. Not a UserError itself: the
+ * command layer takes the hint and exit code from the cause when it is one, and treats anything
+ * else as an internal failure (src/common/errors.ts describeError).
+ */
+export class StageFailedError extends Error {
   readonly stage: string
   override readonly cause: unknown
   constructor(stage: string, cause: unknown) {
@@ -80,23 +86,33 @@ export class StageFailedError extends BuildError {
     this.stage = stage
     this.cause = cause
   }
-
-  /** Whether the message says it all (no stack trace needed). */
-  get userFacing(): boolean {
-    return isUserError(this.cause)
-  }
 }
 
-/** Formats that build today; a request for another one fails before any work is done. */
-export function checkSupported(spec: BuildSpec, registry: StageRegistry): void {
-  const flavor = registry.flavor(spec.flavor)
-  if (!flavor) throw new BuildError(`unknown flavor '${spec.flavor}' (known: ${registry.flavorNames().join(', ')})`)
-  const working = registry.flavorNames().filter((n) => registry.flavor(n)!.implemented)
-  if (!flavor.implemented) throw new BuildError(`flavor '${spec.flavor}' is not implemented yet; flavors that build today: ${working.join(', ')}`)
-  const produced = registry.formats(spec.flavor)
+/** The flavor's stages; a flavor without them (not implemented yet) or with a malformed list is refused. */
+export function flavorStages(flavor: FlavorDefinition): readonly Stage[] {
+  const stages = flavor.stages
+  if (!stages) throw new SpecError(`flavor '${flavor.name}' is not implemented yet`)
+  const names = new Set<string>()
+  for (const s of stages) {
+    if (names.has(s.name)) throw new BuildError(`flavor ${flavor.name}: two stages are named '${s.name}'`)
+    names.add(s.name)
+  }
+  if (stages.at(-1)?.name !== FINAL_STAGE) throw new BuildError(`flavor ${flavor.name}: the stage list must end with ${FINAL_STAGE} (it commits the artefacts)`)
+  return stages
+}
+
+/** Formats some stage of the flavor produces. */
+export function flavorFormats(flavor: FlavorDefinition): Set<Format> {
+  return new Set((flavor.stages ?? []).flatMap((s) => s.produces ?? []))
+}
+
+/** A requested format no stage of the flavor produces fails before any work is done. */
+export function checkSupported(spec: BuildSpec, flavor: FlavorDefinition): void {
+  flavorStages(flavor)
+  const produced = flavorFormats(flavor)
   const missing = spec.formats.filter((f) => !produced.has(f))
   if (missing.length) {
-    throw new BuildError(
+    throw new SpecError(
       `format${missing.length === 1 ? '' : 's'} ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not implemented yet for flavor '${spec.flavor}'; formats that build today: ${[...produced].join(', ')}`,
     )
   }
@@ -110,12 +126,36 @@ function needs(spec: BuildSpec, what: 'kernel' | 'initramfs'): boolean {
 
 const stderrLog = (line: string) => process.stderr.write(`rdk build: ${line}\n`)
 
-/** Run every stage of the spec's flavor. Throws StageFailedError (or BuildError before the first stage). */
-export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promise<BuildResult> {
-  const registry = opts.registry ?? defaultRegistry
+export interface BuildPlan {
+  name: string
+  flavor: string
+  /** The resolved elements, in order. */
+  elements: {name: string; dir: string; origin: 'built-in' | 'user'}[]
+  /** Every stage in order; `skip` is why it would do nothing (null: it runs). */
+  stages: {name: string; description: string; produces: Format[]; skip: string | null}[]
+}
+
+/**
+ * What a build of `spec` would do, without doing it: resolve the elements (reading element.yaml
+ * files) and ask every stage's skip(). Nothing is downloaded, built or written.
+ */
+export async function planBuild(spec: BuildSpec, flavor: FlavorDefinition): Promise<BuildPlan> {
+  checkSupported(spec, flavor)
+  const {elements} = await resolveBuildElements(spec, flavor)
+  const ctx = {spec, flavor, elements, needs: (what: 'kernel' | 'initramfs') => needs(spec, what)}
+  return {
+    name: spec.name,
+    flavor: flavor.name,
+    elements: elements.map((e: Element) => ({name: e.name, dir: e.dir, origin: e.builtin ? 'built-in' : 'user'})),
+    stages: flavorStages(flavor).map((s) => ({name: s.name, description: s.description, produces: [...(s.produces ?? [])], skip: s.skip?.(ctx) ?? null})),
+  }
+}
+
+/** Run every stage of the flavor. Throws StageFailedError (or a UserError before the first stage). */
+export async function runBuild(spec: BuildSpec, opts: BuildOptions): Promise<BuildResult> {
+  const flavor = opts.flavor
   const log = opts.log ?? stderrLog
-  if (opts.loadPlugins ?? registry === defaultRegistry) await loadFlavorModules(registry, spec.flavor)
-  checkSupported(spec, registry)
+  checkSupported(spec, flavor)
   const started = Date.now()
 
   await mkdir(spec.output, {recursive: true})
@@ -151,8 +191,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
   let current = ''
   const ctx: BuildContext = {
     spec,
-    flavor: registry.flavor(spec.flavor)!,
-    registry,
+    flavor,
     elements: [],
     tree,
     cache,
@@ -160,7 +199,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
     outputs,
     packages: [],
     layers: new Map(),
-    data: new Map(),
+    bootFiles: {},
     manifestExtra: {},
     signal: controller.signal,
     log: (line) => log(`  ${current}: ${line}`),
@@ -190,7 +229,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
     needs: (what) => needs(spec, what),
   }
 
-  const stages = registry.stages(spec.flavor)
+  const stages = flavorStages(flavor)
   const timings: StageTiming[] = []
   try {
     for (const [i, stage] of stages.entries()) {
@@ -199,7 +238,8 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
       const t0 = process.hrtime.bigint()
       let note: string | void
       try {
-        note = await stage.run(ctx)
+        const skip = stage.skip?.(ctx)
+        note = skip ? `skipped: ${skip}` : await stage.run(ctx)
       } catch (err) {
         throw new StageFailedError(stage.name, err)
       }
@@ -231,7 +271,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions = {}): Promis
     }),
     sizes,
     contributions: contributions(sizes, ctx.layers),
-    layers: ((ctx.data.get('initramfs') as {layers?: BuildResult['layers']} | undefined)?.layers ?? []).map(({name, entries, bytes, compressed, cached}) => ({name, entries, bytes, compressed, cached})),
+    layers: (ctx.initramfs?.layers ?? []).map(({name, entries, bytes, compressed, cached}) => ({name, entries, bytes, compressed, cached})),
     treeDigest: tree.digest(),
     cache: {dir: cache.dir, hits: cache.stats.hits, misses: cache.stats.misses},
     durationMs: Date.now() - started,

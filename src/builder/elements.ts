@@ -159,6 +159,7 @@ export class ElementCatalog {
       `unknown element '${name}'${requiredBy ? ` (required by ${requiredBy})` : ''}` +
         (near.length ? `; did you mean ${near.map((n) => `'${n}'`).join(' or ')}?` : '') +
         `; searched: ${this.searchPaths.map((p) => (resolve(p) === this.builtinDir ? `${p} (built-in)` : p)).join(', ')}`,
+      {hint: 'rdk elements lists the elements rdk can find; --elements-path DIR (or $RDK_ELEMENTS_PATH) adds a directory'},
     )
   }
 }

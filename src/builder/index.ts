@@ -1,6 +1,6 @@
 /**
- * The builder's public API, for commands and for the flavor/Debian/kernel/agent code that plugs
- * stages in. See docs/build.md.
+ * The builder's public API, for commands and for flavor code (src/flavors/) that lists stages.
+ * See docs/build.md. The flavor table and buildImage() are in src/flavors/index.ts.
  */
 export {resolveSpec, finishSpec, parseConfigText, kernelCmdline, parseAuthorizedKeys, SPEC_SETTINGS, buildFlagTable, FLAVORS, FORMATS, DEFAULT_SOURCE_DATE_EPOCH} from './spec.js'
 export type {BuildSpec, Flavor, Format, SpecSetting, SpecSources} from './spec.js'
@@ -13,12 +13,11 @@ export {ElementCatalog, elementSearchPaths, resolveElements, loadElement, hooksF
 export type {Element, ElementManifest, PackageRequest, Hook, HookPhase} from './elements.js'
 export {runHooks} from './hooks.js'
 export {BuildCache, cacheKey, canonicalJson} from './cache.js'
-export {StageRegistry, FINAL_STAGE} from './registry.js'
-export type {Stage, StagePosition, FlavorDefinition} from './registry.js'
+export {FINAL_STAGE} from './stage.js'
+export type {Stage, FlavorDefinition} from './stage.js'
 export {Outputs} from './context.js'
-export type {BuildContext, KernelInfo, InstalledPackage, Artefact} from './context.js'
-export {createDefaultRegistry, defaultRegistry, registerStage, loadFlavorModules} from './flavors.js'
-export {genericStages} from './stages.js'
-export {runBuild, checkSupported, StageFailedError} from './pipeline.js'
-export type {BuildOptions, BuildResult} from './pipeline.js'
-export {BuildError, SpecError, ElementError, isUserError} from './errors.js'
+export type {BuildContext, PlanContext, KernelInfo, InstalledPackage, Artefact, InitramfsInfo, BootFile, BootFileKind} from './context.js'
+export * from './stages.js'
+export {runBuild, planBuild, checkSupported, flavorStages, flavorFormats, StageFailedError} from './pipeline.js'
+export type {BuildOptions, BuildResult, BuildPlan} from './pipeline.js'
+export {BuildError, SpecError, ElementError, BuildInterruptedError, isUserError} from './errors.js'

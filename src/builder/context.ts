@@ -8,8 +8,7 @@ import {rename} from 'node:fs/promises'
 import {join} from 'node:path'
 import {pidAlive, type BuildCache} from './cache.js'
 import type {Element, ElementCatalog, PackageRequest} from './elements.js'
-import type {FlavorDefinition, StageRegistry} from './registry.js'
-import type {BuildSpec} from './spec.js'
+import type {BuildSpec, Flavor} from './spec.js'
 import type {FileTree} from './tree.js'
 
 export interface KernelInfo {
@@ -114,16 +113,47 @@ export class Outputs {
   }
 }
 
+/** What pack-initramfs made (for the --json result and later stages). */
+export interface InitramfsInfo {
+  treeDigest: string
+  compressor: string
+  layers: {name: string; digest: string; entries: number; bytes: number; compressed: number; cached: boolean}[]
+}
 
-/** Everything a stage can see and change. */
-export interface BuildContext {
+/** Boot files the format stages write (iso, pxe, ipxe), for the bundles. */
+export type BootFileKind = 'iso' | 'pxe' | 'ipxe'
+
+export interface BootFile {
+  /** File name in the output directory or the bundle. */
+  file: string
+  /** Where it was written (an output's temporary path, or the scratch directory for a bundle). */
+  path: string
+}
+
+/** What a build's stages know of their flavor (FlavorDefinition in stage.ts adds the stage list). */
+export interface FlavorInfo {
+  name: Flavor
+  description: string
+  /** Elements every build of this flavor starts from (spec.elements are added). */
+  defaultElements: readonly string[]
+  /** Kernel arguments every boot artefact of this flavor carries, before the spec's (which win). */
+  kernelArgs?: Readonly<Record<string, string | null>>
+}
+
+/** What `skip(ctx)` and `rdk build --dry-run` see: the spec, the flavor and the resolved elements. */
+export interface PlanContext {
   readonly spec: BuildSpec
-  readonly flavor: FlavorDefinition
-  readonly registry: StageRegistry
+  readonly flavor: FlavorInfo
+  /** The resolved elements in order (set by resolve-elements; --dry-run resolves them too). */
+  elements: Element[]
+  /** Does any requested format need the kernel / the initramfs? */
+  needs(what: 'kernel' | 'initramfs'): boolean
+}
+
+/** Everything a stage can see and change. Stage outputs are typed fields, set by the stage named. */
+export interface BuildContext extends PlanContext {
   /** The element catalogue (set by resolve-elements). */
   catalog?: ElementCatalog
-  /** The resolved elements in order (set by resolve-elements). */
-  elements: Element[]
   readonly tree: FileTree
   readonly cache: BuildCache
   /** Scratch directory of this build (removed when it ends). */
@@ -139,8 +169,10 @@ export interface BuildContext {
    * concatenates them, so a rebuild recompresses only the layers whose files changed.
    */
   readonly layers: Map<string, string>
-  /** Free-form hand-over between plug-in stages. */
-  readonly data: Map<string, unknown>
+  /** Set by pack-initramfs. */
+  initramfs?: InitramfsInfo
+  /** Set by make-iso, make-pxe, make-ipxe (also when only a bundle needs them); read by make-bundles. */
+  readonly bootFiles: Partial<Record<BootFileKind, BootFile>>
   /** Extra fields for <name>.manifest.json (keep them deterministic: no times, no host paths). */
   readonly manifestExtra: Record<string, unknown>
   /** Aborted on SIGINT/SIGTERM. */
@@ -151,6 +183,4 @@ export interface BuildContext {
   packageRequests(): (PackageRequest & {element: string})[]
   /** Environment given to hook scripts (and useful for plug-in tools). */
   hookEnv(): Record<string, string>
-  /** Does any requested format need the kernel / the initramfs? */
-  needs(what: 'kernel' | 'initramfs'): boolean
 }

@@ -20,6 +20,7 @@ import {chmod, copyFile, link, lstat, mkdir, readdir, readlink, symlink, writeFi
 import {join, posix} from 'node:path'
 import {CommandFailedError, run, ToolMissingError} from '../common/exec.js'
 import {ElementError} from './errors.js'
+import {EXIT_FAILURE} from '../common/errors.js'
 import {hooksFor, type Element, type Hook, type HookPhase} from './elements.js'
 import type {FileTree, TreeEntry} from './tree.js'
 
@@ -199,7 +200,8 @@ export async function runHooks(tree: FileTree, opts: HookRunOptions): Promise<{h
       if (err instanceof CommandFailedError) {
         const how = err.exitCode !== undefined ? `exited with code ${err.exitCode}` : 'was killed'
         const out = (err.stderr.trim() || err.stdout.trim()).split('\n').slice(-20).join('\n')
-        throw new ElementError(`hook ${hook.phase}/${hook.name} of element '${el.name}' ${how}${out ? `:\n${out}` : ''}`)
+        // The hook ran and failed: the build failed (exit 1), the element's files are fine.
+        throw new ElementError(`hook ${hook.phase}/${hook.name} of element '${el.name}' ${how}${out ? `:\n${out}` : ''}`, {exit: EXIT_FAILURE})
       }
       if (err instanceof ToolMissingError) throw new ElementError(`hook ${hook.phase}/${hook.name} of element '${el.name}' could not be started: ${hook.path} or the interpreter on its #! line is missing`)
       throw err

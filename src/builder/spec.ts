@@ -11,6 +11,7 @@
 import {readFile, readdir, stat} from 'node:fs/promises'
 import {homedir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
+import {checkEpoch as checkEpochIn, DEFAULT_CACHE_DIR_HELP, DEFAULT_SOURCE_DATE_EPOCH, defaultCacheDir, sourceDateEpochFromEnv as epochFromEnv} from '../common/defaults.js'
 import {COMPRESSIONS, type Compression} from './compress.js'
 import {DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_YAML} from './default-config.js'
 import {SpecError} from './errors.js'
@@ -23,11 +24,11 @@ export type Flavor = (typeof FLAVORS)[number]
 export const FORMATS = ['kernel', 'initramfs', 'iso', 'pxe', 'ipxe', 'tar', 'zip'] as const
 export type Format = (typeof FORMATS)[number]
 
-/** mtime of everything in the image when SOURCE_DATE_EPOCH is not set: 2024-01-01T00:00:00Z. Never "now". */
 export const NODE_ICU = ['en', 'full'] as const
 export type NodeIcu = (typeof NODE_ICU)[number]
 
-export const DEFAULT_SOURCE_DATE_EPOCH = 1704067200
+/** mtime of everything in the image when SOURCE_DATE_EPOCH is not set (src/common/defaults.ts). */
+export {DEFAULT_SOURCE_DATE_EPOCH}
 
 export const DEFAULT_DEBIAN_MIRROR = 'http://deb.debian.org/debian'
 
@@ -105,7 +106,7 @@ export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'nodeIcu', flag: 'node-icu', kind: 'enum', choices: NODE_ICU, help: "ICU data in the image's Node: en keeps root and English locale data (Intl in other locales falls back to it), full keeps every locale", defaultHelp: 'en', default: () => 'en'},
   {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs, iso (hybrid BIOS+UEFI), pxe (TFTP tree), ipxe (script), tar (.tar.gz bundle), zip (bundle)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
   {key: 'sourceDateEpoch', flag: 'source-date-epoch', kind: 'int', help: 'timestamp (seconds) given to every file in the image', defaultHelp: `$SOURCE_DATE_EPOCH, else ${DEFAULT_SOURCE_DATE_EPOCH}`, default: (e) => sourceDateEpochFromEnv(e.env)},
-  {key: 'cacheDir', flag: 'cache-dir', kind: 'path', help: 'cache of downloaded packages and stage outputs', defaultHelp: '$XDG_CACHE_HOME/rdk or ~/.cache/rdk', default: (e) => (e.env.XDG_CACHE_HOME ? join(e.env.XDG_CACHE_HOME, 'rdk') : join(e.home, '.cache', 'rdk'))},
+  {key: 'cacheDir', flag: 'cache-dir', kind: 'path', help: 'cache of downloaded packages and stage outputs', defaultHelp: DEFAULT_CACHE_DIR_HELP, default: (e) => resolve(e.cwd, defaultCacheDir(e.env, e.home))},
   {key: 'debianMirror', flag: 'debian-mirror', kind: 'string', help: 'Debian mirror URL', defaultHelp: "this machine's apt mirror, else " + DEFAULT_DEBIAN_MIRROR, default: (e) => mirrorFromApt(e.aptRoot)},
   {key: 'debianSuite', flag: 'debian-suite', kind: 'string', help: 'Debian suite', defaultHelp: 'bookworm', default: () => 'bookworm'},
 ]
@@ -130,16 +131,14 @@ function describe(v: unknown): string {
   return `${typeof v === 'number' ? 'the number' : typeof v === 'boolean' ? 'the boolean' : 'the string'} ${JSON.stringify(v)}`
 }
 
+const specError = (m: string) => new SpecError(m)
+
 export function sourceDateEpochFromEnv(env: Record<string, string | undefined>): number {
-  const raw = env.SOURCE_DATE_EPOCH
-  if (raw === undefined || raw === '') return DEFAULT_SOURCE_DATE_EPOCH
-  if (!/^\d+$/.test(raw.trim())) throw new SpecError(`SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(raw)}`)
-  return checkEpoch(Number(raw.trim()), 'SOURCE_DATE_EPOCH')
+  return epochFromEnv(env, specError)
 }
 
 function checkEpoch(n: number, where: string): number {
-  if (!Number.isSafeInteger(n) || n < 0 || n > 0xffffffff) throw new SpecError(`${where}: must be between 0 and 4294967295 (a cpio timestamp), got ${n}`)
-  return n
+  return checkEpochIn(n, where, specError)
 }
 
 function expandHome(p: string, env: SpecEnv): string {
