@@ -20,6 +20,7 @@ export interface Setting {
 }
 
 /** Every agent setting, in one place. */
+// biome-ignore format: a table, one setting per line
 export const SETTINGS = [
   {option: 'api_url', param: 'ipa-api-url', type: 'list', default: [], help: 'Ironic API URL(s), comma-separated; tried in order'},
   {option: 'global_request_id', param: 'ipa-global-request-id', type: 'string', default: undefined, help: 'X-OpenStack-Request-ID sent to Ironic (req-<uuid>)'},

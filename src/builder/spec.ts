@@ -91,6 +91,7 @@ export interface SpecSetting {
   default: (env: SpecEnv, partial: Partial<BuildSpec>) => unknown | Promise<unknown>
 }
 
+// biome-ignore format: a table, one setting per line
 export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'flavor', flag: 'flavor', kind: 'enum', choices: FLAVORS, help: 'what to build: tiny (busybox ramdisk; builds today), debian, container (not implemented yet)', defaultHelp: 'tiny', default: () => 'tiny'},
   {key: 'name', flag: 'name', kind: 'string', help: 'artefact base name (<name>.kernel, <name>.initramfs, <name>.manifest.json)', defaultHelp: 'rdk-<flavor>', default: (_e, p) => `rdk-${p.flavor ?? 'tiny'}`},

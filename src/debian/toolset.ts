@@ -36,6 +36,7 @@ export interface ToolPackage {
 const UDEV_RULES = ['50-udev-default.rules', '60-block.rules', '60-cdrom_id.rules', '60-persistent-storage.rules', '80-drivers.rules']
 
 /** The agent's deploy toolset (every program src/agent runs, plus what init needs). */
+// biome-ignore format: a table, one package per line
 export const DEPLOY_TOOLSET: readonly ToolPackage[] = [
   {package: 'qemu-utils', executables: ['qemu-img'], why: 'image conversion/writing (standby.write_image)'},
   {package: 'gdisk', executables: ['sgdisk'], why: 'GPT zapping, partition tables'},
@@ -70,6 +71,7 @@ export const DEPLOY_TOOLSET: readonly ToolPackage[] = [
  * dpkg, perl), SysV init scripts (lsb-base) or PAM logins, none of which exist in a tiny image.
  * If a kept executable really needed one of them, the ELF closure would fail and name it.
  */
+// biome-ignore format: packed word list
 export const PRUNED_DEPENDENCIES: readonly string[] = [
   'adduser', 'passwd', 'debconf', 'debconf-2.0', 'cdebconf', 'lsb-base', 'sysvinit-utils', 'init-system-helpers', 'usrmerge',
   'perl', 'perl-base', 'dpkg', 'install-info', 'debianutils', 'libpam-modules', 'libpam-modules-bin', 'libpam-runtime',
