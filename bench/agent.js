@@ -49,11 +49,16 @@ function startAgent(token) {
     BUNDLE,
     '--standalone',
     `--agent-token=${token}`, // '=' form: a base64url token may start with '-'
-    '--listen-host', '127.0.0.1',
-    '--listen-port', '0',
-    '--cmdline', '',
-    '--device-allowlist', '/dev/nonexistent-test-device',
-    '--disk-wait-attempts', '1',
+    '--listen-host',
+    '127.0.0.1',
+    '--listen-port',
+    '0',
+    '--cmdline',
+    '',
+    '--device-allowlist',
+    '/dev/nonexistent-test-device',
+    '--disk-wait-attempts',
+    '1',
   ]
   const t0 = performance.now()
   const child = spawn(process.execPath, args, {cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe']})
@@ -136,7 +141,9 @@ async function main() {
     return 1
   }
   const gzSize = gzipSync(readFileSync(BUNDLE), {level: 9}).length
-  console.log(`rdk agent benchmark — node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU(s), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM`)
+  console.log(
+    `rdk agent benchmark — node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU(s), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM`,
+  )
   console.log(`bundle dist/agent.mjs: ${(bundleSize / 1024).toFixed(1)} KiB (${(gzSize / 1024).toFixed(1)} KiB gzip -9)`)
   console.log(`runs: ${RUNS} starts, ${HW_CALLS} poll.get_hardware_info calls; please wait ~${Math.ceil((RUNS * (IDLE_MS + 1000)) / 1000) + 5} s\n`)
 
@@ -192,9 +199,13 @@ async function main() {
   console.log(widths.map((w) => '-'.repeat(w)).join('   '))
   for (const row of table) console.log(line(row))
   console.log('')
-  console.log(`samples: idle RSS ${rss.map((x) => fmt(x, 1)).join(', ')} MB; start ${starts.map((x) => fmt(x / 1000, 2)).join(', ')} s; get_hardware_info ${hw.map((x) => fmt(x / 1000, 3)).join(', ')} s`)
+  console.log(
+    `samples: idle RSS ${rss.map((x) => fmt(x, 1)).join(', ')} MB; start ${starts.map((x) => fmt(x / 1000, 2)).join(', ')} s; get_hardware_info ${hw.map((x) => fmt(x / 1000, 3)).join(', ')} s`,
+  )
   console.log(`RSS after the ${HW_CALLS} inventories: ${fmt(rssAfterHw, 1)} MB (IPA's idle figure was taken after lookup, which collects the inventory)`)
-  console.log(`start → listening + first inventory (≈ IPA's start→listening, which includes the lookup inventory): ${fmt((median(starts) + hw[0]) / 1000, 2)} s`)
+  console.log(
+    `start → listening + first inventory (≈ IPA's start→listening, which includes the lookup inventory): ${fmt((median(starts) + hw[0]) / 1000, 2)} s`,
+  )
   const missed = rows.filter((r) => !(r.rdk <= r.goal)).length
   console.log(missed ? `${missed} goal(s) missed` : 'all goals met')
   return 0

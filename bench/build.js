@@ -122,7 +122,11 @@ const stageMs = (b, name) => b.result.stages.find((s) => s.name === name)?.ms
 const stageNote = (b, name) => b.result.stages.find((s) => s.name === name)?.note ?? ''
 
 async function main() {
-  const figures = {date: new Date().toISOString(), machine: {cpus: os.cpus().length, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version, loadStart: +os.loadavg()[0].toFixed(2)}, quick: opts.quick}
+  const figures = {
+    date: new Date().toISOString(),
+    machine: {cpus: os.cpus().length, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version, loadStart: +os.loadavg()[0].toFixed(2)},
+    quick: opts.quick,
+  }
   const work = await mkdtemp(path.join(os.tmpdir(), 'rdk-bench-build-'))
   const cleanup = () => {
     if (!opts.keep) rmSync(work, {recursive: true, force: true})
@@ -133,7 +137,9 @@ async function main() {
   })
   let stub
   try {
-    console.log(`rdk build/boot benchmark — node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU(s), ${fmt(os.totalmem() / 2 ** 30)} GiB RAM${opts.quick ? ' (--quick)' : ''}`)
+    console.log(
+      `rdk build/boot benchmark — node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU(s), ${fmt(os.totalmem() / 2 ** 30)} GiB RAM${opts.quick ? ' (--quick)' : ''}`,
+    )
     console.log(`work dir ${work}; this takes ${opts.quick ? '~5' : '10–15'} minutes (each qemu boot 20–40 s under TCG)\n`)
 
     // --- builds --------------------------------------------------------------------------------
@@ -149,7 +155,10 @@ async function main() {
     // A user element with one file; build once, change the file, build again (timed).
     const elDir = path.join(work, 'elements', 'bench-touch')
     await mkdir(elDir, {recursive: true})
-    await writeFile(path.join(elDir, 'element.yaml'), 'description: bench-touch, a one-file element the build benchmark edits between two builds.\nfiles:\n  /etc/rdk-bench/stamp: stamp.txt\n')
+    await writeFile(
+      path.join(elDir, 'element.yaml'),
+      'description: bench-touch, a one-file element the build benchmark edits between two builds.\nfiles:\n  /etc/rdk-bench/stamp: stamp.txt\n',
+    )
     const stamp = path.join(elDir, 'stamp.txt')
     const elArgs = ['--elements-path', path.join(work, 'elements'), '--element', 'bench-touch', '--cache-dir', cacheDir]
     await writeFile(stamp, `bench ${randomBytes(8).toString('hex')} 1\n`)
@@ -283,18 +292,29 @@ async function main() {
 
     // --- report --------------------------------------------------------------------------------
     console.log('')
-    console.log(`image: ${compress} initramfs, kernel ${kernelVersion ?? '?'}; tree ${treeBytes ? mb(treeBytes) : 'n/a'} uncompressed; mirror ${figures.image.mirror ?? '?'}`)
+    console.log(
+      `image: ${compress} initramfs, kernel ${kernelVersion ?? '?'}; tree ${treeBytes ? mb(treeBytes) : 'n/a'} uncompressed; mirror ${figures.image.mirror ?? '?'}`,
+    )
     console.log('')
     table(
       ['size', 'kernel', 'initramfs', 'total', 'goal', 'result'],
       [
         ['rdk tiny', mb(sizes.kernel), mb(sizes.initramfs), mb(sizes.total), `≤ ${GOAL.sizeMB} MB`, sizes.total <= GOAL.sizeMB * MB ? 'PASS' : 'MISS'],
-        ...PEERS.map((p) => [p.name, mb(p.kernel), mb(p.initramfs), mb(p.kernel + p.initramfs), `rdk ${fmt((sizes.total / (p.kernel + p.initramfs)) * 100, 0)} %`, '']),
+        ...PEERS.map((p) => [
+          p.name,
+          mb(p.kernel),
+          mb(p.initramfs),
+          mb(p.kernel + p.initramfs),
+          `rdk ${fmt((sizes.total / (p.kernel + p.initramfs)) * 100, 0)} %`,
+          '',
+        ]),
       ],
     )
     console.log('')
     const top = [...(cached.result.sizes ?? [])].sort((a, b) => b.bytes - a.bytes).slice(0, 10)
-    console.log(`largest contributors (uncompressed, of ${treeBytes ? mb(treeBytes) : '?'}): ${top.map((s) => `${s.source} ${fmt(s.bytes / MB, 1)} MB`).join(', ')}`)
+    console.log(
+      `largest contributors (uncompressed, of ${treeBytes ? mb(treeBytes) : '?'}): ${top.map((s) => `${s.source} ${fmt(s.bytes / MB, 1)} MB`).join(', ')}`,
+    )
     figures.image.top = top.map((s) => ({source: s.source, bytes: s.bytes}))
     console.log('')
 
@@ -302,9 +322,29 @@ async function main() {
     table(
       ['build', 'time', 'goal', 'result', 'notes'],
       [
-        ['cold (empty cache)', cold ? sec(cold.ms) : 'skipped', '', '', cold ? `packages ${sec(stageMs(cold, 'fetch-packages'))}, kernel ${sec(stageMs(cold, 'fetch-kernel'))}, pack ${sec(stageMs(cold, 'pack-initramfs'))}` : '--quick'],
-        [opts.quick ? `full, quick cache${cacheWasEmpty ? ' (was empty)' : ''}` : 'full, warm cache, fresh output', sec(cached.ms), '', '', `packages ${sec(stageMs(cached, 'fetch-packages'))}, kernel ${sec(stageMs(cached, 'fetch-kernel'))}, pack ${sec(stageMs(cached, 'pack-initramfs'))}`],
-        ['rebuild after touching one element', sec(rb.ms), `≤ ${GOAL.rebuildS} s`, rb.ms <= GOAL.rebuildS * 1000 ? 'PASS' : 'MISS', `packages ${sec(stageMs(touch2, 'fetch-packages'))}, kernel ${sec(stageMs(touch2, 'fetch-kernel'))}, node ${sec(stageMs(touch2, 'add-agent'))}, pack ${sec(stageMs(touch2, 'pack-initramfs'))}`],
+        [
+          'cold (empty cache)',
+          cold ? sec(cold.ms) : 'skipped',
+          '',
+          '',
+          cold
+            ? `packages ${sec(stageMs(cold, 'fetch-packages'))}, kernel ${sec(stageMs(cold, 'fetch-kernel'))}, pack ${sec(stageMs(cold, 'pack-initramfs'))}`
+            : '--quick',
+        ],
+        [
+          opts.quick ? `full, quick cache${cacheWasEmpty ? ' (was empty)' : ''}` : 'full, warm cache, fresh output',
+          sec(cached.ms),
+          '',
+          '',
+          `packages ${sec(stageMs(cached, 'fetch-packages'))}, kernel ${sec(stageMs(cached, 'fetch-kernel'))}, pack ${sec(stageMs(cached, 'pack-initramfs'))}`,
+        ],
+        [
+          'rebuild after touching one element',
+          sec(rb.ms),
+          `≤ ${GOAL.rebuildS} s`,
+          rb.ms <= GOAL.rebuildS * 1000 ? 'PASS' : 'MISS',
+          `packages ${sec(stageMs(touch2, 'fetch-packages'))}, kernel ${sec(stageMs(touch2, 'fetch-kernel'))}, node ${sec(stageMs(touch2, 'add-agent'))}, pack ${sec(stageMs(touch2, 'pack-initramfs'))}`,
+        ],
       ],
     )
     if (cold) console.log(`cold: ${stageNote(cold, 'fetch-packages')}; ${stageNote(cold, 'fetch-kernel')}; pack: ${stageNote(cold, 'pack-initramfs')}`)
@@ -321,7 +361,15 @@ async function main() {
     const failedRam = figures.ram.tried.filter((t) => !t.ok)
     table(
       ['RAM', 'rdk', 'goal', 'result', ...PEERS.map((p) => p.name)],
-      [[`smallest -m that boots and heartbeats (${step} MiB steps)`, `${good} MiB${figures.ram.belowFloor && good === RAM_FLOOR ? ' (the floor tried)' : ''}`, `≤ ${GOAL.ramMiB} MiB`, good <= GOAL.ramMiB ? 'PASS' : 'MISS', ...PEERS.map((p) => p.ram)]],
+      [
+        [
+          `smallest -m that boots and heartbeats (${step} MiB steps)`,
+          `${good} MiB${figures.ram.belowFloor && good === RAM_FLOOR ? ' (the floor tried)' : ''}`,
+          `≤ ${GOAL.ramMiB} MiB`,
+          good <= GOAL.ramMiB ? 'PASS' : 'MISS',
+          ...PEERS.map((p) => p.ram),
+        ],
+      ],
     )
     console.log(`tried: ${figures.ram.tried.map((t) => `${t.memoryMiB} MiB ${t.ok ? `ok (${sec(t.heartbeatMs)})` : `failed (${t.failure})`}`).join('; ')}`)
     if (!failedRam.length) console.log(`no size failed: ${RAM_FLOOR} MiB is the lowest tried`)
@@ -335,16 +383,34 @@ async function main() {
     table(
       ['qemu start → first heartbeat', 'rdk tiny', 'busybox baseline', 'rdk/busybox', 'rdk /init → network → agent start'],
       [
-        [`${FIXED_RAM} MiB${samples > 1 ? `, median of ${samples}` : ''}`, sec(hbAgent) + samplesText(agentRuns), sec(hbBusybox) + samplesText(busyboxRuns), ratio(hbAgent, hbBusybox), marksText(agentFixed)],
-        [`${atMin.memoryMiB} MiB (smallest)`, sec(atMin.heartbeatMs), sec(busyboxMin.heartbeatMs), ratio(atMin.heartbeatMs, busyboxMin.ok ? busyboxMin.heartbeatMs : NaN), marksText(atMin)],
+        [
+          `${FIXED_RAM} MiB${samples > 1 ? `, median of ${samples}` : ''}`,
+          sec(hbAgent) + samplesText(agentRuns),
+          sec(hbBusybox) + samplesText(busyboxRuns),
+          ratio(hbAgent, hbBusybox),
+          marksText(agentFixed),
+        ],
+        [
+          `${atMin.memoryMiB} MiB (smallest)`,
+          sec(atMin.heartbeatMs),
+          sec(busyboxMin.heartbeatMs),
+          ratio(atMin.heartbeatMs, busyboxMin.ok ? busyboxMin.heartbeatMs : NaN),
+          marksText(atMin),
+        ],
       ],
     )
-    console.log(`qemu start → agent answers /v1/status (${agentFixed.callbackUrl?.startsWith('https') ? 'https, auto-TLS' : 'http'}, ${FIXED_RAM} MiB): ${sec(statusMs)}; first lookup ${sec(median(agentRuns.map((r) => r.lookupMs)))}`)
-    console.log(`busybox baseline: ${fmt(bb.size / MB, 2)} MB ${compress} (${fmt(bb.rawBytes / MB, 2)} MB cpio): busybox-static ${bb.busyboxVersion} + ${bb.modules.join(', ')}; its /init: ${marksText(busyboxFixed)}`)
+    console.log(
+      `qemu start → agent answers /v1/status (${agentFixed.callbackUrl?.startsWith('https') ? 'https, auto-TLS' : 'http'}, ${FIXED_RAM} MiB): ${sec(statusMs)}; first lookup ${sec(median(agentRuns.map((r) => r.lookupMs)))}`,
+    )
+    console.log(
+      `busybox baseline: ${fmt(bb.size / MB, 2)} MB ${compress} (${fmt(bb.rawBytes / MB, 2)} MB cpio): busybox-static ${bb.busyboxVersion} + ${bb.modules.join(', ')}; its /init: ${marksText(busyboxFixed)}`,
+    )
     console.log(`qemu: ${agentFixed.argv.slice(1).join(' ')}`)
 
     figures.machine.loadEnd = +os.loadavg()[0].toFixed(2)
-    console.log(`load average (1 min) at start ${figures.machine.loadStart}, at end ${figures.machine.loadEnd}: other work on the ${os.cpus().length} cores slows TCG boots`)
+    console.log(
+      `load average (1 min) at start ${figures.machine.loadStart}, at end ${figures.machine.loadEnd}: other work on the ${os.cpus().length} cores slows TCG boots`,
+    )
     const missed = [sizes.total <= GOAL.sizeMB * MB, rb.ms <= GOAL.rebuildS * 1000, good <= GOAL.ramMiB].filter((x) => !x).length
     console.log(missed ? `\n${missed} goal(s) missed` : '\nall goals met')
     figures.goals = {sizeMB: GOAL.sizeMB, ramMiB: GOAL.ramMiB, rebuildS: GOAL.rebuildS, missed}

@@ -99,7 +99,9 @@ function buildImage() {
   execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'rdk-bench', '-f', key])
   const out = path.join(dir, 'out')
   try {
-    execFileSync(process.execPath, [path.join(ROOT, 'bin/run.js'), 'build', '--output', out, '--ssh-key', `${key}.pub`, '--json'], {stdio: ['ignore', 'ignore', 'pipe']})
+    execFileSync(process.execPath, [path.join(ROOT, 'bin/run.js'), 'build', '--output', out, '--ssh-key', `${key}.pub`, '--json'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
   } catch (err) {
     throw new Error(`rdk build failed: ${err.stderr?.toString().trim().split('\n').slice(-10).join('\n')}`)
   }
@@ -111,8 +113,24 @@ function sshRunner(vm, key) {
     new Promise((resolve, reject) => {
       const child = spawn(
         'ssh',
-        ['-i', key, '-p', String(vm.hostPort(22)), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-          '-o', 'ConnectTimeout=60', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', command],
+        [
+          '-i',
+          key,
+          '-p',
+          String(vm.hostPort(22)),
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'StrictHostKeyChecking=no',
+          '-o',
+          'UserKnownHostsFile=/dev/null',
+          '-o',
+          'ConnectTimeout=60',
+          '-o',
+          'LogLevel=ERROR',
+          'root@127.0.0.1',
+          command,
+        ],
         {stdio: ['ignore', 'pipe', 'pipe']},
       )
       let out = ''
@@ -129,12 +147,15 @@ function sshRunner(vm, key) {
 
 function agentCall(port, method, p, body) {
   return new Promise((resolve, reject) => {
-    const req = http.request({host: '127.0.0.1', port, method, path: p, agent: false, headers: body ? {'Content-Type': 'application/json'} : {}, timeout: 60_000}, (res) => {
-      let text = ''
-      res.on('data', (d) => (text += d))
-      res.on('end', () => resolve({status: res.statusCode, json: text ? JSON.parse(text) : undefined}))
-      res.on('error', reject)
-    })
+    const req = http.request(
+      {host: '127.0.0.1', port, method, path: p, agent: false, headers: body ? {'Content-Type': 'application/json'} : {}, timeout: 60_000},
+      (res) => {
+        let text = ''
+        res.on('data', (d) => (text += d))
+        res.on('end', () => resolve({status: res.statusCode, json: text ? JSON.parse(text) : undefined}))
+        res.on('error', reject)
+      },
+    )
     req.on('timeout', () => req.destroy(new Error(`${method} ${p} timed out`)))
     req.on('error', reject)
     req.end(body ? JSON.stringify(body) : undefined)
@@ -182,7 +203,10 @@ async function main() {
       append: `${cmdline} ipa-standalone=1 ipa-agent-token=${TOKEN}`,
       memoryMiB: MEMORY_MIB,
       disks: [{path: path.join(dir, 'vda.img'), size: DISK_SIZE, bus: 'virtio'}],
-      portForwards: [{guestPort: 9999, hostPort: 0}, {guestPort: 22, hostPort: 0}],
+      portForwards: [
+        {guestPort: 9999, hostPort: 0},
+        {guestPort: 22, hostPort: 0},
+      ],
     })
     say(`VM: ${MEMORY_MIB} MiB RAM, ${vm.accel}, disk ${DISK_SIZE} virtio; waiting for the agent…`)
     await vm.waitForHttp(9999, '/v1/status', 600_000)
@@ -241,10 +265,15 @@ async function main() {
   console.log(`${'network'.padEnd(10)} ${fmt(best('net')).padStart(7)} s  ${fmt(mbps(best('net')), 1).padStart(6)} MB/s  (wget -O /dev/null of the raw image)`)
   console.log(`${'dd'.padEnd(10)} ${fmt(dd).padStart(7)} s  ${fmt(mbps(dd), 1).padStart(6)} MB/s`)
   const missed = []
-  for (const [name, k, rk] of [['rdk raw', 'r1', 'r1Rss'], ['rdk qcow2', 'r2', 'r2Rss']]) {
+  for (const [name, k, rk] of [
+    ['rdk raw', 'r1', 'r1Rss'],
+    ['rdk qcow2', 'r2', 'r2Rss'],
+  ]) {
     const s = best(k)
     const ratio = dd / s
-    console.log(`${name.padEnd(10)} ${fmt(s).padStart(7)} s  ${fmt(mbps(s), 1).padStart(6)} MB/s  ${fmt(ratio * 100, 0).padStart(4)} % of dd  agent peak RSS ${fmt(Math.max(...rows.map((r) => r[rk])), 1)} MB`)
+    console.log(
+      `${name.padEnd(10)} ${fmt(s).padStart(7)} s  ${fmt(mbps(s), 1).padStart(6)} MB/s  ${fmt(ratio * 100, 0).padStart(4)} % of dd  agent peak RSS ${fmt(Math.max(...rows.map((r) => r[rk])), 1)} MB`,
+    )
     if (ratio < GOAL.ratio) missed.push(`${name} throughput`)
   }
   console.log(missed.length ? `goals missed: ${missed.join(', ')}` : 'all goals met')

@@ -161,7 +161,9 @@ async function main() {
   const v = VSIZE_MIB
   const line = (name, r, extra = '') => {
     const ratio = dd.seconds / r.seconds
-    console.log(`${name.padEnd(10)} ${fmt(r.seconds).padStart(7)} s  ${fmt(v / r.seconds, 0).padStart(6)} MiB/s  ${fmt(ratio * 100, 0).padStart(4)} % of dd  ${extra}`)
+    console.log(
+      `${name.padEnd(10)} ${fmt(r.seconds).padStart(7)} s  ${fmt(v / r.seconds, 0).padStart(6)} MiB/s  ${fmt(ratio * 100, 0).padStart(4)} % of dd  ${extra}`,
+    )
     return ratio
   }
   console.log(`\nbest of ${rows.length} rounds (throughput over the ${v} MiB virtual size; goal: >= ${GOAL.ratio * 100} % of dd, peak RSS < ${GOAL.rssMb} MB)`)

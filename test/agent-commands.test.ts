@@ -9,21 +9,38 @@ function setup() {
   const asyncDone: string[] = []
   let release!: () => void
   const gate = new Promise<void>((r) => (release = r))
-  const p = new CommandProcessor<Ctx>(() => ctx, log.child({test: true}), (r) => asyncDone.push(r.commandName))
+  const p = new CommandProcessor<Ctx>(
+    () => ctx,
+    log.child({test: true}),
+    (r) => asyncDone.push(r.commandName),
+  )
   const ext: Extension<Ctx> = {
     name: 'demo',
     commands: {
       hello: {async: false, params: {who: 'optional'}, run: async (params) => `hello ${params.who ?? 'world'}`},
       slow: {async: true, params: {}, run: async () => (await gate, {done: true})},
-      boom: {async: false, params: {}, run: async () => {
-        throw new CleaningError('disk on fire')
-      }},
-      badparams: {async: false, params: {}, run: async () => {
-        throw new InvalidCommandParamsError('nope')
-      }},
-      validated: {async: true, params: {x: 'required'}, validate: (p) => {
-        if (typeof p.x !== 'number') throw new InvalidCommandParamsError('x must be a number')
-      }, run: async () => 'ok'},
+      boom: {
+        async: false,
+        params: {},
+        run: async () => {
+          throw new CleaningError('disk on fire')
+        },
+      },
+      badparams: {
+        async: false,
+        params: {},
+        run: async () => {
+          throw new InvalidCommandParamsError('nope')
+        },
+      },
+      validated: {
+        async: true,
+        params: {x: 'required'},
+        validate: (p) => {
+          if (typeof p.x !== 'number') throw new InvalidCommandParamsError('x must be a number')
+        },
+        run: async () => 'ok',
+      },
       wild: {async: true, params: {a: 'required'}, extraParams: true, run: async (p) => p},
     },
   }
@@ -67,7 +84,11 @@ describe('command processor', () => {
   it('records RESTErrors of sync commands as FAILED (200) but returns InvalidContentError to the caller', async () => {
     const {p} = setup()
     const r = await p.execute('demo.boom', {})
-    expect(r.toJSON()).toMatchObject({command_name: 'demo.boom', command_status: 'FAILED', command_error: {type: 'CleaningError', code: 500, message: 'Clean step failed', details: 'disk on fire'}})
+    expect(r.toJSON()).toMatchObject({
+      command_name: 'demo.boom',
+      command_status: 'FAILED',
+      command_error: {type: 'CleaningError', code: 500, message: 'Clean step failed', details: 'disk on fire'},
+    })
     await expect(p.execute('demo.badparams', {})).rejects.toThrow('Invalid command parameters: nope')
     await expect(p.execute('demo.validated', {x: 'a'})).rejects.toThrow('x must be a number')
     expect(p.list()).toHaveLength(1)
@@ -76,7 +97,10 @@ describe('command processor', () => {
   it('answers wrong parameters with a serialisable TypeError result instead of crashing', async () => {
     const {p} = setup()
     const r = await p.execute('demo.hello', {bogus: 1})
-    expect(JSON.parse(JSON.stringify(r))).toMatchObject({command_status: 'FAILED', command_error: {type: 'TypeError', details: "hello() got an unexpected keyword argument 'bogus'"}})
+    expect(JSON.parse(JSON.stringify(r))).toMatchObject({
+      command_status: 'FAILED',
+      command_error: {type: 'TypeError', details: "hello() got an unexpected keyword argument 'bogus'"},
+    })
     const a = await p.execute('demo.wild', {})
     await a.done
     expect(a.toJSON()).toMatchObject({command_status: 'FAILED', command_error: {type: 'TypeError'}})

@@ -12,7 +12,7 @@ describe('agent config', () => {
 
   it('merges defaults < file < cmdline < flags', () => {
     const cfg = resolveConfig({
-      file: {path: 'agent.json', data: {'ipa-api-url': 'http://file:6385', 'listen_port': 1111, 'ipa-lookup-timeout': 30}},
+      file: {path: 'agent.json', data: {'ipa-api-url': 'http://file:6385', listen_port: 1111, 'ipa-lookup-timeout': 30}},
       cmdline: 'ipa-api-url=http://cmdline:6385,http://second:6385 ipa-listen-port=2222 ipa-insecure=1 BOOTIF=01-52-54-00-aa-bb-cc',
       flags: {'listen-port': '3333'},
     })

@@ -83,22 +83,75 @@ class Trap extends HardwareManager {
 
 const FORBIDDEN = [
   // life cycle and step lists of the base class
-  'attach', 'initialize', 'evaluate_hardware_support', 'get_version', 'get_clean_steps', 'get_deploy_steps', 'get_service_steps',
+  'attach',
+  'initialize',
+  'evaluate_hardware_support',
+  'get_version',
+  'get_clean_steps',
+  'get_deploy_steps',
+  'get_service_steps',
   // JavaScript's own
-  'constructor', 'toString', 'toLocaleString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable',
-  '__proto__', '__defineGetter__', '__defineSetter__', '__lookupGetter__', '__lookupSetter__', 'prototype', 'then', 'call', 'apply', 'bind',
+  'constructor',
+  'toString',
+  'toLocaleString',
+  'valueOf',
+  'hasOwnProperty',
+  'isPrototypeOf',
+  'propertyIsEnumerable',
+  '__proto__',
+  '__defineGetter__',
+  '__defineSetter__',
+  '__lookupGetter__',
+  '__lookupSetter__',
+  'prototype',
+  'then',
+  'call',
+  'apply',
+  'bind',
   // data fields, getters and setters
-  'ctx', 'registry', 'cachedNode', 'skipBmcDetect', 'collectorRoots', 'settings', 'touched',
+  'ctx',
+  'registry',
+  'cachedNode',
+  'skipBmcDetect',
+  'collectorRoots',
+  'settings',
+  'touched',
   // private helpers
-  '_guard', '_dispatcher', '_allowlist', '_piece', '_bmcInfo', '_notYet', '_md_scan_and_assemble', '_load_ipmi_modules', '_erasableDevices',
+  '_guard',
+  '_dispatcher',
+  '_allowlist',
+  '_piece',
+  '_bmcInfo',
+  '_notYet',
+  '_md_scan_and_assemble',
+  '_load_ipmi_modules',
+  '_erasableDevices',
   // internal dispatch names (inventory, infrastructure): not steps
-  'list_hardware_info', 'list_block_devices', 'list_block_devices_check_skip_list', 'list_network_interfaces', 'get_interface_info',
-  'get_os_install_device', 'erase_block_device', 'filter_device', 'wait_for_disks', 'full_sync', 'collect_system_logs', 'collect_lldp_data',
-  'collect_pci_devices', 'get_cpus', 'get_memory', 'get_bmc_address', 'get_boot_info',
+  'list_hardware_info',
+  'list_block_devices',
+  'list_block_devices_check_skip_list',
+  'list_network_interfaces',
+  'get_interface_info',
+  'get_os_install_device',
+  'erase_block_device',
+  'filter_device',
+  'wait_for_disks',
+  'full_sync',
+  'collect_system_logs',
+  'collect_lldp_data',
+  'collect_pci_devices',
+  'get_cpus',
+  'get_memory',
+  'get_bmc_address',
+  'get_boot_info',
   // a method a custom manager has but does not advertise
   'reconfigure',
   // not identifiers at all
-  '', ' erase_devices', 'erase_devices ', 'erase_devices.call', 'bad name!',
+  '',
+  ' erase_devices',
+  'erase_devices ',
+  'erase_devices.call',
+  'bad name!',
   'no_such_step',
 ]
 
@@ -110,7 +163,11 @@ async function inProcess() {
   const registry = new ManagerRegistry()
   await registry.load([generic, trap], {config, log: quiet, registry})
   const rt = {config, registry, log: quiet, version: 'test', partitionUuids: {}, node: undefined, stopServing: async () => {}} as unknown as AgentRuntime
-  const processor = new CommandProcessor<AgentRuntime>(() => rt, quiet, () => {})
+  const processor = new CommandProcessor<AgentRuntime>(
+    () => rt,
+    quiet,
+    () => {},
+  )
   rt.processor = processor
   for (const ext of [stepsExtension('clean'), stepsExtension('deploy'), stepsExtension('service'), poll]) processor.register(ext)
   return {rt, processor, registry, generic, trap, config}
@@ -134,7 +191,12 @@ describe('step dispatch in process', () => {
     for (const kind of KINDS) {
       for (const name of FORBIDDEN) {
         const body = await finished(
-          processor.execute(`${kind}.execute_${kind}_step`, {step: {step: name, interface: 'deploy', priority: 0, args: HOSTILE_NODE}, node: HOSTILE_NODE, ports: [], ...HOSTILE_NODE}),
+          processor.execute(`${kind}.execute_${kind}_step`, {
+            step: {step: name, interface: 'deploy', priority: 0, args: HOSTILE_NODE},
+            node: HOSTILE_NODE,
+            ports: [],
+            ...HOSTILE_NODE,
+          }),
         )
         expect(body.command_status, `${kind} ${JSON.stringify(name)}`).toBe('FAILED')
         expect(body.command_name).toBe(`execute_${kind}_step`)
@@ -172,7 +234,9 @@ describe('step dispatch in process', () => {
     expect(steps.GenericHardwareManager.map((s: {step: string}) => s.step)).toContain('erase_devices')
 
     // An advertised step runs (and only then is the node cached, as IPA does).
-    const ok = await finished(processor.execute('clean.execute_clean_step', {step: {step: 'trap_step', interface: 'deploy', priority: 0}, node: {uuid: 'n1'}, ports: []}))
+    const ok = await finished(
+      processor.execute('clean.execute_clean_step', {step: {step: 'trap_step', interface: 'deploy', priority: 0}, node: {uuid: 'n1'}, ports: []}),
+    )
     expect(ok.command_status).toBe('SUCCEEDED')
     expect(ok.command_result).toEqual({clean_result: {ran: 'trap_step'}, clean_step: {step: 'trap_step', interface: 'deploy', priority: 0}})
     expect(rt.node).toEqual({uuid: 'n1'})
@@ -197,12 +261,21 @@ describe('step dispatch in process', () => {
     const registry = new ManagerRegistry()
     await registry.load([new TokenVault()], {config, log: quiet, registry})
     const rt = {config, registry, log: quiet} as unknown as AgentRuntime
-    const processor = new CommandProcessor<AgentRuntime>(() => rt, quiet, () => {})
+    const processor = new CommandProcessor<AgentRuntime>(
+      () => rt,
+      quiet,
+      () => {},
+    )
     processor.register(stepsExtension('clean'))
     const got = await finished(processor.execute('clean.get_clean_steps', {node: {}, ports: []}))
     expect(got.command_result.hardware_manager_version).toEqual({token_vault: '2.0'})
     const ran = await finished(
-      processor.execute('clean.execute_clean_step', {step: {step: 'vault_step', interface: 'deploy'}, node: {}, ports: [], clean_version: got.command_result.hardware_manager_version}),
+      processor.execute('clean.execute_clean_step', {
+        step: {step: 'vault_step', interface: 'deploy'},
+        node: {},
+        ports: [],
+        clean_version: got.command_result.hardware_manager_version,
+      }),
     )
     expect(ran.command_status).toBe('SUCCEEDED')
   })
@@ -210,7 +283,9 @@ describe('step dispatch in process', () => {
   it('internal dispatch takes only the allow-listed infrastructure names', async () => {
     const {registry, trap} = await inProcess()
     for (const name of ['attach', 'initialize', 'reconfigure', 'trap_step', 'erase_devices', 'constructor', 'toString', 'settings', '_guard']) {
-      await expect(registry.dispatchToManagers(name, HOSTILE_NODE), name).rejects.toThrow(`No HardwareManager found to handle method: Could not find method: ${name}`)
+      await expect(registry.dispatchToManagers(name, HOSTILE_NODE), name).rejects.toThrow(
+        `No HardwareManager found to handle method: Could not find method: ${name}`,
+      )
       await expect(registry.dispatchToAllManagers(name, HOSTILE_NODE), name).rejects.toThrow('No HardwareManager found to handle method')
     }
     for (const name of ['system_logs', 'lldp_data', '../x', 'Constructor']) {
@@ -319,8 +394,24 @@ describe('the agent process', () => {
     // SAFETY: the "lifted" allow-list names our two loop devices only, never an empty list (= all disks).
     const hostile = {...HOSTILE_NODE, config: {...HOSTILE_NODE.config, deviceAllowlist: [A.device, B.device], device_allowlist: [A.device, B.device]}}
     for (const kind of KINDS) {
-      for (const name of ['attach', 'initialize', 'constructor', '__proto__', 'evaluate_hardware_support', 'get_version', 'ctx', 'wait_for_disks', 'list_block_devices', 'erase_block_device']) {
-        const r = await post(a, `${kind}.execute_${kind}_step`, {step: {step: name, interface: 'deploy', priority: 0, args: hostile}, node: hostile, ports: [], ...hostile})
+      for (const name of [
+        'attach',
+        'initialize',
+        'constructor',
+        '__proto__',
+        'evaluate_hardware_support',
+        'get_version',
+        'ctx',
+        'wait_for_disks',
+        'list_block_devices',
+        'erase_block_device',
+      ]) {
+        const r = await post(a, `${kind}.execute_${kind}_step`, {
+          step: {step: name, interface: 'deploy', priority: 0, args: hostile},
+          node: hostile,
+          ports: [],
+          ...hostile,
+        })
         const final = r.command_status === 'RUNNING' ? (await agentRequest(a.url, {method: 'GET', path: `/v1/commands/${r.id}?wait=true`})).json : r
         expect(final.command_status, `${kind} ${name}`).toBe('FAILED')
         expect(final.command_error.type, `${kind} ${name}`).toBe('HardwareManagerMethodNotFound')
@@ -330,11 +421,19 @@ describe('the agent process', () => {
 
     // Now the erase steps, with the hostile node: they erase A, and only A.
     for (const step of ['erase_devices_metadata', 'erase_devices']) {
-      const r = await post(a, 'clean.execute_clean_step', {step: {step, interface: 'deploy', priority: 0}, node: {...hostile, driver_internal_info: {agent_erase_devices_iterations: 0}}, ports: []})
+      const r = await post(a, 'clean.execute_clean_step', {
+        step: {step, interface: 'deploy', priority: 0},
+        node: {...hostile, driver_internal_info: {agent_erase_devices_iterations: 0}},
+        ports: [],
+      })
       expect(r.command_status, JSON.stringify(r.command_error)).toBe('SUCCEEDED')
     }
     expect(headBytes(A.device, MIB).every((x) => x === 0)).toBe(true)
-    expect(hashOf(A.device)).toBe(createHash('sha256').update(Buffer.alloc(16 * MIB)).digest('hex'))
+    expect(hashOf(A.device)).toBe(
+      createHash('sha256')
+        .update(Buffer.alloc(16 * MIB))
+        .digest('hex'),
+    )
     expect(hashOf(B.device)).toBe(bBefore)
     expect(await listed()).toEqual([A.device])
     expect(a.logs()).not.toContain(B.device)
@@ -384,4 +483,3 @@ describe('the agent process', () => {
     expect(a.exitStatus()).toBeNull()
   }, 120_000)
 })
-

@@ -74,13 +74,19 @@ describe('redact.ts', () => {
     const tok = `tok${hex(20)}`
     addSecret(tok)
     const cases: [string, string][] = [
-      [`BOOT_IMAGE=/vmlinuz ipa-agent-token=${hex(8)} ipa-api-url=http://10.0.0.1:6385 console=ttyS0`, 'BOOT_IMAGE=/vmlinuz ipa-agent-token=*** ipa-api-url=http://10.0.0.1:6385 console=ttyS0'],
+      [
+        `BOOT_IMAGE=/vmlinuz ipa-agent-token=${hex(8)} ipa-api-url=http://10.0.0.1:6385 console=ttyS0`,
+        'BOOT_IMAGE=/vmlinuz ipa-agent-token=*** ipa-api-url=http://10.0.0.1:6385 console=ttyS0',
+      ],
       ['rootpwd="$6$salt$hash" sshkey="ssh-ed25519 AAAA"', 'rootpwd="***" sshkey="ssh-ed25519 AAAA"'],
       ['root 12 1 0 node /agent.mjs --agent-token=-abc_def --listen-port 9999', 'root 12 1 0 node /agent.mjs --agent-token=*** --listen-port 9999'],
       ['node agent.mjs --agent-token abcdefgh --debug', 'node agent.mjs --agent-token *** --debug'],
       ['node\0agent.mjs\0--agent-token=abc\0ipa-agent-token=def\0', 'node\0agent.mjs\0--agent-token=***\0ipa-agent-token=***\0'],
       ['GET /v1/commands/?agent_token=abcdef&wait=true', 'GET /v1/commands/?agent_token=***&wait=true'],
-      ['https://user:p%40ss@swift.example/v1/AUTH_x/img?temp_url_sig=deadbeef&temp_url_expires=99', 'https://***@swift.example/v1/AUTH_x/img?temp_url_sig=***&temp_url_expires=99'],
+      [
+        'https://user:p%40ss@swift.example/v1/AUTH_x/img?temp_url_sig=deadbeef&temp_url_expires=99',
+        'https://***@swift.example/v1/AUTH_x/img?temp_url_sig=***&temp_url_expires=99',
+      ],
       ['{"image_server_password": "hunter2", "id": "img"}', '{"image_server_password": "***", "id": "img"}'],
       ["{'rescue_password': 'x'}", "{'rescue_password': '***'}"],
       ['Authorization: Basic dXNlcjpwYXNz', 'Authorization: Basic ***'],
@@ -88,7 +94,9 @@ describe('redact.ts', () => {
       ['BIOS Information: Basic Input/Output System 1.2, vendor SeaBIOS', 'BIOS Information: Basic Input/Output System 1.2, vendor SeaBIOS'],
     ]
     for (const [input, want] of cases) expect(redactText(input), input).toBe(want)
-    expect(redactJson({agent_token_required: true, agent_token: 'x', nested: [{rescue_password: 'pw', size: 5, url: 'http://a:b@h/'}], ['__proto__']: {k: 1}})).toEqual({
+    expect(
+      redactJson({agent_token_required: true, agent_token: 'x', nested: [{rescue_password: 'pw', size: 5, url: 'http://a:b@h/'}], ['__proto__']: {k: 1}}),
+    ).toEqual({
       agent_token_required: true,
       agent_token: '***',
       nested: [{rescue_password: '***', size: 5, url: 'http://***@h/'}],

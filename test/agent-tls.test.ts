@@ -32,18 +32,18 @@ describe('auto-TLS certificate', () => {
     const port = (server.address() as {port: number}).port
     try {
       const body = await new Promise<string>((resolve, reject) => {
-        https.get({host: '127.0.0.1', port, ca: certPem, path: '/'}, (res) => {
-          let s = ''
-          res.on('data', (c) => (s += c))
-          res.on('end', () => resolve(s))
-        }).on('error', reject)
+        https
+          .get({host: '127.0.0.1', port, ca: certPem, path: '/'}, (res) => {
+            let s = ''
+            res.on('data', (c) => (s += c))
+            res.on('end', () => resolve(s))
+          })
+          .on('error', reject)
       })
       expect(body).toBe('ok')
       // A client with another CA must refuse it.
       const other = generateSelfSignedCert({address: '127.0.0.1', commonName: 'other'})
-      await expect(
-        new Promise((resolve, reject) => https.get({host: '127.0.0.1', port, ca: other.certPem}, resolve).on('error', reject)),
-      ).rejects.toThrow()
+      await expect(new Promise((resolve, reject) => https.get({host: '127.0.0.1', port, ca: other.certPem}, resolve).on('error', reject))).rejects.toThrow()
     } finally {
       server.close()
     }

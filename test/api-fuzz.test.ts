@@ -62,39 +62,164 @@ function randAscii(r: Rng, n: number, alphabet = 'abcdefghijklmnopqrstuvwxyz0123
 // ---------------------------------------------------------------------------------------------
 // Request material
 
-const METHODS = ['GET', 'GET', 'GET', 'POST', 'POST', 'POST', 'HEAD', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'get', 'post', 'FOO', 'M-SEARCH', 'PROPFIND', 'PURGE']
+const METHODS = [
+  'GET',
+  'GET',
+  'GET',
+  'POST',
+  'POST',
+  'POST',
+  'HEAD',
+  'PUT',
+  'DELETE',
+  'PATCH',
+  'OPTIONS',
+  'TRACE',
+  'get',
+  'post',
+  'FOO',
+  'M-SEARCH',
+  'PROPFIND',
+  'PURGE',
+]
 const KNOWN_METHODS = new Set(http.METHODS)
 const BASE_PATHS = [
-  '/', '/v1', '/v1/', '/v1/status', '/status', '/v1/commands', '/v1/commands/', '/commands', '/commands/', '/v2/',
-  '/v1/commands/0000-bogus', '/v1/commands//x', '//v1/status', '//evil.example/v1', '/v1/commands/%E0%A4%A', '/v1/commands/%zz',
-  '/v1/commands/%00', '/v1/commands/%2e%2e%2f%2e%2e%2fetc%2fpasswd', '/../../../../etc/passwd', '/v1/../v1/status', '/v1/./status',
-  '/v1/commands/../../status', '/%2e%2e/%2e%2e/', '/v1/%2fcommands%2f', '/v1/commands/\u00fc\u00f1\u00ef', '/\u{1F600}/v1/',
-  '/v1/status;jsessionid=1', '/v1/status#frag', '*', 'http://127.0.0.1/v1/status', 'v1/status', '/v1/commands/a/b/c',
-  '/V1/STATUS', '/v1/status/', '/v1/commands/?', '/..;/v1/status',
+  '/',
+  '/v1',
+  '/v1/',
+  '/v1/status',
+  '/status',
+  '/v1/commands',
+  '/v1/commands/',
+  '/commands',
+  '/commands/',
+  '/v2/',
+  '/v1/commands/0000-bogus',
+  '/v1/commands//x',
+  '//v1/status',
+  '//evil.example/v1',
+  '/v1/commands/%E0%A4%A',
+  '/v1/commands/%zz',
+  '/v1/commands/%00',
+  '/v1/commands/%2e%2e%2f%2e%2e%2fetc%2fpasswd',
+  '/../../../../etc/passwd',
+  '/v1/../v1/status',
+  '/v1/./status',
+  '/v1/commands/../../status',
+  '/%2e%2e/%2e%2e/',
+  '/v1/%2fcommands%2f',
+  '/v1/commands/\u00fc\u00f1\u00ef',
+  '/\u{1F600}/v1/',
+  '/v1/status;jsessionid=1',
+  '/v1/status#frag',
+  '*',
+  'http://127.0.0.1/v1/status',
+  'v1/status',
+  '/v1/commands/a/b/c',
+  '/V1/STATUS',
+  '/v1/status/',
+  '/v1/commands/?',
+  '/..;/v1/status',
 ]
 const QUERIES = [
-  '', '?', '?wait=true', '?wait=TRUE', '?wait=1', '?wait=', '?wait', '?wait=true&wait=false', '?wait=false&wait=true', '?wait[]=true',
-  '?agent_token=', '?agent_token', '?agent_token=%00', '?agent_token=wrong', '?agent_token=wrong&agent_token=T', '?agent_token=T&agent_token=wrong',
-  '?agent_token=T', '?agent_token=T&wait=true', '?AGENT_TOKEN=T', '?agent_token=T%20', '?agent_token=%T', '?agent_token=T&&&&', '?&=&=&',
-  '?agent_token=' + 'A'.repeat(5000), '?%zz=%zz', '?agent_token=T#frag', '?a=\u00fc',
+  '',
+  '?',
+  '?wait=true',
+  '?wait=TRUE',
+  '?wait=1',
+  '?wait=',
+  '?wait',
+  '?wait=true&wait=false',
+  '?wait=false&wait=true',
+  '?wait[]=true',
+  '?agent_token=',
+  '?agent_token',
+  '?agent_token=%00',
+  '?agent_token=wrong',
+  '?agent_token=wrong&agent_token=T',
+  '?agent_token=T&agent_token=wrong',
+  '?agent_token=T',
+  '?agent_token=T&wait=true',
+  '?AGENT_TOKEN=T',
+  '?agent_token=T%20',
+  '?agent_token=%T',
+  '?agent_token=T&&&&',
+  '?&=&=&',
+  '?agent_token=' + 'A'.repeat(5000),
+  '?%zz=%zz',
+  '?agent_token=T#frag',
+  '?a=\u00fc',
 ]
 const CONTENT_TYPES = [
-  undefined, 'application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded',
-  'multipart/form-data; boundary=x', 'application/xml', '', 'application/json; charset=latin-1', '\u00fc/\u00fc', 'a'.repeat(3000),
+  undefined,
+  'application/json',
+  'application/json; charset=utf-8',
+  'text/plain',
+  'application/x-www-form-urlencoded',
+  'multipart/form-data; boundary=x',
+  'application/xml',
+  '',
+  'application/json; charset=latin-1',
+  '\u00fc/\u00fc',
+  'a'.repeat(3000),
 ]
 /** Harmless with the valid token: unknown names, inventory, steps lists, node info, not-implemented commands. */
 const SAFE_NAMES = [
-  'poll.get_hardware_info', 'poll.set_node_info', 'standby.get_partition_uuids', 'clean.get_clean_steps', 'deploy.get_deploy_steps',
-  'service.get_service_steps', 'image.install_bootloader', 'standby.prepare_image', 'standby.execute_bootc_install', 'flow.start_flow',
-  'nosuch.x', 'poll.nosuch', 'poll', '', '.', 'poll.', '.get_hardware_info', 'poll.__proto__', 'poll.constructor', 'poll.toString',
-  '__proto__.x', 'constructor.get', 'poll.hasOwnProperty', 'POLL.GET_HARDWARE_INFO', 'poll.get_hardware_info.x', 'p\u00f6ll.x',
+  'poll.get_hardware_info',
+  'poll.set_node_info',
+  'standby.get_partition_uuids',
+  'clean.get_clean_steps',
+  'deploy.get_deploy_steps',
+  'service.get_service_steps',
+  'image.install_bootloader',
+  'standby.prepare_image',
+  'standby.execute_bootc_install',
+  'flow.start_flow',
+  'nosuch.x',
+  'poll.nosuch',
+  'poll',
+  '',
+  '.',
+  'poll.',
+  '.get_hardware_info',
+  'poll.__proto__',
+  'poll.constructor',
+  'poll.toString',
+  '__proto__.x',
+  'constructor.get',
+  'poll.hasOwnProperty',
+  'POLL.GET_HARDWARE_INFO',
+  'poll.get_hardware_info.x',
+  'p\u00f6ll.x',
 ]
 /** Anything at all: only ever sent with a wrong or missing token. */
 const ANY_NAMES = [
-  ...SAFE_NAMES, 'system.lockdown', 'rescue.finalize_rescue', 'standby.power_off', 'standby.run_image', 'clean.execute_clean_step',
-  'deploy.execute_deploy_step', 'log.collect_system_logs', 'standby.sync',
+  ...SAFE_NAMES,
+  'system.lockdown',
+  'rescue.finalize_rescue',
+  'standby.power_off',
+  'standby.run_image',
+  'clean.execute_clean_step',
+  'deploy.execute_deploy_step',
+  'log.collect_system_logs',
+  'standby.sync',
 ]
-const PARAM_KEYS = ['node', 'ports', 'node_info', 'image_info', 'flow', 'root_uuid', 'bogus', '__proto__', 'constructor', 'toString', '', '\u0000', 'step', 'configdrive']
+const PARAM_KEYS = [
+  'node',
+  'ports',
+  'node_info',
+  'image_info',
+  'flow',
+  'root_uuid',
+  'bogus',
+  '__proto__',
+  'constructor',
+  'toString',
+  '',
+  '\u0000',
+  'step',
+  'configdrive',
+]
 
 function randString(r: Rng): string {
   switch (int(r, 0, 6)) {
@@ -155,7 +280,15 @@ function commandBody(r: Rng, safe: boolean): string {
     if (name === 'poll.get_hardware_info' && isEmptyObject(params) && chance(r, 0.7)) params = {bogus: 1}
     if (name === 'flow.start_flow' && params && typeof params === 'object' && !Array.isArray(params)) {
       // a flow may only name unknown extensions or the inventory (validate() refuses the rest)
-      ;(params as Record<string, unknown>).flow = pick(r, [[{'nosuch.x': {}}], 'x', [1], [{'poll.get_hardware_info': []}], [{'poll.get_hardware_info': {}}], [], null])
+      ;(params as Record<string, unknown>).flow = pick(r, [
+        [{'nosuch.x': {}}],
+        'x',
+        [1],
+        [{'poll.get_hardware_info': []}],
+        [{'poll.get_hardware_info': {}}],
+        [],
+        null,
+      ])
     }
     body = {name, params}
   } else if (shape === 6) {
@@ -350,7 +483,12 @@ function makeCase(r: Rng, token: string, port: number): Case {
   const withToken = (q: string) => q.replace(TOKEN_SLOT, `=${token}`)
   const k = r()
   const simple = (kind: string, bytes: Buffer, method: string, mustAnswer = true): Case => ({
-    kind, parts: [bytes], methods: [method], expect: 1, timeoutMs: 15_000, mustAnswer,
+    kind,
+    parts: [bytes],
+    methods: [method],
+    expect: 1,
+    timeoutMs: 15_000,
+    mustAnswer,
   })
 
   if (k < 0.34) {
@@ -366,7 +504,7 @@ function makeCase(r: Rng, token: string, port: number): Case {
     if (ct !== undefined) headers.push(['Content-Type', ct])
     if (chance(r, 0.1)) headers.push(['X-Agent-Token', token])
     if (chance(r, 0.05)) headers.push(['Expect', pick(r, ['100-continue', 'nonsense'])])
-    if (chance(r, 0.05)) headers.push(['Connection', pick(r, ['close', 'keep-alive', 'Upgrade']), ], ['Upgrade', 'websocket'])
+    if (chance(r, 0.05)) headers.push(['Connection', pick(r, ['close', 'keep-alive', 'Upgrade'])], ['Upgrade', 'websocket'])
     const body = bodyText === undefined ? undefined : Buffer.from(bodyText)
     if (body) headers.push(['Content-Length', String(body.length)])
     // A method node's parser does not know ('get', 'FOO') is refused at the request line: the
@@ -438,7 +576,12 @@ function makeCase(r: Rng, token: string, port: number): Case {
     // truncated bodies: the client stops (or resets) before Content-Length bytes were sent
     const body = Buffer.from(commandBody(r, true))
     const declared = body.length + int(r, 1, 100_000)
-    const bytes = httpRequest('POST', `/v1/commands/?agent_token=${token}`, [host, ['Content-Type', 'application/json'], ['Content-Length', String(declared)]], body)
+    const bytes = httpRequest(
+      'POST',
+      `/v1/commands/?agent_token=${token}`,
+      [host, ['Content-Type', 'application/json'], ['Content-Length', String(declared)]],
+      body,
+    )
     const reset = chance(r, 0.5)
     return {kind: reset ? 'reset-mid-body' : 'truncated', parts: [bytes], methods: ['POST'], expect: 1, timeoutMs: reset ? 1000 : 150, reset, mustAnswer: false}
   }
@@ -453,9 +596,25 @@ function makeCase(r: Rng, token: string, port: number): Case {
       if (method === 'POST') {
         const body = Buffer.from(chance(r, 0.5) ? commandBody(r, true) : garbleJson(r, '{"name":"poll.nosuch","params":{}}'))
         const q = chance(r, 0.5) ? `?agent_token=${token}` : '?agent_token=wrong'
-        parts.push(httpRequest('POST', `/v1/commands/${q}`, [host, ['Content-Length', String(body.length)]], isSafeText(body.toString()) ? body : Buffer.from('{}'.padEnd(body.length, ' '))))
+        parts.push(
+          httpRequest(
+            'POST',
+            `/v1/commands/${q}`,
+            [host, ['Content-Length', String(body.length)]],
+            isSafeText(body.toString()) ? body : Buffer.from('{}'.padEnd(body.length, ' ')),
+          ),
+        )
       } else {
-        parts.push(httpRequest(method, pick(r, BASE_PATHS.filter((p) => p.startsWith('/') && !/[^\x21-\x7e]/.test(p))), [host]))
+        parts.push(
+          httpRequest(
+            method,
+            pick(
+              r,
+              BASE_PATHS.filter((p) => p.startsWith('/') && !/[^\x21-\x7e]/.test(p)),
+            ),
+            [host],
+          ),
+        )
       }
     }
     return {kind: 'pipelined', parts: [Buffer.concat(parts)], methods, expect: n, timeoutMs: 20_000, mustAnswer: true}
@@ -495,7 +654,15 @@ function makeCase(r: Rng, token: string, port: number): Case {
     parts.push(bytes.subarray(i, i + n))
     i += n
   }
-  return {kind: 'trickle', parts: parts.slice(0, 200).concat(parts.length > 200 ? [Buffer.concat(parts.slice(200))] : []), methods: ['POST'], expect: 1, timeoutMs: 15_000, gapMs: 1, mustAnswer: true}
+  return {
+    kind: 'trickle',
+    parts: parts.slice(0, 200).concat(parts.length > 200 ? [Buffer.concat(parts.slice(200))] : []),
+    methods: ['POST'],
+    expect: 1,
+    timeoutMs: 15_000,
+    gapMs: 1,
+    mustAnswer: true,
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -598,13 +765,26 @@ describe('API fuzz', () => {
         k.answered += ex.responses.length ? 1 : 0
         kinds.set(c.kind, k)
         if (c.mustAnswer && ex.responses.length !== c.expect) {
-          violations.push(`case ${i} (${c.kind}): ${ex.responses.length}/${c.expect} answers (${ex.error ?? 'no error'}); request: ${JSON.stringify(Buffer.concat(c.parts.map((p) => Buffer.from(p))).toString('latin1').slice(0, 300))}`)
+          violations.push(
+            `case ${i} (${c.kind}): ${ex.responses.length}/${c.expect} answers (${ex.error ?? 'no error'}); request: ${JSON.stringify(
+              Buffer.concat(c.parts.map((p) => Buffer.from(p)))
+                .toString('latin1')
+                .slice(0, 300),
+            )}`,
+          )
         }
         for (const res of ex.responses) {
           answered++
           statuses.set(String(res.status), (statuses.get(String(res.status)) ?? 0) + 1)
           const v = violationOf(res)
-          if (v) violations.push(`case ${i} (${c.kind}, ${res.method}): ${v}; request: ${JSON.stringify(Buffer.concat(c.parts.map((p) => Buffer.from(p))).toString('latin1').slice(0, 300))}`)
+          if (v)
+            violations.push(
+              `case ${i} (${c.kind}, ${res.method}): ${v}; request: ${JSON.stringify(
+                Buffer.concat(c.parts.map((p) => Buffer.from(p)))
+                  .toString('latin1')
+                  .slice(0, 300),
+              )}`,
+            )
         }
       }
     }
@@ -630,8 +810,14 @@ describe('API fuzz', () => {
     console.log(
       [
         `api-fuzz: ${CASES} cases, ${answered} HTTP answers in ${(fuzzMs / 1000).toFixed(1)} s (seed ${SEED})`,
-        `  statuses: ${[...statuses].sort().map(([s, n]) => `${s}×${n}`).join(' ')}`,
-        `  kinds (answered/sent, mean ms): ${[...kinds].sort().map(([k, v]) => `${k} ${v.answered}/${v.n} ${(v.ms / v.n).toFixed(0)}`).join(', ')}`,
+        `  statuses: ${[...statuses]
+          .sort()
+          .map(([s, n]) => `${s}×${n}`)
+          .join(' ')}`,
+        `  kinds (answered/sent, mean ms): ${[...kinds]
+          .sort()
+          .map(([k, v]) => `${k} ${v.answered}/${v.n} ${(v.ms / v.n).toFixed(0)}`)
+          .join(', ')}`,
         `  /v1/status during the run: ${statusLatencies.length} polls, p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${q(1)} ms`,
         `  commands recorded: ${Array.isArray(list.json?.commands) ? list.json.commands.length : 'n/a'}`,
         `  agent RSS: before ${(rssBefore / 1024).toFixed(1)} MB, right after ${(rssAfter / 1024).toFixed(1)} MB, after 4 s idle ${(rssIdle / 1024).toFixed(1)} MB`,

@@ -287,7 +287,10 @@ describe('agent API limits over plain HTTP (default settings)', () => {
       expect(s.ms).toBeLessThan(3000)
     }
     expect(polls.length).toBeGreaterThan(3)
-    expect(polls.filter((p) => !p.ok), JSON.stringify(polls)).toEqual([])
+    expect(
+      polls.filter((p) => !p.ok),
+      JSON.stringify(polls),
+    ).toEqual([])
     // the connection limit holds (plus the listening socket and a few of the agent's own)
     expect(fdsDuring).toBeLessThanOrEqual(MAX_CONNECTIONS + 8)
     expect(shedByAgent).toBeGreaterThanOrEqual(400 - MAX_CONNECTIONS)
@@ -323,17 +326,32 @@ describe('agent API limits over plain HTTP (default settings)', () => {
   }
 
   it('still answers a small malformed body with a wrong token 400, as IPA 9.4 (the body is read up to 64 KiB)', async () => {
-    const small = await agentRequest(agent.url, {method: 'POST', path: '/v1/commands/?agent_token=wrong', headers: {'Content-Type': 'application/json'}, body: '{}'})
+    const small = await agentRequest(agent.url, {
+      method: 'POST',
+      path: '/v1/commands/?agent_token=wrong',
+      headers: {'Content-Type': 'application/json'},
+      body: '{}',
+    })
     expect(small.status).toBe(400)
     expect(small.json.faultstring).toBe('400 Bad Request: Missing or invalid name or params')
     // a well-formed body exactly at that bound is still read and answered 401
     const pad = UNAUTHENTICATED_BODY_BYTES - JSON.stringify({name: 'poll.x', params: {p: ''}}).length
     const atBound = JSON.stringify({name: 'poll.x', params: {p: 'x'.repeat(pad)}})
     expect(atBound.length).toBe(UNAUTHENTICATED_BODY_BYTES)
-    const r = await agentRequest(agent.url, {method: 'POST', path: '/v1/commands/?agent_token=wrong', headers: {'Content-Type': 'application/json'}, body: atBound})
+    const r = await agentRequest(agent.url, {
+      method: 'POST',
+      path: '/v1/commands/?agent_token=wrong',
+      headers: {'Content-Type': 'application/json'},
+      body: atBound,
+    })
     expect(r.status).toBe(401)
     // one byte more of malformed JSON is no longer parsed: 401, not 400
-    const over = await agentRequest(agent.url, {method: 'POST', path: '/v1/commands/?agent_token=wrong', headers: {'Content-Type': 'application/json'}, body: '{'.repeat(UNAUTHENTICATED_BODY_BYTES + 1)})
+    const over = await agentRequest(agent.url, {
+      method: 'POST',
+      path: '/v1/commands/?agent_token=wrong',
+      headers: {'Content-Type': 'application/json'},
+      body: '{'.repeat(UNAUTHENTICATED_BODY_BYTES + 1),
+    })
     expect(over.status).toBe(401)
     expect(over.json.faultstring).toBe(TOKEN_INVALID)
   })
@@ -380,7 +398,10 @@ describe('agent API limits with ipa-api-client-timeout=2 and ipa-api-max-body-si
     }
     // a body that keeps moving (a byte every 400 ms for ~5 s) is not cut by the 2 s idle timeout
     const slowBody = JSON.stringify({name: 'poll.set_node_info', params: {node_info: {}}})
-    const slow = stalledSocket(agent.port, `POST /v1/commands/?agent_token=${agent.token} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${slowBody.length}\r\n\r\n`)
+    const slow = stalledSocket(
+      agent.port,
+      `POST /v1/commands/?agent_token=${agent.token} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${slowBody.length}\r\n\r\n`,
+    )
     const trickle = (async () => {
       while (!slow.state.connected) await sleep(10)
       for (const ch of slowBody.slice(0, 12)) {
@@ -425,7 +446,9 @@ describe('agent API limits with ipa-api-client-timeout=2 and ipa-api-max-body-si
 
     // chunked: the bound is enforced while the body streams, not after it
     const streamed = await streamPost(agent.port, `/v1/commands/?agent_token=${agent.token}`, 256 * MiB, {chunked: true, pid: agent.pid})
-    console.log(`api-limits 413 streamed: after ${((streamed.sentWhenAnswered ?? NaN) / MiB).toFixed(1)} MiB, ${(streamed.sent / MiB).toFixed(1)} MiB sent before the close`)
+    console.log(
+      `api-limits 413 streamed: after ${((streamed.sentWhenAnswered ?? NaN) / MiB).toFixed(1)} MiB, ${(streamed.sent / MiB).toFixed(1)} MiB sent before the close`,
+    )
     expect(streamed.response?.status).toBe(413)
     expect(streamed.sentWhenAnswered!).toBeLessThan(64 * MiB)
     expect(streamed.closedByAgent).toBe(true)
@@ -435,7 +458,12 @@ describe('agent API limits with ipa-api-client-timeout=2 and ipa-api-max-body-si
     const name = JSON.stringify({name: 'poll.nosuch', params: {pad: ''}})
     const atLimit = JSON.stringify({name: 'poll.nosuch', params: {pad: 'x'.repeat(MiB - name.length)}})
     expect(atLimit.length).toBe(MiB)
-    const r = await agentRequest(agent.url, {method: 'POST', path: `/v1/commands/?agent_token=${agent.token}`, headers: {'Content-Type': 'application/json'}, body: atLimit})
+    const r = await agentRequest(agent.url, {
+      method: 'POST',
+      path: `/v1/commands/?agent_token=${agent.token}`,
+      headers: {'Content-Type': 'application/json'},
+      body: atLimit,
+    })
     expect(r.json?.faultstring, r.text.slice(0, 200)).toBe('Invalid command: Unknown command: nosuch')
 
     // and the agent goes on serving
@@ -511,7 +539,10 @@ describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
       expect(s.status).toBe(200)
       expect(s.ms).toBeLessThan(3000)
     }
-    expect(polls.filter((p) => !p.ok), JSON.stringify(polls)).toEqual([])
+    expect(
+      polls.filter((p) => !p.ok),
+      JSON.stringify(polls),
+    ).toEqual([])
     expect(fdsDuring).toBeLessThanOrEqual(MAX_CONNECTIONS + 8)
     expect(shedByAgent).toBeGreaterThanOrEqual(300 - MAX_CONNECTIONS)
   }, 60_000)
@@ -543,8 +574,12 @@ describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
     const id = (await request(agent.url, {path: '/v1/commands/', ca})).json.commands[0].id
     // 300 stalled sockets push the agent past its connection limit while the answer is pending,
     // and 200 GET ?wait=true (no token needed) block on the running command
-    const stalled = Array.from({length: 300}, (_, i) => (i % 2 ? stalledSocket(agent.port, '') : stalledSocket(agent.port, 'GET /v1/ HTTP/1.1\r\n', {tls: {ca}})))
-    const waiters = Array.from({length: 200}, () => stalledSocket(agent.port, `GET /v1/commands/${id}?wait=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`, {tls: {ca}}))
+    const stalled = Array.from({length: 300}, (_, i) =>
+      i % 2 ? stalledSocket(agent.port, '') : stalledSocket(agent.port, 'GET /v1/ HTTP/1.1\r\n', {tls: {ca}}),
+    )
+    const waiters = Array.from({length: 200}, () =>
+      stalledSocket(agent.port, `GET /v1/commands/${id}?wait=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`, {tls: {ca}}),
+    )
     // past the 2 s client timeout and the shedding grace
     await sleep(3500)
     const status = await request(agent.url, {path: '/v1/status', ca, timeoutMs: 5000})

@@ -22,8 +22,7 @@ const JSON_CT = {'Content-Type': 'application/json'}
 const DECODE_PREFIX = '400 Bad Request: Failed to decode JSON object: '
 const MISSING = '400 Bad Request: Missing or invalid name or params'
 const TOKEN_INVALID = '401 Unauthorized: Token invalid.'
-const NOT_FOUND_URL =
-  '404 Not Found: The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.'
+const NOT_FOUND_URL = '404 Not Found: The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.'
 const NOT_ALLOWED = '405 Method Not Allowed: The method is not allowed for the requested URL.'
 // The allow-list names no real disk, so the generic manager would wait 9 × 3 s for a root device
 // (as IPA does) before listening: skip that wait.
@@ -245,7 +244,11 @@ describe('REST API matches the IPA 9.4.3 error matrix', () => {
   })
 
   it('row 19: POST with a wrong token', async () => {
-    expectFault(await req('POST', withToken('/v1/commands/', 'wrongwrongwrongwrongwrongwrongwrongwrong'), {headers: JSON_CT, body: hwInfoBody}), 401, TOKEN_INVALID)
+    expectFault(
+      await req('POST', withToken('/v1/commands/', 'wrongwrongwrongwrongwrongwrongwrongwrong'), {headers: JSON_CT, body: hwInfoBody}),
+      401,
+      TOKEN_INVALID,
+    )
   })
 
   it('row 20: POST without a token', async () => {
@@ -627,7 +630,10 @@ describe('REST API beyond the matrix', () => {
     expect(allowStatus).not.toContain('POST')
 
     // every method the Allow header names is actually served (no 405 for it)
-    for (const [path, allow] of [['/v1/commands/', allowCmds], ['/v1/status', allowStatus]] as const) {
+    for (const [path, allow] of [
+      ['/v1/commands/', allowCmds],
+      ['/v1/status', allowStatus],
+    ] as const) {
       for (const m of allow) {
         const r = await req(m, m === 'POST' ? withToken(path) : path, m === 'POST' ? {headers: JSON_CT, body: '{}'} : {})
         expect(r.status, `${m} ${path}`).not.toBe(405)
@@ -654,11 +660,7 @@ describe('REST API beyond the matrix', () => {
     expect(body.faultstring).toMatch(/^413 Request Entity Too Large: /)
 
     // exactly at the limit is not refused up front (the body is then read; here it is cut short)
-    const atLimit = await rawExchange(
-      agent.port,
-      `POST /v1/commands/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${128 * 1024 * 1024}\r\n\r\n{}`,
-      300,
-    )
+    const atLimit = await rawExchange(agent.port, `POST /v1/commands/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${128 * 1024 * 1024}\r\n\r\n{}`, 300)
     expect(atLimit).toBe('')
   })
 

@@ -37,7 +37,9 @@ describe('PXE tree', () => {
     const r = await makePxeTree({kernel, initrd, output: out, name: 'ipa', kernelArgs: ['ipa-api-url=http://10.0.2.2:6385']})
     expect(r.files).toEqual(['grub/grub.cfg', 'grubx64.efi', 'ipa.initramfs', 'ipa.kernel', 'ldlinux.c32', 'pxelinux.0', 'pxelinux.cfg/default'])
     const pxecfg = await readFile(join(out, 'pxelinux.cfg/default'), 'utf8')
-    expect(pxecfg).toMatch(/KERNEL ipa\.kernel\n\s+INITRD ipa\.initramfs\n\s+APPEND console=tty0 console=ttyS0,115200n8 ipa-api-url=http:\/\/10\.0\.2\.2:6385\n\s+IPAPPEND 2/)
+    expect(pxecfg).toMatch(
+      /KERNEL ipa\.kernel\n\s+INITRD ipa\.initramfs\n\s+APPEND console=tty0 console=ttyS0,115200n8 ipa-api-url=http:\/\/10\.0\.2\.2:6385\n\s+IPAPPEND 2/,
+    )
     const grub = await readFile(join(out, 'grub/grub.cfg'), 'utf8')
     expect(grub).toContain('linux /ipa.kernel console=tty0 console=ttyS0,115200n8 ipa-api-url=http://10.0.2.2:6385 BOOTIF=01-$net_default_mac\n')
     expect((await readFile(join(out, 'grubx64.efi'))).subarray(0, 2).toString('latin1')).toBe('MZ')
@@ -123,7 +125,9 @@ describe('writeBundle', () => {
     await mkdir(d)
     await expect(writeBundle('tar', join(d, 'x.tar.gz'), [{name: '../evil', path: kernel}], {sourceDateEpoch: 0})).rejects.toThrow(/not a plain relative path/)
     await expect(writeBundle('zip', join(d, 'x.zip'), [{name: 'k', path: join(dir, 'nope')}], {sourceDateEpoch: 0})).rejects.toThrow(/nope does not exist/)
-    await expect(writeBundle('zip', join(d, 'x.zip'), [{name: 'SHA256SUMS', path: kernel}], {sourceDateEpoch: 0})).rejects.toThrow(/would be in the archive twice/)
+    await expect(writeBundle('zip', join(d, 'x.zip'), [{name: 'SHA256SUMS', path: kernel}], {sourceDateEpoch: 0})).rejects.toThrow(
+      /would be in the archive twice/,
+    )
     expect(await readdir(d)).toEqual([])
   })
 })
@@ -136,8 +140,15 @@ describe('rdk build --format tar,zip', () => {
     const rb = await buildTiny(b, ['kernel', 'initramfs', 'tar', 'zip'], ['ipa-debug=1'])
     const files = ra.artefacts.map((x) => x.file).sort()
     expect(files).toEqual([
-      'rdk-tiny.initramfs', 'rdk-tiny.initramfs.sha256', 'rdk-tiny.kernel', 'rdk-tiny.kernel.sha256', 'rdk-tiny.manifest.json',
-      'rdk-tiny.tar.gz', 'rdk-tiny.tar.gz.sha256', 'rdk-tiny.zip', 'rdk-tiny.zip.sha256',
+      'rdk-tiny.initramfs',
+      'rdk-tiny.initramfs.sha256',
+      'rdk-tiny.kernel',
+      'rdk-tiny.kernel.sha256',
+      'rdk-tiny.manifest.json',
+      'rdk-tiny.tar.gz',
+      'rdk-tiny.tar.gz.sha256',
+      'rdk-tiny.zip',
+      'rdk-tiny.zip.sha256',
     ])
     for (const f of ['rdk-tiny.tar.gz', 'rdk-tiny.zip']) {
       expect(rb.artefacts.find((x) => x.file === f)!.sha256).toBe(ra.artefacts.find((x) => x.file === f)!.sha256)
@@ -149,7 +160,15 @@ describe('rdk build --format tar,zip', () => {
     const x = join(dir, 'unpacked')
     await mkdir(x)
     await run('tar', ['-xzf', join(a, 'rdk-tiny.tar.gz'), '-C', x])
-    expect((await readdir(x)).sort()).toEqual(['SHA256SUMS', 'manifest.json', 'rdk-tiny-pxe', 'rdk-tiny.initramfs', 'rdk-tiny.ipxe', 'rdk-tiny.iso', 'rdk-tiny.kernel'])
+    expect((await readdir(x)).sort()).toEqual([
+      'SHA256SUMS',
+      'manifest.json',
+      'rdk-tiny-pxe',
+      'rdk-tiny.initramfs',
+      'rdk-tiny.ipxe',
+      'rdk-tiny.iso',
+      'rdk-tiny.kernel',
+    ])
     const check = await run('sha256sum', ['-c', 'SHA256SUMS'], {cwd: x})
     expect(check.stdout).toMatch(/rdk-tiny\.iso: OK/)
     expect(check.stdout).toMatch(/rdk-tiny-pxe\/pxelinux\.0: OK/)

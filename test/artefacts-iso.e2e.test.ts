@@ -48,7 +48,11 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
     hostPort = await freePort()
     const out = join(dir, 'out')
     const t0 = Date.now()
-    const r = await buildTiny(out, ['kernel', 'iso'], [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=iso-baked'])
+    const r = await buildTiny(
+      out,
+      ['kernel', 'iso'],
+      [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=iso-baked'],
+    )
     times.build = Date.now() - t0
     iso = join(out, 'rdk-tiny.iso')
     kernel = join(out, 'rdk-tiny.kernel')
@@ -78,7 +82,14 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
       let vm: Vm | undefined
       try {
         // A (sparse) disk, as a real node has: without one the agent waits up to 27 s for a root device.
-        vm = await startVm({boot: {kind: 'iso', path: iso, as: w.as}, uefi: w.uefi, mac: w.mac, memoryMiB: 1024, disks: [{path: join(dir, `disk-${w.mac.slice(-2)}.img`), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
+        vm = await startVm({
+          boot: {kind: 'iso', path: iso, as: w.as},
+          uefi: w.uefi,
+          mac: w.mac,
+          memoryMiB: 1024,
+          disks: [{path: join(dir, `disk-${w.mac.slice(-2)}.img`), size: '2G'}],
+          portForwards: [{guestPort: 9999, hostPort}],
+        })
         const dii = await waitForHeartbeat(ironic, node.uuid, 300_000)
         times[`${w.fw}-${w.as}`] = Date.now() - vm.startedAt
         expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
@@ -111,7 +122,14 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
     const grub = join(sb, 'root/usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed')
     const sbIso = join(dir, 'sb.iso')
     const baked = [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=secure-boot']
-    const r = await makeIso({kernel, initrd: join(dir, 'out', 'rdk-tiny.initramfs'), output: sbIso, kernelArgs: baked, label: 'RDK_SB', secureBoot: {shim, grub}})
+    const r = await makeIso({
+      kernel,
+      initrd: join(dir, 'out', 'rdk-tiny.initramfs'),
+      output: sbIso,
+      kernelArgs: baked,
+      label: 'RDK_SB',
+      secureBoot: {shim, grub},
+    })
     expect(r.secureBoot).toBe(true)
     const mac = '52:54:00:a4:01:05'
     const node = await ironic.createNode({name: 'iso-secure-boot'})
@@ -120,7 +138,14 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
     await ironic.waitForProvisionState(node.uuid, ['manageable'], {timeoutMs: 60_000})
     let vm: Vm | undefined
     try {
-      vm = await startVm({boot: {kind: 'iso', path: sbIso, as: 'cdrom'}, secureBoot: true, mac, memoryMiB: 1024, disks: [{path: join(dir, 'disk-sb.img'), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
+      vm = await startVm({
+        boot: {kind: 'iso', path: sbIso, as: 'cdrom'},
+        secureBoot: true,
+        mac,
+        memoryMiB: 1024,
+        disks: [{path: join(dir, 'disk-sb.img'), size: '2G'}],
+        portForwards: [{guestPort: 9999, hostPort}],
+      })
       const dii = await waitForHeartbeat(ironic, node.uuid, 360_000)
       times['UEFI-secure-boot'] = Date.now() - vm.startedAt
       expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
@@ -136,7 +161,20 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
   it('rdk iso makes a bootable ISO from a kernel + busybox initramfs rdk did not build', async () => {
     const initrd = await busyboxInitrd(dir)
     const out = join(dir, 'busybox.iso')
-    const r = await run(process.execPath, ['bin/run.js', 'iso', '--kernel', kernel, '--initrd', initrd, '--output', out, '--kernel-arg', 'rdk.test=busybox', '--label', 'BUSYBOX'])
+    const r = await run(process.execPath, [
+      'bin/run.js',
+      'iso',
+      '--kernel',
+      kernel,
+      '--initrd',
+      initrd,
+      '--output',
+      out,
+      '--kernel-arg',
+      'rdk.test=busybox',
+      '--label',
+      'BUSYBOX',
+    ])
     expect(r.stdout).toMatch(/busybox\.iso .* sha256:[0-9a-f]{64}/)
     expect((await stat(out)).size).toBeGreaterThan(1e6)
     const vm = await startVm({boot: {kind: 'iso', path: out, as: 'cdrom'}, memoryMiB: 512, noNetwork: true})

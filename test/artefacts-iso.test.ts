@@ -135,7 +135,9 @@ describe('makeIso: bad input fails clearly and leaves nothing behind', () => {
     await writeFile(join(dir, 'junk.img'), Buffer.alloc(4096, 7))
     await expect(makeIso({kernel, initrd: join(dir, 'junk.img'), output: join(out, 'a.iso')})).rejects.toThrow(/junk\.img is not a cpio archive/)
     await writeFile(join(dir, 'junk.gz'), gzipSync(Buffer.alloc(4096, 7)))
-    await expect(makeIso({kernel, initrd: join(dir, 'junk.gz'), output: join(out, 'a.iso')})).rejects.toThrow(/junk\.gz is gzip-compressed but its content is not a cpio archive/)
+    await expect(makeIso({kernel, initrd: join(dir, 'junk.gz'), output: join(out, 'a.iso')})).rejects.toThrow(
+      /junk\.gz is gzip-compressed but its content is not a cpio archive/,
+    )
     await expect(checkInitrd(initrd)).resolves.toBeUndefined()
     expect(await leftovers()).toEqual([])
   })
@@ -178,10 +180,23 @@ describe('makeIso: bad input fails clearly and leaves nothing behind', () => {
   })
 
   it('rdk iso: a bad input exits 2 with the message and writes nothing', async () => {
-    const r = await run(process.execPath, ['bin/run.js', 'iso', '--kernel', join(dir, 'nope'), '--initrd', initrd, '--output', join(out, 'cli.iso')], {allowFailure: true})
+    const r = await run(process.execPath, ['bin/run.js', 'iso', '--kernel', join(dir, 'nope'), '--initrd', initrd, '--output', join(out, 'cli.iso')], {
+      allowFailure: true,
+    })
     expect(r.exitCode).toBe(2)
     expect(r.stderr).toMatch(/kernel .*nope does not exist/)
-    const ok = await run(process.execPath, ['bin/run.js', 'iso', '--kernel', kernel, '--initrd', initrd, '--output', join(out, 'cli.iso'), '--kernel-arg', 'a=b'])
+    const ok = await run(process.execPath, [
+      'bin/run.js',
+      'iso',
+      '--kernel',
+      kernel,
+      '--initrd',
+      initrd,
+      '--output',
+      join(out, 'cli.iso'),
+      '--kernel-arg',
+      'a=b',
+    ])
     expect(ok.stdout).toMatch(/cli\.iso .* sha256:[0-9a-f]{64}\nlabel RDK; kernel command line: console=tty0 console=ttyS0,115200n8 boot_method=vmedia a=b/)
     await rm(join(out, 'cli.iso'))
     expect(await leftovers()).toEqual([])

@@ -27,20 +27,22 @@ async function serve(root: string): Promise<{server: Server; port: number; reque
     const rel = normalize(decodeURIComponent((req.url ?? '/').split('?')[0]!)).replace(/^(\.\.(\/|$))+/, '')
     requests.push(rel)
     const file = join(root, rel)
-    stat(file).then(
-      (s) => {
-        if (!s.isFile()) throw new Error('not a file')
-        res.writeHead(200, {'content-length': s.size})
-        createReadStream(file).pipe(res)
-      },
-      () => {
+    stat(file)
+      .then(
+        (s) => {
+          if (!s.isFile()) throw new Error('not a file')
+          res.writeHead(200, {'content-length': s.size})
+          createReadStream(file).pipe(res)
+        },
+        () => {
+          res.writeHead(404)
+          res.end()
+        },
+      )
+      .catch(() => {
         res.writeHead(404)
         res.end()
-      },
-    ).catch(() => {
-      res.writeHead(404)
-      res.end()
-    })
+      })
   })
   await new Promise<void>((r) => server.listen({host: '127.0.0.1', port: 0}, r))
   return {server, port: (server.address() as {port: number}).port, requests}
@@ -59,7 +61,11 @@ describe('PXE tree and iPXE script from rdk build: network boots reach a real Ir
     hostPort = await freePort()
     out = join(dir, 'out')
     const t0 = Date.now()
-    const r = await buildTiny(out, ['kernel', 'initramfs', 'pxe', 'ipxe'], [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=net-baked'])
+    const r = await buildTiny(
+      out,
+      ['kernel', 'initramfs', 'pxe', 'ipxe'],
+      [`ipa-api-url=http://10.0.2.2:${ironic.port}`, 'ipa-advertise-host=127.0.0.1', `ipa-advertise-port=${hostPort}`, 'rdk.test=net-baked'],
+    )
     times.build = Date.now() - t0
     expect(r.artefacts.map((a) => a.file)).toEqual(expect.arrayContaining(['rdk-tiny-pxe', 'rdk-tiny.ipxe']))
     http = await serve(out)
@@ -80,7 +86,14 @@ describe('PXE tree and iPXE script from rdk build: network boots reach a real Ir
     let vm: Vm | undefined
     try {
       // A (sparse) disk, as a real node has: without one the agent waits up to 27 s for a root device.
-      vm = await startVm({boot, uefi, mac, memoryMiB: 1024, disks: [{path: join(dir, `disk-${name}.img`), size: '2G'}], portForwards: [{guestPort: 9999, hostPort}]})
+      vm = await startVm({
+        boot,
+        uefi,
+        mac,
+        memoryMiB: 1024,
+        disks: [{path: join(dir, `disk-${name}.img`), size: '2G'}],
+        portForwards: [{guestPort: 9999, hostPort}],
+      })
       const dii = await waitForHeartbeat(ironic, node.uuid, 360_000)
       times[name] = Date.now() - vm.startedAt
       expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)

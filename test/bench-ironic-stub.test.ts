@@ -58,14 +58,29 @@ describe('bench Ironic stub', () => {
     expect(JSON.parse((await call(lookup, {version: '1.62'})).text).config.agent_token).toBe('******')
 
     const hb = `${stub.url}/v1/heartbeat/${node.uuid}`
-    const noAgentVersion = await call(hb, {method: 'POST', version: '1.68', body: {callback_url: 'http://127.0.0.1:9999', agent_token: body.config.agent_token}})
-    expect([noAgentVersion.status, fault(noAgentVersion.text)]).toEqual([400, 'Agent did not transmit a version, and a version is required. Please update the agent being used.'])
-    const badToken = await call(hb, {method: 'POST', version: '1.68', body: {callback_url: 'http://127.0.0.1:9999', agent_token: 'x'.repeat(43), agent_version: '1.0'}})
+    const noAgentVersion = await call(hb, {
+      method: 'POST',
+      version: '1.68',
+      body: {callback_url: 'http://127.0.0.1:9999', agent_token: body.config.agent_token},
+    })
+    expect([noAgentVersion.status, fault(noAgentVersion.text)]).toEqual([
+      400,
+      'Agent did not transmit a version, and a version is required. Please update the agent being used.',
+    ])
+    const badToken = await call(hb, {
+      method: 'POST',
+      version: '1.68',
+      body: {callback_url: 'http://127.0.0.1:9999', agent_token: 'x'.repeat(43), agent_version: '1.0'},
+    })
     expect([badToken.status, fault(badToken.text)]).toEqual([400, 'Invalid or missing agent token received.'])
     expect(node.heartbeats).toHaveLength(0)
 
     const waiting = stub.waitForHeartbeat(node, 5000)
-    const ok = await call(hb, {method: 'POST', version: '1.68', body: {callback_url: 'http://127.0.0.1:9999', agent_token: body.config.agent_token, agent_version: '1.0'}})
+    const ok = await call(hb, {
+      method: 'POST',
+      version: '1.68',
+      body: {callback_url: 'http://127.0.0.1:9999', agent_token: body.config.agent_token, agent_version: '1.0'},
+    })
     expect([ok.status, ok.text]).toEqual([202, ''])
     expect(ok.headers.get('x-openstack-ironic-api-maximum-version')).toBe('1.82')
     expect(await waiting).toBe(node.heartbeats[0])

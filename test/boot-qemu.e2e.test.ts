@@ -179,12 +179,18 @@ describe('tiny ramdisks boot in qemu', () => {
     const env = /fake-agent: \/usr\/lib\/rdk\/agent\.mjs env: (.*)/.exec(log)?.[1]?.trim().split(/\s+/)
     expect(env).toEqual(expect.arrayContaining(['HOME', 'LANG', 'PATH', 'TERM']))
     expect(env).not.toContain('BOOTIF')
-    console.log(`busybox initramfs ${(image.raw / 1e6).toFixed(1)} MB raw, ${(image.size / 1e6).toFixed(1)} MB gz, packed in ${image.ms} ms; qemu start → ${timeline(vm, marks)}\n${formatCommand(vm.argv)}`)
+    console.log(
+      `busybox initramfs ${(image.raw / 1e6).toFixed(1)} MB raw, ${(image.size / 1e6).toFixed(1)} MB gz, packed in ${image.ms} ms; qemu start → ${timeline(vm, marks)}\n${formatCommand(vm.argv)}`,
+    )
   }, 150_000)
 
   it('UEFI (OVMF): /init sees a UEFI boot and mounts efivarfs', async () => {
     const tree = await baseTree()
-    tree.addFile('/etc/rdk/init.d/50-test', '#!/bin/sh\necho "rdk-test: efivars: $(grep -c efivarfs /proc/mounts) $(ls /sys/firmware/efi/efivars | grep -c .)"\n', {mode: 0o755})
+    tree.addFile(
+      '/etc/rdk/init.d/50-test',
+      '#!/bin/sh\necho "rdk-test: efivars: $(grep -c efivarfs /proc/mounts) $(ls /sys/firmware/efi/efivars | grep -c .)"\n',
+      {mode: 0o755},
+    )
     const image = await pack(tree, 'uefi')
     const vm = await startVm({kernel: kernel.vmlinuz, initrd: image.path, memoryMiB: 256, uefi: true, mac: MAC, restrictNetwork: true, portForwards: []})
     vms.push(vm)
@@ -235,7 +241,12 @@ describe('tiny ramdisks boot in qemu', () => {
 
     // POSTing a command needs the token from the kernel command line: the agent read /proc/cmdline.
     const url = `http://127.0.0.1:${vm.hostPort(9999)}/v1/commands/`
-    const post = (t: string) => fetch(`${url}?agent_token=${t}`, {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({name: 'rdk_test.no_such_command', params: {}})})
+    const post = (t: string) =>
+      fetch(`${url}?agent_token=${t}`, {
+        method: 'POST',
+        headers: {'content-type': 'application/json'},
+        body: JSON.stringify({name: 'rdk_test.no_such_command', params: {}}),
+      })
     expect((await post('x'.repeat(43))).status).toBe(401)
     const known = await post(token)
     expect(known.status).not.toBe(401)
@@ -246,4 +257,3 @@ describe('tiny ramdisks boot in qemu', () => {
     )
   }, 240_000)
 })
-

@@ -36,7 +36,16 @@ import {addNodeRuntime, NODE_IMAGE_PATH} from '../src/flavors/tiny/node.js'
 const REPO = fileURLToPath(new URL('..', import.meta.url))
 
 function resolved(over: Partial<ResolvedVm> = {}): ResolvedVm {
-  return {qemu: 'qemu-system-x86_64', kernel: '/k/vmlinuz', pvh: false, accel: 'tcg', accelReason: 'test', forwards: [{guestPort: 9999, hostPort: 40000}], disks: [], ...over}
+  return {
+    qemu: 'qemu-system-x86_64',
+    kernel: '/k/vmlinuz',
+    pvh: false,
+    accel: 'tcg',
+    accelReason: 'test',
+    forwards: [{guestPort: 9999, hostPort: 40000}],
+    disks: [],
+    ...over,
+  }
 }
 
 function args(opts: Partial<VmOptions> = {}, r: Partial<ResolvedVm> = {}): string[] {
@@ -55,7 +64,15 @@ afterAll(async () => {
 
 describe('qemu command line', () => {
   it('forwards guest ports from 127.0.0.1 only, with user networking and a fixed MAC', () => {
-    const a = args({}, {forwards: [{guestPort: 9999, hostPort: 40000}, {guestPort: 22, hostPort: 2222}]})
+    const a = args(
+      {},
+      {
+        forwards: [
+          {guestPort: 9999, hostPort: 40000},
+          {guestPort: 22, hostPort: 2222},
+        ],
+      },
+    )
     expect(after(a, '-netdev')).toEqual(['user,id=n0,hostfwd=tcp:127.0.0.1:40000-:9999,hostfwd=tcp:127.0.0.1:2222-:22'])
     expect(after(a, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=')
     expect(a.join(' ')).not.toMatch(/hostfwd=tcp::|0\.0\.0\.0/)
@@ -75,8 +92,19 @@ describe('qemu command line', () => {
   })
 
   it('disks: virtio by default, nvme on request, format from the name', () => {
-    const a = args({}, {disks: [{path: '/d/a.qcow2', format: 'qcow2', bus: 'virtio', size: 0}, {path: '/d/b,c.raw', format: 'raw', bus: 'nvme', size: 0}]})
-    expect(after(a, '-drive')).toEqual(['file=/d/a.qcow2,if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap', 'file=/d/b,,c.raw,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap'])
+    const a = args(
+      {},
+      {
+        disks: [
+          {path: '/d/a.qcow2', format: 'qcow2', bus: 'virtio', size: 0},
+          {path: '/d/b,c.raw', format: 'raw', bus: 'nvme', size: 0},
+        ],
+      },
+    )
+    expect(after(a, '-drive')).toEqual([
+      'file=/d/a.qcow2,if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap',
+      'file=/d/b,,c.raw,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap',
+    ])
     expect(after(a, '-device')).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0,serial=rdk-disk0', 'nvme,drive=disk1,serial=rdk-disk1']))
   })
 
@@ -137,7 +165,9 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     await writeFile(join(dir, 'a.iso'), 'iso')
     const r = (o: VmOptions) => resolveVm({accel: 'tcg', ...o}, {dryRun: true})
     await expect(r({})).rejects.toThrow(/nothing to boot/)
-    await expect(r({kernel: join(dir, 'a.iso'), boot: {kind: 'iso', path: join(dir, 'a.iso'), as: 'cdrom'}})).rejects.toThrow(/either a kernel or an ISO, not both/)
+    await expect(r({kernel: join(dir, 'a.iso'), boot: {kind: 'iso', path: join(dir, 'a.iso'), as: 'cdrom'}})).rejects.toThrow(
+      /either a kernel or an ISO, not both/,
+    )
     await expect(r({boot: {kind: 'iso', path: join(dir, 'missing.iso'), as: 'cdrom'}})).rejects.toThrow(/ISO .*missing\.iso does not exist/)
     await expect(r({boot: {kind: 'tftp', dir, bootfile: 'pxelinux.0'}})).rejects.toThrow(/has no pxelinux\.0 \(make it with rdk build --format pxe\)/)
     await expect(r({boot: {kind: 'ipxe', url: 'http://10.0.2.2/x.ipxe'}, uefi: '/fw.fd'})).rejects.toThrow(/cannot be combined with --uefi/)
@@ -148,7 +178,7 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     expect(ok.pvh).toBe(false)
   })
 
-  it('UEFI with a persistent variable store (uefiVars): plain OVMF code + the caller\'s store as pflash, created once and kept; disk boots', async () => {
+  it("UEFI with a persistent variable store (uefiVars): plain OVMF code + the caller's store as pflash, created once and kept; disk boots", async () => {
     const vars = join(dir, 'vm.vars')
     const r = await resolveVm({accel: 'tcg', fromDisk: true, uefiVars: vars, disks: [{path: join(dir, 'd.img'), size: '1M'}]})
     expect(r.pflash).toEqual({code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars, plain: true})
@@ -159,7 +189,10 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     const a = qemuArgs({fromDisk: true, uefiVars: vars}, r)
     expect(after(a, '-machine')).toEqual(['q35'])
     expect(a).not.toContain('driver=cfi.pflash01,property=secure,value=on')
-    expect(after(a, '-drive').slice(0, 2)).toEqual([`if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd`, `if=pflash,format=raw,unit=1,file=${vars}`])
+    expect(after(a, '-drive').slice(0, 2)).toEqual([
+      `if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd`,
+      `if=pflash,format=raw,unit=1,file=${vars}`,
+    ])
     expect(a).not.toContain('-kernel')
     expect(a).not.toContain('-bios')
     const rr = (o: VmOptions) => resolveVm({accel: 'tcg', ...o}, {dryRun: true})
@@ -170,8 +203,21 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
 
   it('rdk boot --iso/--pxe/--ipxe flags: one at a time, never with --kernel; PXE boot file by firmware', async () => {
     const base: BootCliOptions = {
-      output: dir, name: 'none', memory: 1024, cpus: 1, disks: [], diskBus: 'virtio', portForwards: [], uefi: false,
-      accel: 'auto', pvh: true, restrictNetwork: false, reboot: false, qemuArgs: [], dryRun: false, say: () => undefined,
+      output: dir,
+      name: 'none',
+      memory: 1024,
+      cpus: 1,
+      disks: [],
+      diskBus: 'virtio',
+      portForwards: [],
+      uefi: false,
+      accel: 'auto',
+      pvh: true,
+      restrictNetwork: false,
+      reboot: false,
+      qemuArgs: [],
+      dryRun: false,
+      say: () => undefined,
     }
     expect((await vmOptionsFromCli({...base, iso: 'a.iso'})).boot).toEqual({kind: 'iso', path: join(process.cwd(), 'a.iso'), as: 'cdrom'})
     expect((await vmOptionsFromCli({...base, iso: 'a.iso', isoAs: 'disk'})).boot).toMatchObject({as: 'disk'})
@@ -206,8 +252,21 @@ describe('flags', () => {
 
   it('rdk boot finds <output>/<name>.kernel and .initramfs, and says how to make them', async () => {
     const base: BootCliOptions = {
-      output: dir, name: 'rdk-tiny', memory: 1024, cpus: 1, disks: [], diskBus: 'virtio', portForwards: [], uefi: false,
-      accel: 'auto', pvh: true, restrictNetwork: false, reboot: false, qemuArgs: [], dryRun: false, say: () => undefined,
+      output: dir,
+      name: 'rdk-tiny',
+      memory: 1024,
+      cpus: 1,
+      disks: [],
+      diskBus: 'virtio',
+      portForwards: [],
+      uefi: false,
+      accel: 'auto',
+      pvh: true,
+      restrictNetwork: false,
+      reboot: false,
+      qemuArgs: [],
+      dryRun: false,
+      say: () => undefined,
     }
     await expect(vmOptionsFromCli(base)).rejects.toThrow(/no kernel at .*rdk-tiny\.kernel: run 'rdk build' first/)
     await writeFile(join(dir, 'rdk-tiny.kernel'), 'k')
@@ -236,7 +295,9 @@ describe('flags', () => {
       const code = await bootFromCli({...base, accel: 'tcg', dryRun: true, disks: [join(dir, 'new.qcow2')], diskSize: '1G', say: (l) => said.push(l)})
       expect(code).toBe(0)
       const printed = String(out.mock.calls[0]?.[0])
-      expect(printed).toMatch(/^qemu-system-x86_64 .*-accel tcg .*-kernel \S+rdk-tiny\.kernel .*hostfwd=tcp:127\.0\.0\.1:0-:9999 .*file=\S+new\.qcow2,if=none,id=disk0,format=qcow2/)
+      expect(printed).toMatch(
+        /^qemu-system-x86_64 .*-accel tcg .*-kernel \S+rdk-tiny\.kernel .*hostfwd=tcp:127\.0\.0\.1:0-:9999 .*file=\S+new\.qcow2,if=none,id=disk0,format=qcow2/,
+      )
     } finally {
       out.mockRestore()
     }
@@ -327,7 +388,13 @@ describe('tiny elements', () => {
       output: join(dir, 'out'),
       cacheDir: dir,
       debianMirror: 'http://deb.debian.org/debian',
-      kernelArgs: {'ipa-api-url': 'http://10.0.2.2:6385', 'ipa-lookup-timeout': '120', 'ipa-debug': null, console: 'ttyS0,115200', BOOTIF: '01-52-54-00-12-34-56'},
+      kernelArgs: {
+        'ipa-api-url': 'http://10.0.2.2:6385',
+        'ipa-lookup-timeout': '120',
+        'ipa-debug': null,
+        console: 'ttyS0,115200',
+        BOOTIF: '01-52-54-00-12-34-56',
+      },
     })
     const file = join(REPO, 'elements/tiny-agent/agent.json.ejs')
     const text = renderTemplate(await readFile(file, 'utf8'), file, {
@@ -357,7 +424,8 @@ describe('Node in the ramdisk', () => {
   it('adds node and exactly the libraries the loader opens, with version and hashes', async () => {
     const added: {kind: string; path: string; target?: string; host?: string; mode?: number}[] = []
     const sink = {
-      addFileFromHost: (path: string, host: string, o?: {mode?: number}) => void added.push({kind: 'file', path: '/' + path.replace(/^\//, ''), host, mode: o?.mode}),
+      addFileFromHost: (path: string, host: string, o?: {mode?: number}) =>
+        void added.push({kind: 'file', path: '/' + path.replace(/^\//, ''), host, mode: o?.mode}),
       addFile: (path: string) => void added.push({kind: 'data', path}),
       addSymlink: (path: string, target: string) => void added.push({kind: 'symlink', path: '/' + path.replace(/^\//, ''), target}),
       addDir: (path: string) => void added.push({kind: 'dir', path}),

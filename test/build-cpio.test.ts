@@ -118,7 +118,11 @@ describe('newc writer', () => {
     expect(readFileSync(join(out, 'etc/odd'), 'utf8')).toBe('abcde')
     expect(readFileSync(join(out, 'etc/empty')).length).toBe(0)
     expect(readFileSync(join(out, 'usr/share/ünïcødé.txt'), 'utf8')).toBe('utf-8 name\n')
-    expect(createHash('sha256').update(readFileSync(join(out, 'usr/lib/big.bin'))).digest('hex')).toBe(createHash('sha256').update(bigData).digest('hex'))
+    expect(
+      createHash('sha256')
+        .update(readFileSync(join(out, 'usr/lib/big.bin')))
+        .digest('hex'),
+    ).toBe(createHash('sha256').update(bigData).digest('hex'))
     expect(readlinkSync(join(out, 'bin'))).toBe('usr/bin')
     expect(readlinkSync(join(out, 'etc/mtab'))).toBe('/proc/self/mounts')
     expect(st('usr/bin/sh').ino).toBe(st('usr/bin/busybox').ino)
@@ -134,7 +138,7 @@ describe('newc writer', () => {
     }
   })
 
-  it('maps symbolic owners through the image\'s own /etc/passwd and /etc/group', async () => {
+  it("maps symbolic owners through the image's own /etc/passwd and /etc/group", async () => {
     const t = new FileTree()
     t.addFile('/etc/passwd', 'root:x:0:0::/root:/bin/sh\ndnsmasq:x:101:65534::/var/lib/misc:/usr/sbin/nologin\n')
     t.addFile('/etc/group', 'root:x:0:\nadm:x:4:\n')

@@ -75,7 +75,9 @@ describe('manifest errors', () => {
   }
 
   it('names an unknown key with its line', async () => {
-    await expect(load({'element.yaml': 'description: x\ndepend: [a]\n'})).rejects.toThrow(/element\.yaml:2:1: unknown key 'depend' \(did you mean 'depends'\?\)/)
+    await expect(load({'element.yaml': 'description: x\ndepend: [a]\n'})).rejects.toThrow(
+      /element\.yaml:2:1: unknown key 'depend' \(did you mean 'depends'\?\)/,
+    )
   })
 
   it('refuses sources outside the element and missing sources', async () => {
@@ -142,7 +144,9 @@ describe('element graph', () => {
   })
 
   it('refuses two elements providing the same thing', async () => {
-    expect(await resolveError('hello', 'fs-alt')).toMatch(/elements base-lite \(required by element hello\) and fs-alt \(required by the test\) both provide 'filesystem'/)
+    expect(await resolveError('hello', 'fs-alt')).toMatch(
+      /elements base-lite \(required by element hello\) and fs-alt \(required by the test\) both provide 'filesystem'/,
+    )
   })
 })
 
@@ -151,7 +155,13 @@ describe('assembling and hooks', () => {
     const elements = await resolveElements(await catalog(), roots('hello'))
     const spec = await finishSpec({name: 'test', kernelArgs: {console: 'ttyS0'}}, {env: {}, cwd: tmp, aptRoot: tmp})
     const tree = new FileTree()
-    for (const el of elements) await assembleElement(tree, el, spec, elements.map((e) => e.name))
+    for (const el of elements)
+      await assembleElement(
+        tree,
+        el,
+        spec,
+        elements.map((e) => e.name),
+      )
     return {tree, elements}
   }
 
@@ -223,7 +233,7 @@ describe('assembling and hooks', () => {
     expect(tree.get('/etc/rel')).toMatchObject({type: 'symlink', target: `../../../../../../tmp/${tag}-b`})
   })
 
-  it("reports a failing hook with its element, exit code and stderr", async () => {
+  it('reports a failing hook with its element, exit code and stderr', async () => {
     const elements = await resolveElements(await catalog(), roots('failing-hook'))
     const tree = new FileTree()
     for (const el of elements) await assembleElement(tree, el, await finishSpec({}, {env: {}, cwd: tmp, aptRoot: tmp}), [])
@@ -236,7 +246,9 @@ describe('assembling and hooks', () => {
     const root = element('t', {'element.yaml': 'templates:\n  /etc/x: x.ejs\n', 'x.ejs': '<%= nosuchvar %>\n'})
     const el = await loadElement({name: 't', dir: join(root, 't'), searchPath: root, builtin: false})
     const spec = await finishSpec({}, {env: {}, cwd: tmp, aptRoot: tmp})
-    await expect(assembleElement(new FileTree(), el, spec, ['t'])).rejects.toThrow(/template .*x\.ejs of element 't': [\s\S]*>> 1\| <%= nosuchvar %>[\s\S]*nosuchvar is not defined/)
+    await expect(assembleElement(new FileTree(), el, spec, ['t'])).rejects.toThrow(
+      /template .*x\.ejs of element 't': [\s\S]*>> 1\| <%= nosuchvar %>[\s\S]*nosuchvar is not defined/,
+    )
   })
 })
 

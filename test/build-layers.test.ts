@@ -73,7 +73,12 @@ describe('initramfs layers', () => {
     const parts = await Promise.all(layers.map((l) => cpioBytes(tree, {mtime: 7, include: l.include, firstIno: l.firstIno})))
     for (const p of parts) expect(p.length % 4).toBe(0)
     const entries = parseCpio(Buffer.concat(parts))
-    expect(entries.map((e) => '/' + e.name).sort()).toEqual(tree.entries().map((e) => e.path).sort())
+    expect(entries.map((e) => '/' + e.name).sort()).toEqual(
+      tree
+        .entries()
+        .map((e) => e.path)
+        .sort(),
+    )
     const tool = entries.find((e) => e.name === 'usr/bin/tool')!
     const hard = entries.find((e) => e.name === 'usr/bin/tool-hard')!
     expect(hard.ino).toBe(tool.ino)

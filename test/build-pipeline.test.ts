@@ -48,7 +48,15 @@ function testFlavor(extra?: {after: string; stage: Stage}): FlavorDefinition {
 
 async function testSpec(dir: string, over: Partial<BuildSpec> = {}): Promise<BuildSpec> {
   return finishSpec(
-    {elements: ['hello'], elementPaths: [FIXTURES], output: join(dir, 'out'), cacheDir: join(dir, 'cache'), formats: ['initramfs'], sourceDateEpoch: EPOCH, ...over},
+    {
+      elements: ['hello'],
+      elementPaths: [FIXTURES],
+      output: join(dir, 'out'),
+      cacheDir: join(dir, 'cache'),
+      formats: ['initramfs'],
+      sourceDateEpoch: EPOCH,
+      ...over,
+    },
     {env: {}, cwd: dir, aptRoot: dir},
   )
 }
@@ -147,7 +155,10 @@ describe('build result and manifest', () => {
     const dir = freshDir()
     const vmlinuz = join(dir, 'vmlinuz')
     writeFileSync(vmlinuz, 'not really a kernel')
-    const flavor = testFlavor({after: 'root-hooks', stage: {name: 'fake-kernel', description: 'test', run: async (ctx) => void (ctx.kernel = {path: vmlinuz, version: '6.1.0-test'})}})
+    const flavor = testFlavor({
+      after: 'root-hooks',
+      stage: {name: 'fake-kernel', description: 'test', run: async (ctx) => void (ctx.kernel = {path: vmlinuz, version: '6.1.0-test'})},
+    })
     const spec = await testSpec(dir, {formats: ['kernel', 'initramfs'], name: 'lab'})
     const {result} = await build(spec, flavor)
     expect(result.artefacts.map((a) => a.file)).toEqual(['lab.initramfs', 'lab.kernel', 'lab.manifest.json'])
@@ -276,7 +287,10 @@ describe('clear errors', () => {
     const dir = freshDir()
     expect(() => flavorFor('debian')).toThrow("flavor 'debian' is not implemented yet; flavors that build today: tiny")
     await expect(buildImage(await testSpec(dir, {flavor: 'container'}), {handleSignals: false})).rejects.toThrow("flavor 'container' is not implemented yet")
-    expect(describeError(await buildImage(await testSpec(dir, {flavor: 'debian'})).catch((e: unknown) => e))).toMatchObject({exitCode: 2, hint: 'use --flavor tiny'})
+    expect(describeError(await buildImage(await testSpec(dir, {flavor: 'debian'})).catch((e: unknown) => e))).toMatchObject({
+      exitCode: 2,
+      hint: 'use --flavor tiny',
+    })
     // This flavor has no make-iso stage: the format is refused before any stage runs, no output.
     const err = await buildError(await testSpec(dir, {formats: ['initramfs', 'iso']}))
     expect(err.message).toBe("format iso is not implemented yet for flavor 'tiny'; formats that build today: initramfs, kernel")
@@ -311,7 +325,9 @@ describe('clear errors', () => {
     const late = {name: 'late', description: '', run: async () => {}}
     expect(() => flavorStages({...tiny, stages: [...TEST_STAGES, late]})).toThrow(/must end with write-artefacts/)
     expect(() => flavorStages({...tiny, stages: [shared.assembleTreeStage, ...TEST_STAGES]})).toThrow(/two stages are named 'assemble-tree'/)
-    expect(() => checkSupported({formats: ['kernel']} as BuildSpec, {name: 'debian', description: '', defaultElements: []})).toThrow("flavor 'debian' is not implemented yet")
+    expect(() => checkSupported({formats: ['kernel']} as BuildSpec, {name: 'debian', description: '', defaultElements: []})).toThrow(
+      "flavor 'debian' is not implemented yet",
+    )
   })
 })
 
@@ -319,8 +335,20 @@ describe('flavors and their stage lists', () => {
   it("tiny's file lists the whole build, in order, each stage once", () => {
     expect(FLAVOR_TABLE.tiny).toBe(tiny)
     expect(flavorStages(tiny).map((s) => s.name)).toEqual([
-      'resolve-elements', 'root-hooks', 'fetch-packages', 'fetch-kernel', 'assemble-tree', 'add-agent', 'run-hooks',
-      'pack-initramfs', 'write-kernel', 'make-iso', 'make-pxe', 'make-ipxe', 'make-bundles', 'write-artefacts',
+      'resolve-elements',
+      'root-hooks',
+      'fetch-packages',
+      'fetch-kernel',
+      'assemble-tree',
+      'add-agent',
+      'run-hooks',
+      'pack-initramfs',
+      'write-kernel',
+      'make-iso',
+      'make-pxe',
+      'make-ipxe',
+      'make-bundles',
+      'write-artefacts',
     ])
     expect(FLAVOR_TABLE.debian.stages).toBeUndefined()
     expect(FLAVOR_TABLE.container.stages).toBeUndefined()
@@ -357,16 +385,24 @@ describe('flavors and their stage lists', () => {
       readdirSync(dir, {recursive: true, encoding: 'utf8'})
         .filter((f) => f.endsWith('.ts'))
         .flatMap((f) => [...readFileSync(join(dir, f), 'utf8').matchAll(/(?:from|import\()\s*'([^']+)'/g)].map((m) => ({file: `${dir}/${f}`, spec: m[1]!})))
-    const bad = (dir: string, forbidden: RegExp) => importsOf(dir).filter((i) => forbidden.test(i.spec)).map((i) => `${i.file} → ${i.spec}`)
+    const bad = (dir: string, forbidden: RegExp) =>
+      importsOf(dir)
+        .filter((i) => forbidden.test(i.spec))
+        .map((i) => `${i.file} → ${i.spec}`)
     expect(bad('src/artefacts', /\/(builder|flavors|commands|agent)\//)).toEqual([])
     expect(bad('src/builder', /\/(flavors|commands|agent)\//)).toEqual([])
     expect(bad('src/common', /\/(builder|flavors|commands|agent|artefacts|debian)\//)).toEqual([])
     expect(bad('src/agent', /\/(builder|flavors|commands|artefacts)\//)).toEqual([])
     // No import() built from a path anywhere in the builder side.
     for (const dir of ['src/builder', 'src/flavors', 'src/artefacts']) {
-      for (const f of readdirSync(dir, {recursive: true, encoding: 'utf8'}).filter((x) => x.endsWith('.ts'))) expect(readFileSync(join(dir, f), 'utf8'), f).not.toMatch(/\bimport\((?!')/)
+      for (const f of readdirSync(dir, {recursive: true, encoding: 'utf8'}).filter((x) => x.endsWith('.ts')))
+        expect(readFileSync(join(dir, f), 'utf8'), f).not.toMatch(/\bimport\((?!')/)
     }
-    expect(importsOf('src/builder').concat(importsOf('src/flavors'), importsOf('src/artefacts')).some((i) => i.spec.startsWith('.'))).toBe(true) // the scan sees imports
+    expect(
+      importsOf('src/builder')
+        .concat(importsOf('src/flavors'), importsOf('src/artefacts'))
+        .some((i) => i.spec.startsWith('.')),
+    ).toBe(true) // the scan sees imports
   })
 
   it('skips a stage by its skip() without calling run()', async () => {
@@ -420,18 +456,18 @@ describe('cache', () => {
     const flavor = testFlavor({
       after: 'root-hooks',
       stage: {
-          name: 'fake-packages',
-          description: 'per-element fragments through ctx.cache.fragment',
-          run: async (ctx) => {
-            for (const el of ctx.elements) {
-              const frag = await ctx.cache.fragment('test-packages', {element: el.name, content: dirDigest(el.dir)}, ctx.tree, async (t) => {
-                produced.push(el.name)
-                t.addFile(`/opt/${el.name}/payload`, `expensive output for ${el.name} ${dirDigest(el.dir)}\n`, {source: el.name})
-              })
-              ctx.tree.merge(frag.tree)
-            }
-          },
+        name: 'fake-packages',
+        description: 'per-element fragments through ctx.cache.fragment',
+        run: async (ctx) => {
+          for (const el of ctx.elements) {
+            const frag = await ctx.cache.fragment('test-packages', {element: el.name, content: dirDigest(el.dir)}, ctx.tree, async (t) => {
+              produced.push(el.name)
+              t.addFile(`/opt/${el.name}/payload`, `expensive output for ${el.name} ${dirDigest(el.dir)}\n`, {source: el.name})
+            })
+            ctx.tree.merge(frag.tree)
+          }
         },
+      },
     })
     const spec = await testSpec(dir, {elementPaths: [elements]})
     const first = (await build(spec, flavor)).result

@@ -308,6 +308,8 @@ describe('ipxeBaseUrl', () => {
     const cwd = workdir()
     expect((await spec(cwd)).ipxeBaseUrl).toBe('')
     expect((await spec(cwd, undefined, {}, {RDK_IPXE_BASE_URL: 'http://env.example/rdk/'})).ipxeBaseUrl).toBe('http://env.example/rdk/')
-    expect((await spec(cwd, 'ipxeBaseUrl: https://file.example/r/\n', {}, {RDK_IPXE_BASE_URL: 'http://env.example/'})).ipxeBaseUrl).toBe('https://file.example/r/')
+    expect((await spec(cwd, 'ipxeBaseUrl: https://file.example/r/\n', {}, {RDK_IPXE_BASE_URL: 'http://env.example/'})).ipxeBaseUrl).toBe(
+      'https://file.example/r/',
+    )
   })
 })

@@ -122,7 +122,12 @@ describe('FileTree', () => {
   it('has a digest that depends on content, modes and owners but not on insertion order', () => {
     const build = (order: number) => {
       const t = new FileTree()
-      const ops = [() => t.addFile('/etc/a', 'A'), () => t.addDir('/var/lib', 0o700), () => t.addSymlink('/l', 'etc/a'), () => t.addDevice('/dev/null', 'char', 1, 3, 0o666)]
+      const ops = [
+        () => t.addFile('/etc/a', 'A'),
+        () => t.addDir('/var/lib', 0o700),
+        () => t.addSymlink('/l', 'etc/a'),
+        () => t.addDevice('/dev/null', 'char', 1, 3, 0o666),
+      ]
       for (const op of order ? [...ops].reverse() : ops) op()
       return t
     }

@@ -104,7 +104,9 @@ describe('burn-in steps through real Ironic manual cleaning in a VM', () => {
     expect(commands).toEqual([
       'stress-ng --cpu 0 --timeout 5 --metrics-brief',
       'stress-ng --vm 1 --timeout 5s --vm-bytes 64M --metrics-brief',
-      expect.stringMatching(/^fio --rw readwrite --bs 4k --direct 1 --ioengine libaio --iodepth 32 --verify crc32c .*--loops 1 --runtime 5 .*--time_based .*--name \/dev\/vda --filename \/dev\/vda$/),
+      expect.stringMatching(
+        /^fio --rw readwrite --bs 4k --direct 1 --ioengine libaio --iodepth 32 --verify crc32c .*--loops 1 --runtime 5 .*--time_based .*--name \/dev\/vda --filename \/dev\/vda$/,
+      ),
     ])
     expect(fio!.jobs).toHaveLength(1)
     expect(fio!.jobs[0]).toMatchObject({name: '/dev/vda', error: 0})
@@ -117,7 +119,9 @@ describe('burn-in steps through real Ironic manual cleaning in a VM', () => {
     await fh.read(head, 0, head.length, 0)
     await fh.close()
     expect(head.some((x) => x !== 0)).toBe(true)
-    console.log(`burnin-vm: build + lab ${(buildMs / 1000).toFixed(0)} s, cleaning phase ${phaseSeconds.toFixed(0)} s, fio wrote ${fio!.jobs[0].write_bytes} bytes`)
+    console.log(
+      `burnin-vm: build + lab ${(buildMs / 1000).toFixed(0)} s, cleaning phase ${phaseSeconds.toFixed(0)} s, fio wrote ${fio!.jobs[0].write_bytes} bytes`,
+    )
     ok = true
   }, 480_000)
 })

@@ -29,14 +29,38 @@ const STACK = /\n\s+at .+:\d+:\d+\)?\n/
 describe.skipIf(!built)('rdk commands: exit codes, message and hint, stack traces', () => {
   const usage: {cmd: string[]; message: RegExp; hint?: RegExp}[] = [
     {cmd: ['build', '--kernel-arg', 'quiet'], message: /^rdk build: error: --kernel-arg "quiet": expected K=V/},
-    {cmd: ['build', '--flavor', 'debian'], message: /^rdk build: error: flavor 'debian' is not implemented yet; flavors that build today: tiny$/m, hint: /^hint: use --flavor tiny$/m},
+    {
+      cmd: ['build', '--flavor', 'debian'],
+      message: /^rdk build: error: flavor 'debian' is not implemented yet; flavors that build today: tiny$/m,
+      hint: /^hint: use --flavor tiny$/m,
+    },
     {cmd: ['build', '--no-such-flag'], message: /^rdk build: error: Nonexistent flag: --no-such-flag/, hint: /^hint: rdk build --help lists the flags$/m},
-    {cmd: ['build', '--dry-run', '--element', 'no-such-element'], message: /^rdk build: error: unknown element 'no-such-element' \(required by the build spec\)/, hint: /^hint: rdk elements lists/m},
-    {cmd: ['elements', '--elements-path', '/nonexistent/rdk-elements'], message: /^rdk elements: error: element path \/nonexistent\/rdk-elements: does not exist$/m},
-    {cmd: ['iso', '--kernel', '/nonexistent/vmlinuz', '--initrd', '/nonexistent/initrd', '--output', 'x.iso'], message: /^rdk iso: error: kernel \/nonexistent\/vmlinuz does not exist/},
-    {cmd: ['iso', '--kernel', 'k'], message: /^rdk iso: error: The following errors occurred:\n\s+Missing required flag initrd/, hint: /^hint: rdk iso --help/m},
-    {cmd: ['boot', '--kernel', '/nonexistent/vmlinuz', '--initrd', '/nonexistent/initrd', '--dry-run'], message: /^rdk boot: error: kernel \/nonexistent\/vmlinuz does not exist/},
-    {cmd: ['agent', '--cmdline', '', '--listen-port', 'abc'], message: /^rdk agent: error: ipa-listen-port \(from --listen-port\): expected an integer, got "abc"$/m},
+    {
+      cmd: ['build', '--dry-run', '--element', 'no-such-element'],
+      message: /^rdk build: error: unknown element 'no-such-element' \(required by the build spec\)/,
+      hint: /^hint: rdk elements lists/m,
+    },
+    {
+      cmd: ['elements', '--elements-path', '/nonexistent/rdk-elements'],
+      message: /^rdk elements: error: element path \/nonexistent\/rdk-elements: does not exist$/m,
+    },
+    {
+      cmd: ['iso', '--kernel', '/nonexistent/vmlinuz', '--initrd', '/nonexistent/initrd', '--output', 'x.iso'],
+      message: /^rdk iso: error: kernel \/nonexistent\/vmlinuz does not exist/,
+    },
+    {
+      cmd: ['iso', '--kernel', 'k'],
+      message: /^rdk iso: error: The following errors occurred:\n\s+Missing required flag initrd/,
+      hint: /^hint: rdk iso --help/m,
+    },
+    {
+      cmd: ['boot', '--kernel', '/nonexistent/vmlinuz', '--initrd', '/nonexistent/initrd', '--dry-run'],
+      message: /^rdk boot: error: kernel \/nonexistent\/vmlinuz does not exist/,
+    },
+    {
+      cmd: ['agent', '--cmdline', '', '--listen-port', 'abc'],
+      message: /^rdk agent: error: ipa-listen-port \(from --listen-port\): expected an integer, got "abc"$/m,
+    },
     {cmd: ['inventory', '--lldp-timeout', 'soon'], message: /^rdk inventory: error: ipa-lldp-timeout \(from --lldp-timeout\): expected a number, got "soon"$/m},
   ]
   for (const {cmd, message, hint} of usage) {
@@ -119,10 +143,27 @@ describe.skipIf(!built)('rdk commands: exit codes, message and hint, stack trace
     expect(plan.flavor).toBe('tiny')
     expect(plan.spec.formats).toEqual(['initramfs', 'ipxe'])
     expect(plan.stages.map((s) => s.name)).toEqual([
-      'resolve-elements', 'root-hooks', 'fetch-packages', 'fetch-kernel', 'assemble-tree', 'add-agent', 'run-hooks',
-      'pack-initramfs', 'write-kernel', 'make-iso', 'make-pxe', 'make-ipxe', 'make-bundles', 'write-artefacts',
+      'resolve-elements',
+      'root-hooks',
+      'fetch-packages',
+      'fetch-kernel',
+      'assemble-tree',
+      'add-agent',
+      'run-hooks',
+      'pack-initramfs',
+      'write-kernel',
+      'make-iso',
+      'make-pxe',
+      'make-ipxe',
+      'make-bundles',
+      'write-artefacts',
     ])
-    expect(Object.fromEntries(plan.stages.map((s) => [s.name, s.skip]))).toMatchObject({'write-kernel': 'kernel format not requested', 'make-iso': 'iso not requested', 'make-ipxe': null, 'make-bundles': 'no bundle requested'})
+    expect(Object.fromEntries(plan.stages.map((s) => [s.name, s.skip]))).toMatchObject({
+      'write-kernel': 'kernel format not requested',
+      'make-iso': 'iso not requested',
+      'make-ipxe': null,
+      'make-bundles': 'no bundle requested',
+    })
     expect(existsSync(out)).toBe(false)
   })
 })
@@ -136,7 +177,11 @@ describe('describeError', () => {
     expect(describeError(new InterruptedError('build', 'SIGINT')).exitCode).toBe(130)
     expect(describeError(new InterruptedError('build', 'SIGTERM')).exitCode).toBe(143)
     // A stage wrapper takes the cause's code and hint; a bug inside a stage is internal (exit 1).
-    expect(describeError(new StageFailedError('pack-initramfs', new ToolMissingError('zstd')))).toMatchObject({message: "stage pack-initramfs: required program 'zstd' was not found on PATH: install the Debian package 'zstd' (apt-get install zstd)", exitCode: 2, hint: 'apt-get install zstd'})
+    expect(describeError(new StageFailedError('pack-initramfs', new ToolMissingError('zstd')))).toMatchObject({
+      message: "stage pack-initramfs: required program 'zstd' was not found on PATH: install the Debian package 'zstd' (apt-get install zstd)",
+      exitCode: 2,
+      hint: 'apt-get install zstd',
+    })
     const bug = describeError(new StageFailedError('assemble-tree', new TypeError("Cannot read properties of undefined (reading 'x')")))
     expect(bug).toMatchObject({exitCode: 1, internal: true})
     expect(bug.stack).toMatch(/caused by: TypeError/)

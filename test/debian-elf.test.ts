@@ -55,7 +55,14 @@ describe('ELF64 reader', () => {
 
 describe('closure on this host equals ldd', () => {
   // All installed by .ci/install-deps (udevadm moved from /sbin to /usr/bin in bookworm's udev).
-  const bins = ['/usr/bin/ls', '/usr/bin/node', '/usr/bin/expr', '/usr/sbin/sgdisk', '/usr/bin/qemu-img', existsSync('/usr/bin/udevadm') ? '/usr/bin/udevadm' : '/usr/sbin/udevadm']
+  const bins = [
+    '/usr/bin/ls',
+    '/usr/bin/node',
+    '/usr/bin/expr',
+    '/usr/sbin/sgdisk',
+    '/usr/bin/qemu-img',
+    existsSync('/usr/bin/udevadm') ? '/usr/bin/udevadm' : '/usr/sbin/udevadm',
+  ]
   for (const bin of bins) {
     it(bin, async () => {
       const real = await realpath(bin)
@@ -97,7 +104,7 @@ describe('closure inside an extracted package set', () => {
     }
   }
 
-  it('finds sgdisk\'s libraries and the interpreter, and they are enough to run it (chroot)', async () => {
+  it("finds sgdisk's libraries and the interpreter, and they are enough to run it (chroot)", async () => {
     const r = elfClosure(['usr/sbin/sgdisk'], {root, ownerOf: (p) => sink.sources.get(p)})
     const paths = r.files.map((f) => f.path)
     for (const lib of ['libuuid.so.1', 'libpopt.so.0', 'libstdc++.so.6', 'libgcc_s.so.1', 'libm.so.6', 'libc.so.6']) {
@@ -170,7 +177,7 @@ describe('closure inside an extracted package set', () => {
     }
   })
 
-  it('reports scripts\' interpreters that are not in the tree', async () => {
+  it("reports scripts' interpreters that are not in the tree", async () => {
     const dir = join(work, 'script')
     await mkdir(join(dir, 'usr/bin'), {recursive: true})
     await writeFile(join(dir, 'usr/bin/hello'), '#!/bin/sh\necho hi\n', {mode: 0o755})

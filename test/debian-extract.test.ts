@@ -5,7 +5,17 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {pack, type Header} from 'tar-stream'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {addUsrMergeLinks, extractDeb, extractTar, listDeb, noDocs, normaliseEntryPath, TarTraversalError, unpackDebCached, usrMergePath} from '../src/debian/extract.js'
+import {
+  addUsrMergeLinks,
+  extractDeb,
+  extractTar,
+  listDeb,
+  noDocs,
+  normaliseEntryPath,
+  TarTraversalError,
+  unpackDebCached,
+  usrMergePath,
+} from '../src/debian/extract.js'
 import {fetchPackages, resolvePackages} from '../src/debian/packages.js'
 import {DirSink, SinkPathError} from '../src/debian/sink.js'
 import {sharedTestCache} from './fixtures/debian/cache.js'
@@ -64,10 +74,22 @@ describe('path normalisation', () => {
 
 describe('malicious archives', () => {
   const cases: [string, Entry[]][] = [
-    ['../evil', [{name: './usr/bin/ok', body: 'ok'}, {name: '../evil', body: 'pwned'}]],
+    [
+      '../evil',
+      [
+        {name: './usr/bin/ok', body: 'ok'},
+        {name: '../evil', body: 'pwned'},
+      ],
+    ],
     ['a/../../evil', [{name: './a/../../evil', body: 'pwned'}]],
     ['/abs', [{name: '/tmp/rdk-evil-abs', body: 'pwned'}]],
-    ['hard link to ../', [{name: './usr/bin/ok', body: 'ok'}, {name: './usr/bin/link', type: 'link', linkname: '../../etc/shadow'}]],
+    [
+      'hard link to ../',
+      [
+        {name: './usr/bin/ok', body: 'ok'},
+        {name: './usr/bin/link', type: 'link', linkname: '../../etc/shadow'},
+      ],
+    ],
   ]
   for (const [label, entries] of cases) {
     it(`refuses ${label} and writes nothing`, async () => {

@@ -68,7 +68,14 @@ describe('Debian kernel', () => {
     for (const name of ['virtio_net', 'ext4', 'raid456', 'mlx5_core', 'nvme']) {
       const m = index.find((x) => x.name === name)!
       const {stdout} = await run('modinfo', ['-F', 'depends', join(kernel.modulesDir, m.path)])
-      expect(m.depends.sort(), name).toEqual(stdout.trim().split(',').filter(Boolean).map((d) => d.replace(/-/g, '_')).sort())
+      expect(m.depends.sort(), name).toEqual(
+        stdout
+          .trim()
+          .split(',')
+          .filter(Boolean)
+          .map((d) => d.replace(/-/g, '_'))
+          .sort(),
+      )
     }
   })
 
@@ -81,7 +88,9 @@ describe('Debian kernel', () => {
     const root = join(work, 'root')
     const r = await installKernelModules(kernel, new DirSink(root), {compress: false})
     const kdir = `usr/lib/modules/${kernel.kernelVersion}`
-    expect(r.depmodFiles).toEqual(expect.arrayContaining(['modules.dep', 'modules.dep.bin', 'modules.alias', 'modules.alias.bin', 'modules.softdep', 'modules.symbols']))
+    expect(r.depmodFiles).toEqual(
+      expect.arrayContaining(['modules.dep', 'modules.dep.bin', 'modules.alias', 'modules.alias.bin', 'modules.softdep', 'modules.symbols']),
+    )
     const line = r.modulesDep.split('\n').find((l) => l.startsWith('kernel/drivers/net/virtio_net.ko:'))!
     for (const dep of ['virtio_ring.ko', 'virtio.ko', 'net_failover.ko', 'failover.ko']) expect(line).toContain(dep)
     expect(await readFile(join(root, kdir, 'modules.alias'), 'utf8')).toMatch(/^alias virtio:d00000001v\* virtio_net$/m)
@@ -90,7 +99,10 @@ describe('Debian kernel', () => {
 
     // the host's modprobe, pointed at the staged tree, resolves the load order from our depmod output
     const {stdout} = await run('modprobe', ['-d', root, '-S', kernel.kernelVersion, '--show-depends', 'virtio_net'])
-    const order = stdout.trim().split('\n').map((l) => l.replace(/^insmod \S*\/([^/]+)\.ko.*$/, '$1'))
+    const order = stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.replace(/^insmod \S*\/([^/]+)\.ko.*$/, '$1'))
     expect(order[order.length - 1]).toBe('virtio_net')
     expect(order.indexOf('failover')).toBeLessThan(order.indexOf('net_failover'))
     expect(order).toEqual(expect.arrayContaining(['virtio', 'virtio_ring', 'failover', 'net_failover']))

@@ -21,7 +21,11 @@ beforeAll(async () => {
   root = join(work, 'root')
   const t0 = Date.now()
   report = await buildToolset(new DirSink(root), {cacheDir, compress: false})
-  console.log(`toolset: ${Date.now() - t0} ms, ${report.packages.length} packages, ${report.paths.length} paths, ${(report.total.raw / 1e6).toFixed(1)} MB raw`, report.timings, report.fetch)
+  console.log(
+    `toolset: ${Date.now() - t0} ms, ${report.packages.length} packages, ${report.paths.length} paths, ${(report.total.raw / 1e6).toFixed(1)} MB raw`,
+    report.timings,
+    report.fetch,
+  )
 }, 900_000)
 afterAll(async () => {
   await rm(work, {recursive: true, force: true})
@@ -106,12 +110,13 @@ describe('deploy toolset', () => {
       const path = tool.startsWith('/') ? tool : '/' + (report.executables[tool] ?? `usr/bin/${tool}`)
       const r = await run('chroot', [root, path, ...args], {allowFailure: true, env: {PATH: '/usr/sbin:/usr/bin'}})
       const out = r.stdout + r.stderr
-      if (r.exitCode === 127 || r.exitCode === 126 || /error while loading shared libraries|not found/i.test(out)) failures.push(`${tool}: exit ${r.exitCode} ${out.trim().slice(0, 300)}`)
+      if (r.exitCode === 127 || r.exitCode === 126 || /error while loading shared libraries|not found/i.test(out))
+        failures.push(`${tool}: exit ${r.exitCode} ${out.trim().slice(0, 300)}`)
     }
     expect(failures).toEqual([])
   })
 
-  it.skipIf(!isRoot)('shred takes the agent\'s long options; there is no openssl (the agent hashes rescue passwords itself)', async () => {
+  it.skipIf(!isRoot)("shred takes the agent's long options; there is no openssl (the agent hashes rescue passwords itself)", async () => {
     await writeFile(join(root, 'victim'), Buffer.alloc(64 * 1024, 0xaa))
     const s = await run('chroot', [root, '/usr/bin/shred', '--force', '--zero', '--verbose', '--iterations', '1', '/victim'])
     expect(s.stderr).toMatch(/pass 2\/2 \(000000\)/)

@@ -23,7 +23,11 @@ describe('disk/ pure rules', () => {
     expect(partitionPath('/dev/nvme0n1', 2)).toBe('/dev/nvme0n1p2')
     expect(partitionPath('/dev/loop7', 1)).toBe('/dev/loop7p1')
     expect(partitionPath('/dev/md0', 1)).toBe('/dev/md0p1')
-    for (const [dev, n] of [['/dev/sda', 3], ['/dev/nvme0n1', 12], ['/dev/md127', 1]] as const) {
+    for (const [dev, n] of [
+      ['/dev/sda', 3],
+      ['/dev/nvme0n1', 12],
+      ['/dev/md127', 1],
+    ] as const) {
       expect(partitionNumber(partitionPath(dev, n))).toBe(n)
     }
     expect(partitionNumber('/dev/sda')).toBeNaN()
@@ -101,7 +105,7 @@ describe('disk/ on a loop device', () => {
     expect(await wipeSignatures('/dev/rdk-no-such-device')).toMatch(/./)
   })
 
-  it('waiting for a device node that never comes fails with IPA\'s text', async () => {
+  it("waiting for a device node that never comes fails with IPA's text", async () => {
     await expect(waitForBlockDevice(`${loop.device}p9`, 2)).rejects.toThrow(`Unable to stat device ${loop.device}p9 after attempting to verify 2 times.`)
   })
 

@@ -60,7 +60,13 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
   it('burnin_memory: stress-ng --vm 0 --timeout 86400 --vm-bytes 98% by default, IPA key agent_burnin_vm_vm-bytes', () => {
     expect(stressNgPlan(node({}), 'vm').args).toEqual(['--vm', '0', '--timeout', '86400', '--vm-bytes', '98%', '--metrics-brief'])
     expect(stressNgPlan(node({agent_burnin_vm_vm: 2, agent_burnin_vm_timeout: 10, 'agent_burnin_vm_vm-bytes': '64M'}), 'vm').args).toEqual([
-      '--vm', '2', '--timeout', '10', '--vm-bytes', '64M', '--metrics-brief',
+      '--vm',
+      '2',
+      '--timeout',
+      '10',
+      '--vm-bytes',
+      '64M',
+      '--metrics-brief',
     ])
   })
 
@@ -77,14 +83,53 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
   it('burnin_disk: IPA fio options, one job per device, runtime 0 means loops over the whole device', () => {
     const p = fioDiskPlan(node({}), ['/dev/vda', '/dev/vdb'])
     expect(p.args).toEqual([
-      '--rw', 'readwrite', '--bs', '4k', '--direct', '1', '--ioengine', 'libaio', '--iodepth', '32', '--verify', 'crc32c', '--verify_dump', '1',
-      '--continue_on_error', 'verify', '--loops', '4', '--runtime', '0', '--verify_state_save', '0', '--output-format', 'json',
-      '--name', '/dev/vda', '--filename', '/dev/vda', '--name', '/dev/vdb', '--filename', '/dev/vdb',
+      '--rw',
+      'readwrite',
+      '--bs',
+      '4k',
+      '--direct',
+      '1',
+      '--ioengine',
+      'libaio',
+      '--iodepth',
+      '32',
+      '--verify',
+      'crc32c',
+      '--verify_dump',
+      '1',
+      '--continue_on_error',
+      'verify',
+      '--loops',
+      '4',
+      '--runtime',
+      '0',
+      '--verify_state_save',
+      '0',
+      '--output-format',
+      'json',
+      '--name',
+      '/dev/vda',
+      '--filename',
+      '/dev/vda',
+      '--name',
+      '/dev/vdb',
+      '--filename',
+      '/dev/vdb',
     ])
     expect(p.timeoutSeconds).toBeUndefined()
     expect(p.smartTest).toBe(false)
-    const q = fioDiskPlan(node({agent_burnin_fio_disk_loops: 1, agent_burnin_fio_disk_runtime: 30, agent_burnin_fio_disk_outputfile: '/tmp/fio.json', agent_burnin_fio_disk_smart_test: 'true'}), ['/dev/sda'])
-    expect(q.args.join(' ')).toContain('--loops 1 --runtime 30 --verify_state_save 0 --time_based --output-format json --output /tmp/fio.json --name /dev/sda --filename /dev/sda')
+    const q = fioDiskPlan(
+      node({
+        agent_burnin_fio_disk_loops: 1,
+        agent_burnin_fio_disk_runtime: 30,
+        agent_burnin_fio_disk_outputfile: '/tmp/fio.json',
+        agent_burnin_fio_disk_smart_test: 'true',
+      }),
+      ['/dev/sda'],
+    )
+    expect(q.args.join(' ')).toContain(
+      '--loops 1 --runtime 30 --verify_state_save 0 --time_based --output-format json --output /tmp/fio.json --name /dev/sda --filename /dev/sda',
+    )
     expect(q.timeoutSeconds).toBe(330)
     expect(q.smartTest).toBe(true)
     expect(() => fioDiskPlan(node({agent_burnin_fio_disk_loops: 0}), [])).toThrow(/agent_burnin_fio_disk_loops must be an integer of at least 1/)
@@ -96,23 +141,67 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
     expect(p).toMatchObject({role: 'writer', partner: '10.0.0.2', runtime: {seconds: 5}, pairingTimeoutSeconds: 900})
     expect(networkPlan(node({agent_burnin_fio_network_config: '{"role": "reader", "partner": "node-b.example"}'})).role).toBe('reader')
     expect(networkPlan(node({agent_burnin_fio_network_config: {role: 'reader', partner: 'x'}})).runtime.seconds).toBe(21600)
-    expect(() => networkPlan(node({agent_burnin_fio_network_pairing_backend_url: 'etcd3+http://10.0.0.1:2379'}))).toThrow(/tooz coordination backend .* is not supported by rdk/)
+    expect(() => networkPlan(node({agent_burnin_fio_network_pairing_backend_url: 'etcd3+http://10.0.0.1:2379'}))).toThrow(
+      /tooz coordination backend .* is not supported by rdk/,
+    )
     expect(() => networkPlan(node({}))).toThrow(CleaningError)
     expect(() => networkPlan(node({}))).toThrow(/set driver_info.agent_burnin_fio_network_config/)
     expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'sender', partner: 'x'}}))).toThrow(/unknown role: "sender"/)
     expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer'}}))).toThrow(/failed to find partner/)
-    expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner_name: 'b'}}))).toThrow(/the key is "partner", as in IPA, not "partner_name"/)
-    expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner: '--output=/etc/passwd'}}))).toThrow(/must be a host name or an IP address/)
+    expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner_name: 'b'}}))).toThrow(
+      /the key is "partner", as in IPA, not "partner_name"/,
+    )
+    expect(() => networkPlan(node({agent_burnin_fio_network_config: {role: 'writer', partner: '--output=/etc/passwd'}}))).toThrow(
+      /must be a host name or an IP address/,
+    )
   })
 
   it('burnin_network: IPA fio net options for each role', () => {
     expect(fioNetworkArgs(true, '60', 'peer')).toEqual([
-      '--ioengine', 'net', '--port', '9000', '--fill_device', '1', '--group_reporting', '--gtod_reduce', '1', '--numjobs', '16',
-      '--name', 'writer', '--rw', 'write', '--runtime', '60', '--time_based', '--listen', '--output-format', 'json',
+      '--ioengine',
+      'net',
+      '--port',
+      '9000',
+      '--fill_device',
+      '1',
+      '--group_reporting',
+      '--gtod_reduce',
+      '1',
+      '--numjobs',
+      '16',
+      '--name',
+      'writer',
+      '--rw',
+      'write',
+      '--runtime',
+      '60',
+      '--time_based',
+      '--listen',
+      '--output-format',
+      'json',
     ])
     expect(fioNetworkArgs(false, '60', 'peer', '/tmp/net.reader')).toEqual([
-      '--ioengine', 'net', '--port', '9000', '--fill_device', '1', '--group_reporting', '--gtod_reduce', '1', '--numjobs', '16',
-      '--name', 'reader', '--rw', 'read', '--hostname', 'peer', '--output-format', 'json', '--output', '/tmp/net.reader',
+      '--ioengine',
+      'net',
+      '--port',
+      '9000',
+      '--fill_device',
+      '1',
+      '--group_reporting',
+      '--gtod_reduce',
+      '1',
+      '--numjobs',
+      '16',
+      '--name',
+      'reader',
+      '--rw',
+      'read',
+      '--hostname',
+      'peer',
+      '--output-format',
+      'json',
+      '--output',
+      '/tmp/net.reader',
     ])
   })
 
@@ -134,9 +223,15 @@ describe('burn-in command lines from driver_info (IPA keys and defaults)', () =>
       'stress-ng: metrc: [20103] cpu                3061      2.00      2.00      0.00      1530.45        1530.80',
       'stress-ng: info:  [20103] successful run completed in 2.00s',
     ].join('\n')
-    expect(parseStressNgMetrics(sng)).toEqual({cpu: {bogo_ops: 3061, real_time: 2, usr_time: 2, sys_time: 0, bogo_ops_per_s_real: 1530.45, bogo_ops_per_s_cpu: 1530.8}})
-    const fio = 'fio: waiting for connection\n' + JSON.stringify({jobs: [{jobname: 'writer', error: 0, read: {io_bytes: 0}, write: {io_bytes: 4096, iops: 2, bw: 4}, total_err: 0}]})
-    expect(parseFioJson(fio)).toEqual([{name: 'writer', error: 0, read_bytes: 0, write_bytes: 4096, read_iops: 0, write_iops: 2, read_bw_kib: 0, write_bw_kib: 4, total_errors: 0}])
+    expect(parseStressNgMetrics(sng)).toEqual({
+      cpu: {bogo_ops: 3061, real_time: 2, usr_time: 2, sys_time: 0, bogo_ops_per_s_real: 1530.45, bogo_ops_per_s_cpu: 1530.8},
+    })
+    const fio =
+      'fio: waiting for connection\n' +
+      JSON.stringify({jobs: [{jobname: 'writer', error: 0, read: {io_bytes: 0}, write: {io_bytes: 4096, iops: 2, bw: 4}, total_err: 0}]})
+    expect(parseFioJson(fio)).toEqual([
+      {name: 'writer', error: 0, read_bytes: 0, write_bytes: 4096, read_iops: 0, write_iops: 2, read_bw_kib: 0, write_bw_kib: 4, total_errors: 0},
+    ])
     expect(() => parseFioJson('fio: no jobs')).toThrow(/fio printed no JSON report/)
     expect(smartTestStatus(JSON.stringify({ata_smart_data: {self_test: {status: {string: 'completed without error'}}}}))).toBe('completed without error')
     expect(smartTestStatus('{}')).toBeNull()
@@ -156,7 +251,11 @@ describe('clean_uefi_nvram matching (IPA: case-insensitive search in the device 
   it('splits label and device path, skipping records without a known device path', () => {
     const e = nvramEntries(records)
     expect(e.map((x) => x.boot)).toEqual(['0000', '0001', '0004', '0005'])
-    expect(e[2]).toEqual({boot: '0004', label: 'debian', path: 'HD(1,GPT,2c3d0b9e-8f7e-4b1c-9d5e-1a2b3c4d5e6f,0x800,0x100000)/File(\\EFI\\debian\\shimx64.efi)'})
+    expect(e[2]).toEqual({
+      boot: '0004',
+      label: 'debian',
+      path: 'HD(1,GPT,2c3d0b9e-8f7e-4b1c-9d5e-1a2b3c4d5e6f,0x800,0x100000)/File(\\EFI\\debian\\shimx64.efi)',
+    })
   })
 
   it('default patterns remove disk entries and shim/grub loaders, nothing else; labels are not matched', () => {
@@ -214,7 +313,10 @@ describe('burn-in runs on this host (stress-ng, fio)', () => {
     expect(cpu.output_tail).toMatch(/successful run completed/)
 
     const outfile = join(dir, 'vm.log')
-    const mem = await burninMemory({log}, node({agent_burnin_vm_vm: 1, agent_burnin_vm_timeout: '2s', 'agent_burnin_vm_vm-bytes': '32M', agent_burnin_vm_outputfile: outfile}))
+    const mem = await burninMemory(
+      {log},
+      node({agent_burnin_vm_vm: 1, agent_burnin_vm_timeout: '2s', 'agent_burnin_vm_vm-bytes': '32M', agent_burnin_vm_outputfile: outfile}),
+    )
     expect(Object.keys(mem.metrics as object)).toEqual(['vm'])
     expect(log.lines.some((l) => l.msg === 'burn-in stress-ng (vm) finished')).toBe(true)
     const {stdout} = await run('cat', [outfile])
@@ -228,7 +330,7 @@ describe('burn-in runs on this host (stress-ng, fio)', () => {
     const b = await attachLoop(dir, 'burn-b', 64 * 1024 * 1024)
     loops.push(b)
     await run('partx', ['-d', b.device], {allowFailure: true})
-    const dev = (name: string): BlockDevice => ({name} as BlockDevice)
+    const dev = (name: string): BlockDevice => ({name}) as BlockDevice
     const log = captureLog()
     const ctx = {log, allowlist: [a.device, b.device], guardSpecial: true}
     const settings = node({agent_burnin_fio_disk_loops: 1, agent_burnin_fio_disk_runtime: 2})
@@ -279,7 +381,9 @@ describe('burnin_network between two real agents in two network namespaces', () 
     const script = `const [port, token, body] = process.argv.slice(1);
 fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + token, {method: 'POST', headers: {'Content-Type': 'application/json'}, body})
   .then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(1) })`
-    const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', script, String(agent.port), agent.token, JSON.stringify({name, params})], {timeoutMs: 120_000})
+    const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', script, String(agent.port), agent.token, JSON.stringify({name, params})], {
+      timeoutMs: 120_000,
+    })
     return JSON.parse(r.stdout)
   }
 
@@ -290,7 +394,10 @@ fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + toke
     await run('ip', ['link', 'add', `rbA${tag}`, 'netns', nsA, 'type', 'veth', 'peer', 'name', `rbB${tag}`, 'netns', nsB])
     await run('ip', ['-n', nsA, 'addr', 'add', '10.231.77.1/30', 'dev', `rbA${tag}`])
     await run('ip', ['-n', nsB, 'addr', 'add', '10.231.77.2/30', 'dev', `rbB${tag}`])
-    for (const [ns, nic] of [[nsA, `rbA${tag}`], [nsB, `rbB${tag}`]] as const) {
+    for (const [ns, nic] of [
+      [nsA, `rbA${tag}`],
+      [nsB, `rbB${tag}`],
+    ] as const) {
       await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
       await run('ip', ['-n', ns, 'link', 'set', nic, 'up'])
     }
@@ -306,11 +413,17 @@ fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + toke
   it('writer and reader swap roles; each agent reports both directions', async () => {
     const step = (role: string, partner: string) => ({
       step: {step: 'burnin_network', interface: 'deploy', priority: 0},
-      node: {uuid: `node-${role}`, driver_info: {agent_burnin_fio_network_config: {role, partner}, agent_burnin_fio_network_runtime: 2, agent_burnin_fio_network_pairing_timeout: 60}},
+      node: {
+        uuid: `node-${role}`,
+        driver_info: {agent_burnin_fio_network_config: {role, partner}, agent_burnin_fio_network_runtime: 2, agent_burnin_fio_network_pairing_timeout: 60},
+      },
       ports: [],
     })
     const t0 = Date.now()
-    const [a, b] = await Promise.all([inNs(nsA, agents[0]!, 'clean.execute_clean_step', step('writer', '10.231.77.2')), inNs(nsB, agents[1]!, 'clean.execute_clean_step', step('reader', '10.231.77.1'))])
+    const [a, b] = await Promise.all([
+      inNs(nsA, agents[0]!, 'clean.execute_clean_step', step('writer', '10.231.77.2')),
+      inNs(nsB, agents[1]!, 'clean.execute_clean_step', step('reader', '10.231.77.1')),
+    ])
     const seconds = (Date.now() - t0) / 1000
     const logs = agents.map((x, i) => `--- agent ${i ? 'B' : 'A'} ---\n${x.logs().split('\n').slice(-40).join('\n')}`).join('\n')
     for (const r of [a, b]) {
@@ -318,7 +431,8 @@ fetch('http://127.0.0.1:' + port + '/v1/commands/?wait=true&agent_token=' + toke
       expect(r.command_status).toBe('SUCCEEDED')
       expect(r.command_result.clean_step.step).toBe('burnin_network')
     }
-    const dirs = (r: any) => r.command_result.clean_result.metrics as {role: string; jobs: {name: string; error: number; read_bytes: number; write_bytes: number}[]}[]
+    const dirs = (r: any) =>
+      r.command_result.clean_result.metrics as {role: string; jobs: {name: string; error: number; read_bytes: number; write_bytes: number}[]}[]
     expect(dirs(a).map((d) => d.role)).toEqual(['writer', 'reader'])
     expect(dirs(b).map((d) => d.role)).toEqual(['reader', 'writer'])
     // what one wrote, the other read (fio counts the same bytes at both ends, give or take the last buffer)

@@ -41,7 +41,15 @@ describe('parseLsblkJson', () => {
   it('reads old string-valued output and flattens the tree, keeping every parent', () => {
     const rows = parseLsblkJson(fixture('lsblk-server-strings.json'))
     const sda = rows.find((r) => r.kname === 'sda')!
-    expect(sda).toMatchObject({size: 480103981056, rotational: false, serial: 'S45PNA0M123456', wwn: '0x5002538e40a1b2c3', tran: 'sata', logicalSectors: 512, physicalSectors: 4096})
+    expect(sda).toMatchObject({
+      size: 480103981056,
+      rotational: false,
+      serial: 'S45PNA0M123456',
+      wwn: '0x5002538e40a1b2c3',
+      tran: 'sata',
+      logicalSectors: 512,
+      physicalSectors: 4096,
+    })
     expect(rows.find((r) => r.kname === 'sda1')).toMatchObject({pkname: 'sda', type: 'part'})
     const md = rows.filter((r) => r.kname === 'md127')
     expect(md).toHaveLength(1)
@@ -123,7 +131,7 @@ describe('device hints', () => {
     expect(matchDeviceHints(odd, {by_path: '/dev/disk/by-path/PCI-0000:00:1F.2-ata-2'})).toBe(true)
   })
 
-  it('deviceHintsProblem: ironic-lib\'s validation messages', () => {
+  it("deviceHintsProblem: ironic-lib's validation messages", () => {
     expect(deviceHintsProblem({serial: 'x', size: '>= 10', rotational: 'no'})).toBeNull()
     expect(deviceHintsProblem({colour: 'red'})).toMatch(/^The hints "colour" are invalid\. Valid hints are: "model, vendor, serial/)
     expect(deviceHintsProblem({size: 'big'})).toBe('Root device hint "size" is not an integer value. Current value: big')

@@ -72,7 +72,10 @@ describe('guard parsing', () => {
       mountpoint: '/mnt/my disk',
       source: '/dev/root',
     })
-    expect(parseSwaps('Filename\tType\tSize\tUsed\tPriority\n/dev/sda2 partition 8388604 0 -2\n/swap\\040file file 1024 0 -3\n')).toEqual(['/dev/sda2', '/swap file'])
+    expect(parseSwaps('Filename\tType\tSize\tUsed\tPriority\n/dev/sda2 partition 8388604 0 -2\n/swap\\040file file 1024 0 -3\n')).toEqual([
+      '/dev/sda2',
+      '/swap file',
+    ])
   })
 
   it('special filesystems: GPFS/VMFS partition types, gfs2/VMFS/Ceph signatures; RAID members are fine', () => {
@@ -168,12 +171,19 @@ describe('cleaning loop devices', () => {
     if (process.getuid?.() !== 0) throw new Error('these tests need root (loop devices)')
     if (!existsSync('/dev/loop-control')) throw new Error('no loop device support (/dev/loop-control missing): cannot test disk cleaning')
     dir = mkdtempSync(path.join(os.tmpdir(), 'rdk-erase-'))
-    for (const [name, size] of [['a.img', 64], ['b.img', 64], ['c.img', 16], ['d.img', 16]] as const) {
+    for (const [name, size] of [
+      ['a.img', 64],
+      ['b.img', 64],
+      ['c.img', 16],
+      ['d.img', 16],
+    ] as const) {
       writeFileSync(path.join(dir, name), '')
       await run('truncate', ['-s', `${size}M`, path.join(dir, name)])
     }
     writeFileSync(path.join(dir, 'c.img'), randomBytes(16 * MIB))
-    cBefore = createHash('sha256').update(readFileSync(path.join(dir, 'c.img'))).digest('hex')
+    cBefore = createHash('sha256')
+      .update(readFileSync(path.join(dir, 'c.img')))
+      .digest('hex')
     A = await attach(path.join(dir, 'a.img'))
     B = await attach(path.join(dir, 'b.img'))
     C = await attach(path.join(dir, 'c.img'), true)
@@ -279,7 +289,11 @@ describe('cleaning loop devices', () => {
     await expect(m.erase_devices({}, [])).rejects.toThrow(/flagged read-only/)
     expect(await m.erase_devices({driver_internal_info: {agent_erase_skip_read_only: true}}, [])).toEqual({[C]: null})
     expect(await m.erase_devices_metadata({}, [])).toBeNull()
-    expect(createHash('sha256').update(readFileSync(path.join(dir, 'c.img'))).digest('hex')).toBe(cBefore)
+    expect(
+      createHash('sha256')
+        .update(readFileSync(path.join(dir, 'c.img')))
+        .digest('hex'),
+    ).toBe(cBefore)
   })
 
   it('a device with a mounted filesystem is refused by every erase path, before anything is written', async () => {

@@ -51,9 +51,18 @@ describe('CPU', () => {
   })
 
   it('prefers "CPU max MHz" over "CPU MHz"; flags from /proc/cpuinfo when lscpu has none', () => {
-    const lscpu = parseLscpu('Architecture: x86_64\nCPU(s): 64\nModel name: Intel(R) Xeon(R) Gold 6338\nSocket(s): 2\nCPU MHz: 800.000\nCPU max MHz: 3200.0000\n')
+    const lscpu = parseLscpu(
+      'Architecture: x86_64\nCPU(s): 64\nModel name: Intel(R) Xeon(R) Gold 6338\nSocket(s): 2\nCPU MHz: 800.000\nCPU max MHz: 3200.0000\n',
+    )
     const cpu = cpuFromLscpu(lscpu, parseCpuinfo('processor\t: 0\nflags\t\t: fpu vme sse\n\nprocessor\t: 1\nflags\t\t: fpu vme sse\n'))
-    expect(cpu).toEqual({model_name: 'Intel(R) Xeon(R) Gold 6338', frequency: '3200.0000', count: 64, architecture: 'x86_64', flags: ['fpu', 'vme', 'sse'], socket_count: 2})
+    expect(cpu).toEqual({
+      model_name: 'Intel(R) Xeon(R) Gold 6338',
+      frequency: '3200.0000',
+      count: 64,
+      architecture: 'x86_64',
+      flags: ['fpu', 'vme', 'sse'],
+      socket_count: 2,
+    })
   })
 
   it('works from /proc/cpuinfo alone (lscpu failed)', () => {
@@ -130,7 +139,14 @@ describe('interfaces from sysfs (a fake /sys/class/net tree)', () => {
         pci_address: '0000:3b:00.1',
         driver: 'ice',
       })
-      expect(await interfaceInfo('ens1f1.100', addrs, {sysNet: net, lldp})).toMatchObject({has_carrier: false, lldp: null, vendor: null, speed_mbps: null, pci_address: null, driver: null})
+      expect(await interfaceInfo('ens1f1.100', addrs, {sysNet: net, lldp})).toMatchObject({
+        has_carrier: false,
+        lldp: null,
+        vendor: null,
+        speed_mbps: null,
+        pci_address: null,
+        driver: null,
+      })
       // only virtual interfaces: report them rather than nothing
       rmSync(path.join(net, 'ens1f1'), {recursive: true})
       rmSync(path.join(net, 'ens1f1.100'), {recursive: true})
@@ -179,7 +195,22 @@ describe('list_hardware_info on this machine', () => {
     expect(inv.disks.length).toBeGreaterThan(0)
     for (const d of inv.disks) {
       expect(Object.keys(d).sort()).toEqual(
-        ['by_path', 'hctl', 'logical_sectors', 'model', 'name', 'physical_sectors', 'rotational', 'serial', 'size', 'tran', 'vendor', 'wwn', 'wwn_vendor_extension', 'wwn_with_extension'].sort(),
+        [
+          'by_path',
+          'hctl',
+          'logical_sectors',
+          'model',
+          'name',
+          'physical_sectors',
+          'rotational',
+          'serial',
+          'size',
+          'tran',
+          'vendor',
+          'wwn',
+          'wwn_vendor_extension',
+          'wwn_with_extension',
+        ].sort(),
       )
       expect(d.name).toMatch(/^\/dev\//)
       expect(d.name).not.toMatch(/^\/dev\/(loop|ram|zram)/)
@@ -293,7 +324,9 @@ describe('steps', () => {
     await expect(registry.dispatchStep('deploy', 'apply_configuration', {uuid: 'n'}, [], {})).rejects.toThrow(/raid_config must be a RAID configuration/)
     await expect(registry.dispatchStep('service', 'execute_bootc_install', {}, [], {})).rejects.toBeInstanceOf(NotImplementedYet)
     // burn-in and clean_uefi_nvram exist now (test/hardware-burnin.test.ts): bad settings fail before anything runs
-    await expect(registry.dispatchStep('clean', 'burnin_cpu', {driver_info: {agent_burnin_cpu_timeout: 0}}, [], {})).rejects.toThrow(/agent_burnin_cpu_timeout must be a positive duration/)
+    await expect(registry.dispatchStep('clean', 'burnin_cpu', {driver_info: {agent_burnin_cpu_timeout: 0}}, [], {})).rejects.toThrow(
+      /agent_burnin_cpu_timeout must be a positive duration/,
+    )
     await expect(registry.dispatchStep('clean', 'clean_uefi_nvram', {}, [], {match_patterns: 'x'})).rejects.toThrow(/match_patterns must be a list of strings/)
     // burnin_disk destroys data: not a service step (IPA)
     await expect(registry.dispatchStep('service', 'burnin_disk', {}, [], {})).rejects.toThrow(/burnin_disk/)
@@ -301,7 +334,7 @@ describe('steps', () => {
     await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {files: 'x'})).rejects.toThrow('The `files` argument must be a list, got str')
     await expect(registry.dispatchStep('deploy', 'inject_files', {}, [], {})).resolves.toBeNull()
     // write_image exists now (test/image-deploy.test.ts): without image_info it is a parameter error
-    await expect(registry.dispatchStep('deploy', 'write_image', {}, [], {})).rejects.toThrow("Invalid command parameters: image_info must be an object")
+    await expect(registry.dispatchStep('deploy', 'write_image', {}, [], {})).rejects.toThrow('Invalid command parameters: image_info must be an object')
     // internal helpers are not reachable as steps
     await expect(registry.dispatchStep('clean', '_guard', {}, [], {})).rejects.toThrow(/Could not find method: _guard/)
   })

@@ -28,8 +28,23 @@ import {partitionPath} from '../src/agent/disk/partitions.js'
 
 const GIB = 1024 ** 3
 const disk = (name: string, size = 10 * GIB, extra: Partial<BlockDevice> = {}): BlockDevice =>
-  ({name, model: 'QEMU', size, rotational: true, wwn: null, serial: `S-${name.slice(5)}`, vendor: '0x1af4', wwn_with_extension: null,
-    wwn_vendor_extension: null, hctl: null, by_path: null, logical_sectors: 512, physical_sectors: 512, tran: null, ...extra}) as BlockDevice
+  ({
+    name,
+    model: 'QEMU',
+    size,
+    rotational: true,
+    wwn: null,
+    serial: `S-${name.slice(5)}`,
+    vendor: '0x1af4',
+    wwn_with_extension: null,
+    wwn_vendor_extension: null,
+    hctl: null,
+    by_path: null,
+    logical_sectors: 512,
+    physical_sectors: 512,
+    tran: null,
+    ...extra,
+  }) as BlockDevice
 const TWO = [disk('/dev/vda'), disk('/dev/vdb')]
 const R1MAX = {logical_disks: [{size_gb: 'MAX', raid_level: '1', controller: 'software'}]}
 
@@ -91,8 +106,24 @@ describe('validateRaidConfig: IPA validate_configuration', () => {
 
   it('accepts RAID-1 MAX, and RAID-1 + RAID-0/5/6/1+0 with enough disks; an empty config is false', () => {
     expect(validateRaidConfig(R1MAX, 'n', 2)).toBe(true)
-    for (const [level, n] of [['0', 2], ['1+0', 4], ['5', 3], ['6', 4]] as const) {
-      expect(validateRaidConfig({logical_disks: [{size_gb: 10, raid_level: '1', controller: 'software'}, {size_gb: 'MAX', raid_level: level, controller: 'software'}]}, 'n', n)).toBe(true)
+    for (const [level, n] of [
+      ['0', 2],
+      ['1+0', 4],
+      ['5', 3],
+      ['6', 4],
+    ] as const) {
+      expect(
+        validateRaidConfig(
+          {
+            logical_disks: [
+              {size_gb: 10, raid_level: '1', controller: 'software'},
+              {size_gb: 'MAX', raid_level: level, controller: 'software'},
+            ],
+          },
+          'n',
+          n,
+        ),
+      ).toBe(true)
     }
     expect(validateRaidConfig({}, 'n', 2)).toBe(false)
     expect(validateRaidConfig(undefined, 'n', 2)).toBe(false)
@@ -100,7 +131,10 @@ describe('validateRaidConfig: IPA validate_configuration', () => {
 
   it('refuses what IPA refuses, with its texts, all errors joined', () => {
     fails({logical_disks: []}, /^Software RAID caused unknown error: RAID config contains no logical disks$/)
-    fails({logical_disks: [{size_gb: 'MAX', raid_level: '0', controller: 'software'}]}, /Could not validate Software RAID config for node-1: Software RAID Configuration requires RAID-1 for the first logical disk/)
+    fails(
+      {logical_disks: [{size_gb: 'MAX', raid_level: '0', controller: 'software'}]},
+      /Could not validate Software RAID config for node-1: Software RAID Configuration requires RAID-1 for the first logical disk/,
+    )
     fails({logical_disks: [{size_gb: 'MAX', raid_level: '1'}]}, /requires all logical disks to have 'controller'='software'/)
     const three = {size_gb: 1, raid_level: '1', controller: 'software'}
     fails({logical_disks: [three, three, three]}, /requires one or two logical disks/)
@@ -154,7 +188,13 @@ describe('the partition plan and mdadm argv', () => {
   })
 
   it('partition names: sda1, vdb1, nvme0n1p1, loop0p1', () => {
-    expect(['/dev/sda', '/dev/vdb', '/dev/nvme0n1', '/dev/loop0', '/dev/mmcblk0'].map((d) => partitionPath(d, 1))).toEqual(['/dev/sda1', '/dev/vdb1', '/dev/nvme0n1p1', '/dev/loop0p1', '/dev/mmcblk0p1'])
+    expect(['/dev/sda', '/dev/vdb', '/dev/nvme0n1', '/dev/loop0', '/dev/mmcblk0'].map((d) => partitionPath(d, 1))).toEqual([
+      '/dev/sda1',
+      '/dev/vdb1',
+      '/dev/nvme0n1p1',
+      '/dev/loop0p1',
+      '/dev/mmcblk0p1',
+    ])
   })
 
   it('RAID-1 MAX on BIOS (no capabilities): msdos, one partition per disk from the first usable sector, md0 over both', () => {
@@ -172,10 +212,12 @@ describe('the partition plan and mdadm argv', () => {
   })
 
   it('UEFI, two volumes with the MAX one listed first: gpt, 551MiB of ESP room, the MAX volume made last (md1)', () => {
-    const cfg = {logical_disks: [
-      {size_gb: 'MAX', raid_level: '1', controller: 'software', volume_name: 'root'},
-      {size_gb: 10, raid_level: '1+0', controller: 'software'},
-    ]}
+    const cfg = {
+      logical_disks: [
+        {size_gb: 'MAX', raid_level: '1', controller: 'software', volume_name: 'root'},
+        {size_gb: 10, raid_level: '1+0', controller: 'software'},
+      ],
+    }
     const nvme = [disk('/dev/nvme0n1'), disk('/dev/nvme1n1')]
     const plan = planRaid({properties: {capabilities: 'boot_mode:uefi'}}, cfg, nvme, {ramdiskMode: 'bios'})
     expect(plan.table).toBe('gpt')
@@ -205,9 +247,25 @@ describe('the partition plan and mdadm argv', () => {
     expect(logicalDisks[0]!.block_devices).toEqual(['/dev/sdb', '/dev/sdc'])
     expect(holders).toEqual(['/dev/sdb', '/dev/sdc'])
     expect(() => placeLogicalDisks(three, [{physical_disks: [{size: 99}, {size: 20}]}])).toThrow(/No candidates for physical disk \{"size":99\}/)
-    expect(() => placeLogicalDisks(three, [{physical_disks: [{size: 10}, {size: 10}]}])).toThrow(/No candidates left for physical disk \{"size":10\} from the list \["\/dev\/sda"\] after picking \["\/dev\/sda"\]/)
+    expect(() => placeLogicalDisks(three, [{physical_disks: [{size: 10}, {size: 10}]}])).toThrow(
+      /No candidates left for physical disk \{"size":10\} from the list \["\/dev\/sda"\] after picking \["\/dev\/sda"\]/,
+    )
     const a = mdadmCreateArgs(0, {raid_level: '1', block_devices: ['/dev/sdb', '/dev/sdc'], volume_name: 'os'})
-    expect(a).toEqual(['--create', '/dev/md0', '--force', '--run', '--metadata=1', '--level', '1', '--name', 'os', '--raid-devices', '2', '/dev/sdb1', '/dev/sdc1'])
+    expect(a).toEqual([
+      '--create',
+      '/dev/md0',
+      '--force',
+      '--run',
+      '--metadata=1',
+      '--level',
+      '1',
+      '--name',
+      'os',
+      '--raid-devices',
+      '2',
+      '/dev/sdb1',
+      '/dev/sdc1',
+    ])
   })
 
   it('a size_gb that is not a number or MAX is refused before anything is written', () => {

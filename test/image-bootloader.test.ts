@@ -92,7 +92,7 @@ describe('ESP discovery', () => {
     await expect(partitionByUuid(L.device, '00000000-1111-2222-3333-444444444444')).rejects.toMatchObject({type: 'DeviceNotFound', code: 404})
   })
 
-  it('without an ESP type, only efi_system_part_uuid finds it; with neither, IPA\'s DeviceNotFound', async () => {
+  it("without an ESP type, only efi_system_part_uuid finds it; with neither, IPA's DeviceNotFound", async () => {
     const M = await attachLoop(dir, 'mbr', 32 * 1024 * 1024)
     try {
       await run('sfdisk', ['-q', M.device], {input: 'label: dos\nstart=2048, size=20480, type=83\n'})
@@ -108,7 +108,7 @@ describe('ESP discovery', () => {
 })
 
 describe('EFI loader search', () => {
-  it('IPA\'s default loader names, the CSV hint alone, the distribution loaders as a fallback', async () => {
+  it("IPA's default loader names, the CSV hint alone, the distribution loaders as a fallback", async () => {
     const d = mkdtempSync(join(dir, 'esp-'))
     expect(await findEfiLoaders(d)).toEqual([])
     await mkdir(join(d, 'EFI/debian'), {recursive: true})
@@ -176,11 +176,16 @@ describe('without UEFI firmware', () => {
   it('image.install_bootloader in UEFI mode fails clearly, or logs and succeeds with ignore_bootloader_failure', async () => {
     const ctx = {config: defaultConfig(), log: quiet, installDevice: async () => L.device, imageType: 'partition' as const}
     const args = {root_uuid: rootUuid, efi_system_part_uuid: espUuid, target_boot_mode: 'uefi'}
-    await expect(installBootloader(ctx, args)).rejects.toMatchObject({type: 'CommandExecutionError', details: expect.stringMatching(/did not boot in UEFI mode/)})
+    await expect(installBootloader(ctx, args)).rejects.toMatchObject({
+      type: 'CommandExecutionError',
+      details: expect.stringMatching(/did not boot in UEFI mode/),
+    })
     await expect(installBootloader(ctx, {...args, ignore_bootloader_failure: true})).resolves.toBeNull()
     await expect(installBootloader({...ctx, config: {...defaultConfig(), ignoreBootloaderFailure: true}}, args)).resolves.toBeNull()
     // The API client's explicit false wins over the agent setting, as in IPA.
-    await expect(installBootloader({...ctx, config: {...defaultConfig(), ignoreBootloaderFailure: true}}, {...args, ignore_bootloader_failure: false})).rejects.toThrow(/UEFI mode/)
+    await expect(
+      installBootloader({...ctx, config: {...defaultConfig(), ignoreBootloaderFailure: true}}, {...args, ignore_bootloader_failure: false}),
+    ).rejects.toThrow(/UEFI mode/)
   })
 
   it('with a firmware directory present, an empty ESP and an image with neither loader files nor grub-install is a clear error', async () => {
@@ -195,13 +200,20 @@ describe('without UEFI firmware', () => {
 })
 
 describe('BIOS', () => {
-  const ctx = () => ({config: {...defaultConfig(), enableBiosBootloaderInstall: true}, log: quiet, installDevice: async () => L.device, imageType: 'partition' as const})
+  const ctx = () => ({
+    config: {...defaultConfig(), enableBiosBootloaderInstall: true},
+    log: quiet,
+    installDevice: async () => L.device,
+    imageType: 'partition' as const,
+  })
   it('whole-disk images and the default setting install nothing', async () => {
     await expect(installBootloader({...ctx(), imageType: 'whole-disk'}, {root_uuid: '0x1234abcd', target_boot_mode: 'bios'})).resolves.toBeNull()
     await expect(installBootloader({...ctx(), config: defaultConfig()}, {root_uuid: rootUuid, target_boot_mode: 'bios'})).resolves.toBeNull()
   })
   it('a partition image without grub-install is a clear error naming what is missing', async () => {
-    await expect(installBootloader(ctx(), {root_uuid: rootUuid, target_boot_mode: 'bios'})).rejects.toThrow(/Cannot install GRUB for BIOS boot on .*: the image on .*p2 has no grub-install or grub2-install/)
+    await expect(installBootloader(ctx(), {root_uuid: rootUuid, target_boot_mode: 'bios'})).rejects.toThrow(
+      /Cannot install GRUB for BIOS boot on .*: the image on .*p2 has no grub-install or grub2-install/,
+    )
     await expect(installBootloader(ctx(), {root_uuid: rootUuid, target_boot_mode: 'floppy'})).rejects.toMatchObject({type: 'InvalidCommandParamsError'})
   })
 })
@@ -241,7 +253,11 @@ describe('grub-install in a chroot of the image', () => {
       ]),
       {mode: 0o755},
     )
-    writeFileSync(join(img, 'usr/sbin/grub-mkconfig'), script(['echo "grub-mkconfig $* os-prober=$GRUB_DISABLE_OS_PROBER" >> /grub.log', 'echo generated > "$2"']), {mode: 0o755})
+    writeFileSync(
+      join(img, 'usr/sbin/grub-mkconfig'),
+      script(['echo "grub-mkconfig $* os-prober=$GRUB_DISABLE_OS_PROBER" >> /grub.log', 'echo generated > "$2"']),
+      {mode: 0o755},
+    )
     await run('mkfs.ext4', ['-q', '-F', '-L', 'ESP', `${G.device}p1`]) // stand-in for vfat (see above)
     await run('mkfs.ext4', ['-q', '-F', '-L', 'groot', '-d', img, `${G.device}p2`])
     gEsp = (await run('blkid', ['-s', 'UUID', '-o', 'value', `${G.device}p1`])).stdout.trim()
@@ -255,7 +271,9 @@ describe('grub-install in a chroot of the image', () => {
     const fw = mkdtempSync(join(dir, 'fw-'))
     const ctx = {config: defaultConfig(), log: quiet, installDevice: async () => G.device, imageType: 'partition' as const, firmwareDir: fw}
     // Everything up to efibootmgr runs; efibootmgr itself refuses on this host (no /sys/firmware/efi).
-    await expect(setupUefi(ctx, G.device, {root_uuid: gRoot, efi_system_part_uuid: gEsp, target_boot_mode: 'uefi'})).rejects.toThrow(/did not boot in UEFI mode/)
+    await expect(setupUefi(ctx, G.device, {root_uuid: gRoot, efi_system_part_uuid: gEsp, target_boot_mode: 'uefi'})).rejects.toThrow(
+      /did not boot in UEFI mode/,
+    )
     expect(await readFile('/proc/self/mounts', 'utf8')).not.toContain(G.device)
     await withMount(`${G.device}p2`, async (root) => {
       expect((await readFile(join(root, 'grub.log'), 'utf8')).split('\n')).toEqual([
@@ -281,7 +299,12 @@ describe('grub-install in a chroot of the image', () => {
   })
 
   it('BIOS with ipa-enable-bios-bootloader-install: grub-install --target=i386-pc <disk> and grub-mkconfig in the chroot', async () => {
-    const ctx = {config: {...defaultConfig(), enableBiosBootloaderInstall: true}, log: quiet, installDevice: async () => G.device, imageType: 'partition' as const}
+    const ctx = {
+      config: {...defaultConfig(), enableBiosBootloaderInstall: true},
+      log: quiet,
+      installDevice: async () => G.device,
+      imageType: 'partition' as const,
+    }
     await expect(installBootloader(ctx, {root_uuid: gRoot, target_boot_mode: 'bios'})).resolves.toBeNull()
     await withMount(`${G.device}p2`, async (root) => {
       expect((await readFile(join(root, 'grub.log'), 'utf8')).split('\n')).toEqual([

@@ -33,19 +33,40 @@ let rawSha: string
 let iso: Buffer
 
 function imageInfo(name: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {id: name, urls: [`${srv.url}/${name}`], disk_format: null, container_format: null, stream_raw_images: true, os_hash_algo: 'sha256', os_hash_value: sums.get(name), node_uuid: 'node-1', ...extra}
+  return {
+    id: name,
+    urls: [`${srv.url}/${name}`],
+    disk_format: null,
+    container_format: null,
+    stream_raw_images: true,
+    os_hash_algo: 'sha256',
+    os_hash_value: sums.get(name),
+    node_uuid: 'node-1',
+    ...extra,
+  }
 }
 
 async function agent(overrides: Partial<AgentConfig> = {}) {
   const allow = [A.device, B.device]
   if (!allow.every((d) => /^\/dev\/loop\d+$/.test(d))) throw new Error('test bug: allow-list must name only our loop devices')
-  const config: AgentConfig = {...defaultConfig(), diskWaitAttempts: 0, deviceAllowlist: allow, imageDownloadConnectionRetries: 1, imageDownloadConnectionRetryInterval: 0.05, ...overrides}
+  const config: AgentConfig = {
+    ...defaultConfig(),
+    diskWaitAttempts: 0,
+    deviceAllowlist: allow,
+    imageDownloadConnectionRetries: 1,
+    imageDownloadConnectionRetryInterval: 0.05,
+    ...overrides,
+  }
   const m = new GenericHardwareManager()
   m.skipBmcDetect = true
   const registry = new ManagerRegistry()
   // eslint-disable-next-line prefer-const
   let rt: AgentRuntime
-  const processor = new CommandProcessor<AgentRuntime>(() => rt, quiet, () => {})
+  const processor = new CommandProcessor<AgentRuntime>(
+    () => rt,
+    quiet,
+    () => {},
+  )
   rt = {
     config,
     registry,
@@ -104,7 +125,12 @@ beforeAll(async () => {
   await run('sgdisk', ['-o', '-n', '1:2048:+4M', '-t', '1:ef00', '-n', '2:0:+8M', gpt])
   for (const name of ['dos.raw', 'dos.qcow2', 'gpt.raw']) {
     srv.files.set(`/${name}`, join(dir, name))
-    sums.set(name, createHash('sha256').update(readFileSync(join(dir, name))).digest('hex'))
+    sums.set(
+      name,
+      createHash('sha256')
+        .update(readFileSync(join(dir, name)))
+        .digest('hex'),
+    )
   }
   // A config drive: a filesystem labelled config-2 (Ironic makes ISO 9660; a vfat one is also
   // valid, and dosfstools is already in the CI package list), gzipped and base64'd.
@@ -153,7 +179,9 @@ describe('whole-disk deploy on loop devices', () => {
     rt.node = node() as AgentRuntime['node']
     for (const m of rt.registry.managers) (m as GenericHardwareManager).cachedNode = rt.node
     const cd = readFileSync(join(dir, 'cd.b64'), 'utf8')
-    const body = await finished(await processor.execute('standby.prepare_image', {image_info: imageInfo('gpt.raw', {deploy_boot_mode: 'uefi'}), configdrive: cd}))
+    const body = await finished(
+      await processor.execute('standby.prepare_image', {image_info: imageInfo('gpt.raw', {deploy_boot_mode: 'uefi'}), configdrive: cd}),
+    )
     expect(body.command_error).toBeNull()
     const t = await table(A.device)
     expect(t.label).toBe('gpt')
@@ -188,8 +216,14 @@ describe('whole-disk deploy on loop devices', () => {
     expect((cdPart.start + cdPart.size) * 512).toBeGreaterThan(95 * MIB)
     expect((await readAt(A.device, cdPart.start * 512, iso.length)).equals(iso)).toBe(true)
     // everything but the partition table in sector 0 is the image
-    expect(createHash('sha256').update((await readAt(A.device, 0, IMG_MIB * MIB)).subarray(512)).digest('hex')).toBe(
-      createHash('sha256').update(readFileSync(join(dir, 'dos.raw')).subarray(512)).digest('hex'),
+    expect(
+      createHash('sha256')
+        .update((await readAt(A.device, 0, IMG_MIB * MIB)).subarray(512))
+        .digest('hex'),
+    ).toBe(
+      createHash('sha256')
+        .update(readFileSync(join(dir, 'dos.raw')).subarray(512))
+        .digest('hex'),
     )
     const uuids = await finished(await processor.execute('standby.get_partition_uuids', {}))
     expect(uuids.command_result).toEqual({'root uuid': '0x1234abcd', partitions: {configdrive: `${A.device}p2`}})
@@ -198,7 +232,13 @@ describe('whole-disk deploy on loop devices', () => {
   it('bad input: each a clear IPA error, the disk is left without a bootable table, and the processor keeps serving', async () => {
     const {processor} = await agent()
     const deploy = async (info: Record<string, unknown>, configdrive: unknown = null, hints?: Record<string, unknown>) =>
-      finished(await processor.execute('deploy.execute_deploy_step', {step: {interface: 'deploy', step: 'write_image', args: {image_info: info, configdrive}}, node: node(hints), ports: []}))
+      finished(
+        await processor.execute('deploy.execute_deploy_step', {
+          step: {interface: 'deploy', step: 'write_image', args: {image_info: info, configdrive}},
+          node: node(hints),
+          ports: [],
+        }),
+      )
 
     let b = await deploy(imageInfo('dos.raw', {os_hash_value: 'ab'.repeat(32)}))
     expect(b.command_error).toMatchObject({type: 'ImageChecksumError', message: 'Error verifying image checksum'})
@@ -211,7 +251,9 @@ describe('whole-disk deploy on loop devices', () => {
 
     b = await deploy(imageInfo('dos.raw', {id: 'dos-again'}), 'this is not base64!')
     expect(b.command_error).toMatchObject({type: 'CommandExecutionError'})
-    expect(b.command_error.details).toBe('Config drive for node node-1 is not base64 encoded or the content is malformed. Error: characters outside the base64 alphabet.')
+    expect(b.command_error.details).toBe(
+      'Config drive for node node-1 is not base64 encoded or the content is malformed. Error: characters outside the base64 alphabet.',
+    )
 
     b = await deploy(imageInfo('dos.raw', {id: 'dos-dict'}), {meta_data: {}})
     expect(b.command_error).toMatchObject({type: 'InvalidCommandParamsError', code: 400})
@@ -238,7 +280,9 @@ describe('whole-disk deploy on loop devices', () => {
 
     b = await deploy({id: 'x', urls: []})
     expect(b.command_error).toMatchObject({type: 'InvalidCommandParamsError', code: 400})
-    await expect(processor.execute('standby.prepare_image', {image_info: {id: 'x'}})).rejects.toThrow("Invalid command parameters: Image is missing 'urls' field.")
+    await expect(processor.execute('standby.prepare_image', {image_info: {id: 'x'}})).rejects.toThrow(
+      "Invalid command parameters: Image is missing 'urls' field.",
+    )
 
     const ok = await finished(await processor.execute('standby.get_partition_uuids', {}))
     expect(ok.command_status).toBe('SUCCEEDED')
@@ -253,7 +297,12 @@ describe('whole-disk deploy on loop devices', () => {
     try {
       const q = `?agent_token=${encodeURIComponent(agentProc.token)}`
       const post = (name: string, params: unknown, wait: boolean) =>
-        agentRequest(agentProc.url, {method: 'POST', path: `/v1/commands/${q}&wait=${wait}`, headers: {'Content-Type': 'application/json'}, body: JSON.stringify({name, params})})
+        agentRequest(agentProc.url, {
+          method: 'POST',
+          path: `/v1/commands/${q}&wait=${wait}`,
+          headers: {'Content-Type': 'application/json'},
+          body: JSON.stringify({name, params}),
+        })
       const last = async (): Promise<any> => {
         for (let i = 0; i < 600; i++) {
           const r = await agentRequest(agentProc.url, {path: `/v1/commands/${q}`})
@@ -270,7 +319,10 @@ describe('whole-disk deploy on loop devices', () => {
       // IPA's rule: one command at a time
       expect((await post('standby.get_partition_uuids', {}, true)).status).toBe(409)
       const done = await last()
-      expect(done).toMatchObject({command_status: 'SUCCEEDED', command_result: {deploy_result: {result: `prepare_image: image (via-api) written to device ${A.device} root_uuid=0x1234abcd`}}})
+      expect(done).toMatchObject({
+        command_status: 'SUCCEEDED',
+        command_result: {deploy_result: {result: `prepare_image: image (via-api) written to device ${A.device} root_uuid=0x1234abcd`}},
+      })
       expect(await sha256File(A.device, IMG_MIB * MIB)).toBe(rawSha)
       const uuids = await post('standby.get_partition_uuids', {}, true)
       expect(uuids.json.command_result).toEqual({'root uuid': '0x1234abcd'})

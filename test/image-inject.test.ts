@@ -88,10 +88,21 @@ describe('inject_files on a loop disk', () => {
   })
 
   it('by partition number, label and UUID; node.properties.inject_files first; deleted removes', async () => {
-    await step([{path: '/etc/old.conf', deleted: true, partition: rootUuid}, {path: '/by-label', partition: 'bootfs', content: b64('label')}], {
-      uuid: 'node-i',
-      properties: {inject_files: [{path: '/grub.cfg', partition: 1, content: b64('set timeout=1\n')}, {path: '/etc/old.conf', partition: '3', content: b64('rewritten')}]},
-    })
+    await step(
+      [
+        {path: '/etc/old.conf', deleted: true, partition: rootUuid},
+        {path: '/by-label', partition: 'bootfs', content: b64('label')},
+      ],
+      {
+        uuid: 'node-i',
+        properties: {
+          inject_files: [
+            {path: '/grub.cfg', partition: 1, content: b64('set timeout=1\n')},
+            {path: '/etc/old.conf', partition: '3', content: b64('rewritten')},
+          ],
+        },
+      },
+    )
     await inImage(1, async (d) => {
       expect(await readFile(join(d, 'grub.cfg'), 'utf8')).toBe('set timeout=1\n')
       expect(await readFile(join(d, 'by-label'), 'utf8')).toBe('label')
@@ -191,7 +202,16 @@ describe('validation (IPA _validate_files)', () => {
       msg = (e as {details: string}).details
     }
     expect(msg).toMatch(/^Validation of files failed: /)
-    for (const part of ["'..' is not allowed", 'in root directory requires "partition"', 'directories not supported', 'content cannot be used with deleted', 'mode must be a number', 'unexpected fields in .*: colour', 'expected a path in', 'expected content \\(base64 or a URL\\) or deleted']) {
+    for (const part of [
+      "'..' is not allowed",
+      'in root directory requires "partition"',
+      'directories not supported',
+      'content cannot be used with deleted',
+      'mode must be a number',
+      'unexpected fields in .*: colour',
+      'expected a path in',
+      'expected content \\(base64 or a URL\\) or deleted',
+    ]) {
       expect(msg).toMatch(new RegExp(part))
     }
     await expect(step([{path: '/etc/e', content: 'not base64!'}])).rejects.toThrow(/Failed to process file .*content is not valid base64/)

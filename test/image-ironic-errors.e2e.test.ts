@@ -90,17 +90,26 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     startAgentProcess({
       standalone: false,
       args: [
-        '--api-url', ironic.url,
-        '--listen-host', '127.0.0.1',
-        '--listen-port', String(await freePort()),
-        '--advertise-host', '127.0.0.1',
-        '--device-allowlist', disk.device,
-        '--lookup-interval', '1',
+        '--api-url',
+        ironic.url,
+        '--listen-host',
+        '127.0.0.1',
+        '--listen-port',
+        String(await freePort()),
+        '--advertise-host',
+        '127.0.0.1',
+        '--device-allowlist',
+        disk.device,
+        '--lookup-interval',
+        '1',
         // the 96 MiB loop disk is below the 4 GiB a hint-less guess needs: don't wait 27 s for one at start
-        '--disk-wait-attempts', '1',
+        '--disk-wait-attempts',
+        '1',
         // IPA's defaults are 9 retries 10 s apart; the bad-download cases would take minutes
-        '--image-download-connection-retries', String(RETRIES),
-        '--image-download-connection-retry-interval', '0.2',
+        '--image-download-connection-retries',
+        String(RETRIES),
+        '--image-download-connection-retry-interval',
+        '0.2',
       ],
     })
 
@@ -165,7 +174,12 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     await qemuImg(['create', '-f', 'qcow2', join(dir, 'huge.qcow2'), '200M'])
     for (const n of ['backed.qcow2', 'huge.qcow2']) {
       srv.files.set(`/${n}`, join(dir, n))
-      refusedSums.set(n, createHash('sha256').update(readFileSync(join(dir, n))).digest('hex'))
+      refusedSums.set(
+        n,
+        createHash('sha256')
+          .update(readFileSync(join(dir, n)))
+          .digest('hex'),
+      )
     }
     await run('mkfs.vfat', ['-C', '-n', 'config-2', join(dir, 'cd.img'), '1024'])
     cdGz = gzipSync(readFileSync(join(dir, 'cd.img'))).toString('base64')
@@ -222,7 +236,9 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     ])
     await markDisk()
     const {failed, agent: a} = await deployAndFail()
-    const why = new RegExp(`Download of image .* failed: URL: http://\\*\\*\\*@127\\.0\\.0\\.1:${srv.port}/gone\\.qcow2; .*Received status code 404 from http://\\*\\*\\*@127\\.0\\.0\\.1:${srv.port}/gone\\.qcow2, expected 200`)
+    const why = new RegExp(
+      `Download of image .* failed: URL: http://\\*\\*\\*@127\\.0\\.0\\.1:${srv.port}/gone\\.qcow2; .*Received status code 404 from http://\\*\\*\\*@127\\.0\\.0\\.1:${srv.port}/gone\\.qcow2, expected 200`,
+    )
     expect(failed.last_error).toMatch(why)
     expect(failed.last_error).not.toMatch(/s3cr3t-pw/)
     await assertStillServing(a, why)
@@ -239,7 +255,9 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     await patchNode([{op: 'replace', path: '/instance_info/image_source', value: `${srv.url}/truncated.qcow2`}])
     await markDisk()
     const {failed, agent: a} = await deployAndFail()
-    const why = new RegExp(`Download of image .* failed: the download from ${srv.url}/truncated\\.qcow2 ended early, after ${3 * MIB} of \\d+ bytes and ${RETRIES} retries`)
+    const why = new RegExp(
+      `Download of image .* failed: the download from ${srv.url}/truncated\\.qcow2 ended early, after ${3 * MIB} of \\d+ bytes and ${RETRIES} retries`,
+    )
     expect(failed.last_error).toMatch(why)
     await assertStillServing(a, why)
     expect(srv.requests.filter((r) => r.path === '/truncated.qcow2' && r.range === `bytes=${3 * MIB}-`)).toHaveLength(RETRIES)
@@ -253,7 +271,9 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     await markDisk()
     const {failed, agent: a} = await deployAndFail()
     const got = (RETRIES + 1) * MIB
-    const why = new RegExp(`Download of image .* failed: the download from ${srv.url}/dropping\\.qcow2 ended early, after ${got} of \\d+ bytes and ${RETRIES} retries`)
+    const why = new RegExp(
+      `Download of image .* failed: the download from ${srv.url}/dropping\\.qcow2 ended early, after ${got} of \\d+ bytes and ${RETRIES} retries`,
+    )
     expect(failed.last_error).toMatch(why)
     await assertStillServing(a, why)
     expect(srv.requests.filter((r) => r.path === '/dropping.qcow2' && r.range).map((r) => r.range)).toEqual([`bytes=${MIB}-`, `bytes=${2 * MIB}-`])
@@ -261,13 +281,15 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
     await nextCase()
   }, 300_000)
 
-  it('a config drive that is base64 but not gzip: IPA\'s decompression error (Ironic itself refuses non-base64)', async () => {
+  it("a config drive that is base64 but not gzip: IPA's decompression error (Ironic itself refuses non-base64)", async () => {
     await patchNode([{op: 'replace', path: '/instance_info/image_source', value: `${srv.url}/disk.qcow2`}])
     await markDisk()
     // Ironic's API answers 400 "Invalid configdrive format" to text that is not base64, so the
     // agent only ever sees base64: here of bytes that are not gzip.
     const {failed, agent: a} = await deployAndFail(Buffer.from('this is not a gzipped ISO image').toString('base64'))
-    const why = new RegExp(`Encountered error while decompressing and writing config drive for node ${node.uuid}\\. Error: the config drive is not gzip-compressed data \\(incorrect header check\\)`)
+    const why = new RegExp(
+      `Encountered error while decompressing and writing config drive for node ${node.uuid}\\. Error: the config drive is not gzip-compressed data \\(incorrect header check\\)`,
+    )
     expect(failed.last_error).toMatch(why)
     await assertStillServing(a, why)
     // The config drive is decoded before anything is written (IPA writes the image first): the
@@ -278,7 +300,10 @@ describe('bad input fails the deploy step under a real Ironic; the agent keeps s
 
   for (const [name, why] of [
     ['backed.qcow2', /Security: Image failed safety check: qcow2 image has a backing file/],
-    ['huge.qcow2', /Writing image to device \/dev\/loop\d+ failed with exit code ENOSPC\. .*the image needs 209715200 bytes but \/dev\/loop\d+ holds only 100663296/],
+    [
+      'huge.qcow2',
+      /Writing image to device \/dev\/loop\d+ failed with exit code ENOSPC\. .*the image needs 209715200 bytes but \/dev\/loop\d+ holds only 100663296/,
+    ],
   ] as const) {
     it(`${name === 'backed.qcow2' ? 'a qcow2 with a backing file' : 'a qcow2 whose virtual size exceeds the disk'}: refused before the disk is touched (every byte unchanged)`, async () => {
       await patchNode([

@@ -83,12 +83,18 @@ describe('whole-disk deploy driven by a real Ironic', () => {
       startAgentProcess({
         standalone: false,
         args: [
-          '--api-url', ironic.url,
-          '--listen-host', '127.0.0.1',
-          '--listen-port', String(await freePort()),
-          '--advertise-host', '127.0.0.1',
-          '--device-allowlist', disk.device,
-          '--lookup-interval', '1',
+          '--api-url',
+          ironic.url,
+          '--listen-host',
+          '127.0.0.1',
+          '--listen-port',
+          String(await freePort()),
+          '--advertise-host',
+          '127.0.0.1',
+          '--device-allowlist',
+          disk.device,
+          '--lookup-interval',
+          '1',
         ],
       })
     agent = await startAgent()

@@ -48,7 +48,12 @@ async function table(device: string): Promise<{label: string; partitions: SfPart
 
 async function blk(dev: string): Promise<Record<string, string>> {
   const r = await run('blkid', ['-p', '-o', 'export', dev], {allowFailure: true})
-  return Object.fromEntries(r.stdout.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
+  return Object.fromEntries(
+    r.stdout
+      .split('\n')
+      .filter((l) => l.includes('='))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  )
 }
 
 async function sha256Prefix(dev: string, length: number): Promise<string> {
@@ -92,7 +97,13 @@ function info(name: string, extra: Record<string, unknown> = {}): Record<string,
 
 function ctx(state: DeployState, overrides: Partial<AgentConfig> = {}) {
   if (!/^\/dev\/loop\d+$/.test(A.device)) throw new Error('test bug: only our loop device may be named')
-  const config: AgentConfig = {...defaultConfig(), deviceAllowlist: [A.device], imageDownloadConnectionRetries: 1, imageDownloadConnectionRetryInterval: 0.05, ...overrides}
+  const config: AgentConfig = {
+    ...defaultConfig(),
+    deviceAllowlist: [A.device],
+    imageDownloadConnectionRetries: 1,
+    imageDownloadConnectionRetryInterval: 0.05,
+    ...overrides,
+  }
   return {config, log: quiet, state, installDevice: async () => A.device}
 }
 
@@ -153,7 +164,11 @@ describe('layout (IPA make_partitions order)', () => {
 describe('partition image deploys onto a loop device', () => {
   it('gpt + uefi, raw root, swap, ephemeral and a config drive', async () => {
     const state: DeployState = {partitionUuids: null}
-    const msg = await prepareImage(ctx(state), info('root.raw', {deploy_boot_mode: 'uefi', disk_label: 'gpt', swap_mb: 8, ephemeral_mb: 16, ephemeral_format: 'ext4'}) as never, configdrive)
+    const msg = await prepareImage(
+      ctx(state),
+      info('root.raw', {deploy_boot_mode: 'uefi', disk_label: 'gpt', swap_mb: 8, ephemeral_mb: 16, ephemeral_format: 'ext4'}) as never,
+      configdrive,
+    )
     const t = await table(A.device)
     expect(t.label).toBe('gpt')
     expect(t.partitions.map((p) => [p.start / SECTORS_PER_MIB, Math.round(p.size / SECTORS_PER_MIB)])).toEqual([
@@ -234,9 +249,9 @@ describe('preserve_ephemeral', () => {
     expect((await blk(eph)).UUID).toBe(ephUuid)
     await withMount(eph, async (d) => expect(readFileSync(join(d, 'keep-me'), 'utf8')).toBe('user data'))
     expect(await sha256Prefix(`${A.device}p3`, rootSize)).toBe(sums.get('raw-sha'))
-    await expect(prepareImage(ctx({partitionUuids: null}), info('root.raw', {...layout, ephemeral_mb: 32, preserve_ephemeral: true}) as never, null)).rejects.toThrow(
-      /preserve_ephemeral: the partition table on .* does not match the requested layout \(partition 2 \(ephemeral\) differs\)/,
-    )
+    await expect(
+      prepareImage(ctx({partitionUuids: null}), info('root.raw', {...layout, ephemeral_mb: 32, preserve_ephemeral: true}) as never, null),
+    ).rejects.toThrow(/preserve_ephemeral: the partition table on .* does not match the requested layout \(partition 2 \(ephemeral\) differs\)/)
     await withMount(eph, async (d) => expect(readFileSync(join(d, 'keep-me'), 'utf8')).toBe('user data'))
   })
 })
@@ -260,10 +275,14 @@ describe('bad input fails before the disk is touched', () => {
       type: 'InvalidCommandParamsError',
       details: "Image is missing 'root_mb' field, which partition images require.",
     })
-    await expect(prepareImage(ctx(state), info('root.raw', {deploy_boot_mode: 'legacy'}) as never, null)).rejects.toMatchObject({type: 'InvalidCommandParamsError'})
+    await expect(prepareImage(ctx(state), info('root.raw', {deploy_boot_mode: 'legacy'}) as never, null)).rejects.toMatchObject({
+      type: 'InvalidCommandParamsError',
+    })
     await expect(prepareImage(ctx(state), info('root.raw', {swap_mb: -1}) as never, null)).rejects.toMatchObject({type: 'InvalidCommandParamsError'})
     // A bad URL fails before partitioning too.
-    await expect(prepareImage(ctx(state), {...info('root.raw'), urls: [`${srv.url}/missing`]} as never, null)).rejects.toMatchObject({type: 'ImageDownloadError'})
+    await expect(prepareImage(ctx(state), {...info('root.raw'), urls: [`${srv.url}/missing`]} as never, null)).rejects.toMatchObject({
+      type: 'ImageDownloadError',
+    })
     expect(await marker()).toBe(before)
     expect(state.partitionUuids).toBeNull()
   })

@@ -36,7 +36,14 @@ function info(name: string, extra: Record<string, unknown> = {}): Record<string,
 
 function ctx(state: DeployState, overrides: Partial<AgentConfig> = {}) {
   if (!/^\/dev\/loop\d+$/.test(A.device)) throw new Error('test bug: only our loop device may be named')
-  const config: AgentConfig = {...defaultConfig(), deviceAllowlist: [A.device], imageDownloadConnectionRetries: 1, imageDownloadConnectionRetryInterval: 0.05, imageSpoolDir: dir, ...overrides}
+  const config: AgentConfig = {
+    ...defaultConfig(),
+    deviceAllowlist: [A.device],
+    imageDownloadConnectionRetries: 1,
+    imageDownloadConnectionRetryInterval: 0.05,
+    imageSpoolDir: dir,
+    ...overrides,
+  }
   return {config, log: quiet, state, installDevice: async () => A.device}
 }
 
@@ -74,7 +81,17 @@ beforeAll(async () => {
   await q('convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4096', raw, join(dir, 'good-4k.qcow2'))
   await q('create', '-f', 'qcow2', '-b', raw, '-F', 'raw', join(dir, 'backed.qcow2'))
   await q('create', '-f', 'qcow2', '-o', `data_file=${join(dir, 'external.data')}`, join(dir, 'datafile.qcow2'), '16M')
-  await q('create', '-f', 'qcow2', '--object', 'secret,id=sec0,data=rdk-test-only', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0', join(dir, 'luks.qcow2'), '16M')
+  await q(
+    'create',
+    '-f',
+    'qcow2',
+    '--object',
+    'secret,id=sec0,data=rdk-test-only',
+    '-o',
+    'encrypt.format=luks,encrypt.key-secret=sec0',
+    join(dir, 'luks.qcow2'),
+    '16M',
+  )
   await q('create', '-f', 'qcow2', join(dir, 'huge.qcow2'), '200M')
   await q('create', '-f', 'qed', join(dir, 'disk.qed'), '16M')
   // A raw image larger than the disk (sparse on this side; the server announces its length).
@@ -139,22 +156,53 @@ describe('refused before the first byte of the target changes (the whole device 
     ['external data file', 'datafile.qcow2', /^Security: Image failed safety check: qcow2 image uses an external data file$/],
     ['LUKS-encrypted qcow2', 'luks.qcow2', /^Security: Image failed safety check: qcow2 image is encrypted$/],
     ['qed (even when permitted)', 'disk.qed', /^Security: Image failed safety check: qed images are not supported$/, {permitted: ['raw', 'qcow2', 'qed']}],
-    ['L1 entry pointing at the L1 table itself', 'self-l1.qcow2', /^qcow2 image is corrupt: L1 entry 0 points at offset \d+ as a L2 table, but that cluster is the L1 table$/],
-    ['L2 entry pointing at its own L2 table', 'self-l2.qcow2', /^qcow2 image is corrupt: the L2 table for guest offset 0 maps data at offset \d+, which is the L2 table$/],
+    [
+      'L1 entry pointing at the L1 table itself',
+      'self-l1.qcow2',
+      /^qcow2 image is corrupt: L1 entry 0 points at offset \d+ as a L2 table, but that cluster is the L1 table$/,
+    ],
+    [
+      'L2 entry pointing at its own L2 table',
+      'self-l2.qcow2',
+      /^qcow2 image is corrupt: the L2 table for guest offset 0 maps data at offset \d+, which is the L2 table$/,
+    ],
     ['L2 table inside the header', 'l2-in-header.qcow2', /^qcow2 image is corrupt: L1 entry 0 points at offset 512, inside the header$/],
-    ['L2 table on the refcount table', 'l2-on-refcount.qcow2', /^qcow2 image is corrupt: L1 entry 0 points at offset 65536 as a L2 table, but that cluster is the refcount table$/],
-    ['data cluster on the L1 table', 'data-on-l1.qcow2', /^qcow2 image is corrupt: the L2 table for guest offset 1048576 maps data at offset \d+, which is the L1 table$/],
-    ['data cluster past the end of the file', 'data-past-end.qcow2', /^qcow2 image is corrupt: the L2 table for guest offset 1048576 maps data at offset \d+, past the end of the image \(\d+ bytes\)$/],
+    [
+      'L2 table on the refcount table',
+      'l2-on-refcount.qcow2',
+      /^qcow2 image is corrupt: L1 entry 0 points at offset 65536 as a L2 table, but that cluster is the refcount table$/,
+    ],
+    [
+      'data cluster on the L1 table',
+      'data-on-l1.qcow2',
+      /^qcow2 image is corrupt: the L2 table for guest offset 1048576 maps data at offset \d+, which is the L1 table$/,
+    ],
+    [
+      'data cluster past the end of the file',
+      'data-past-end.qcow2',
+      /^qcow2 image is corrupt: the L2 table for guest offset 1048576 maps data at offset \d+, past the end of the image \(\d+ bytes\)$/,
+    ],
     ['cluster_bits out of range', 'bits.qcow2', /^qcow2 cluster_bits 30 is out of range \(9-21\)$/],
     ['unknown incompatible feature bit', 'feature.qcow2', /^qcow2 image uses unknown incompatible features \(0x20\)$/],
-    ['refcount table larger than qemu allows', 'big-reftable.qcow2', /^qcow2 image is corrupt: the refcount table \(4294967295 clusters\) is larger than qemu allows \(8 MiB\)$/],
-    ['L1 table too small for the virtual size', 'l1-small.qcow2', /^qcow2 image is corrupt: the L1 table \(0 entries\) is too small for the virtual size 20971520$/],
+    [
+      'refcount table larger than qemu allows',
+      'big-reftable.qcow2',
+      /^qcow2 image is corrupt: the refcount table \(4294967295 clusters\) is larger than qemu allows \(8 MiB\)$/,
+    ],
+    [
+      'L1 table too small for the virtual size',
+      'l1-small.qcow2',
+      /^qcow2 image is corrupt: the L1 table \(0 entries\) is too small for the virtual size 20971520$/,
+    ],
   ]
   for (const [what, name, details, opts] of cases) {
     it(`${what}: InvalidImage, disk unchanged`, async () => {
       const state: DeployState = {partitionUuids: null}
       const overrides = opts?.permitted ? {permittedImageFormats: opts.permitted as string[]} : {}
-      await expect(prepareImage(ctx(state, overrides), info(name) as never, null)).rejects.toMatchObject({type: 'InvalidImage', details: expect.stringMatching(details)})
+      await expect(prepareImage(ctx(state, overrides), info(name) as never, null)).rejects.toMatchObject({
+        type: 'InvalidImage',
+        details: expect.stringMatching(details),
+      })
       expect(await sha256OfDevice(A.device)).toBe(before)
       expect(state.partitionUuids).toBeNull()
     })
@@ -183,7 +231,10 @@ describe('refused before the first byte of the target changes (the whole device 
       type: 'InvalidImage',
       details: 'Security: Image failed safety check: qcow2 image has a backing file',
     })
-    await expect(prepareImage(ctx(state), info('self-l2.qcow2', part) as never, null)).rejects.toMatchObject({type: 'InvalidImage', details: expect.stringMatching(/corrupt/)})
+    await expect(prepareImage(ctx(state), info('self-l2.qcow2', part) as never, null)).rejects.toMatchObject({
+      type: 'InvalidImage',
+      details: expect.stringMatching(/corrupt/),
+    })
     expect(await sha256OfDevice(A.device)).toBe(before)
   })
 })

@@ -46,12 +46,22 @@ beforeAll(async () => {
 
   // The partition image: an ext4 root filesystem carrying its UEFI loader under /boot/efi.
   const grubCfg = join(dir, 'grub.cfg')
-  writeFileSync(grubCfg, ['insmod serial', 'serial --unit=0 --speed=115200', 'terminal_output --append serial', `echo ${MARKER}`, 'sleep 1', 'halt', ''].join('\n'))
+  writeFileSync(
+    grubCfg,
+    ['insmod serial', 'serial --unit=0 --speed=115200', 'terminal_output --append serial', `echo ${MARKER}`, 'sleep 1', 'halt', ''].join('\n'),
+  )
   const root = join(dir, 'rootfs')
   mkdirSync(join(root, 'boot/efi/EFI/BOOT'), {recursive: true})
   mkdirSync(join(root, 'etc'), {recursive: true})
   writeFileSync(join(root, 'etc/hostname'), 'uefi-partition\n')
-  await run('grub-mkstandalone', ['-O', 'x86_64-efi', '-o', join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'), '--modules=serial echo halt sleep', `boot/grub/grub.cfg=${grubCfg}`])
+  await run('grub-mkstandalone', [
+    '-O',
+    'x86_64-efi',
+    '-o',
+    join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'),
+    '--modules=serial echo halt sleep',
+    `boot/grub/grub.cfg=${grubCfg}`,
+  ])
   rootUuid = randomUUID()
   await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-U', rootUuid, '-d', root, join(dir, 'root.img'), '48M'])
   srv.files.set('/root.img', join(dir, 'root.img'))
@@ -119,13 +129,27 @@ describe('partition image, UEFI, in a VM', () => {
       expect(prep.command_error).toBeNull()
       expect(prep.command_status).toBe('SUCCEEDED')
       const msg = String(prep.command_result?.result)
-      expect(msg).toMatch(new RegExp(`^prepare_image: image \\(root\\.img\\) written to device /dev/vda root_uuid=${rootUuid} efi_system_partition_uuid=([0-9A-F]{4}-[0-9A-F]{4})$`))
+      expect(msg).toMatch(
+        new RegExp(
+          `^prepare_image: image \\(root\\.img\\) written to device /dev/vda root_uuid=${rootUuid} efi_system_partition_uuid=([0-9A-F]{4}-[0-9A-F]{4})$`,
+        ),
+      )
       const espUuid = /efi_system_partition_uuid=(\S+)/.exec(msg)![1]!
 
       const uuids = await command(port, 'standby.get_partition_uuids', {})
-      expect(uuids.command_result).toMatchObject({'root uuid': rootUuid, 'efi system partition uuid': espUuid, partitions: {'efi system partition': '/dev/vda1', root: '/dev/vda2'}})
+      expect(uuids.command_result).toMatchObject({
+        'root uuid': rootUuid,
+        'efi system partition uuid': espUuid,
+        partitions: {'efi system partition': '/dev/vda1', root: '/dev/vda2'},
+      })
 
-      const bl = await command(port, 'image.install_bootloader', {root_uuid: rootUuid, efi_system_part_uuid: espUuid, prep_boot_part_uuid: null, target_boot_mode: 'uefi', software_raid: false})
+      const bl = await command(port, 'image.install_bootloader', {
+        root_uuid: rootUuid,
+        efi_system_part_uuid: espUuid,
+        prep_boot_part_uuid: null,
+        target_boot_mode: 'uefi',
+        software_raid: false,
+      })
       expect(bl.command_error).toBeNull()
       expect(bl.command_status).toBe('SUCCEEDED')
 

@@ -35,7 +35,11 @@ function junkTarget(name: string, mib = SIZE_MIB + 4): string {
   return f
 }
 
-async function write(name: string, extra: Partial<ImageInfo> = {}, opts: {permitted?: string[]; pendingLimit?: number} = {}): Promise<{result: WriteResult; file: string}> {
+async function write(
+  name: string,
+  extra: Partial<ImageInfo> = {},
+  opts: {permitted?: string[]; pendingLimit?: number} = {},
+): Promise<{result: WriteResult; file: string}> {
   const file = junkTarget(name)
   const i = info(name, extra)
   const dl = await ImageDownload.open(i, settings)
@@ -80,7 +84,12 @@ beforeAll(async () => {
   await qemuImg(['create', '-f', 'qcow2', '-o', 'extended_l2=on', join(dir, 'ext.qcow2'), '16M'])
   for (const name of ['backed.qcow2', 'ext.qcow2']) {
     srv.files.set(`/${name}`, join(dir, name))
-    sums.set(name, createHash('sha256').update(readFileSync(join(dir, name))).digest('hex'))
+    sums.set(
+      name,
+      createHash('sha256')
+        .update(readFileSync(join(dir, name)))
+        .digest('hex'),
+    )
   }
 })
 
@@ -95,7 +104,9 @@ describe('format detection', () => {
     expect(detectFormat(readFileSync(join(dir, 'disk.vmdk')).subarray(0, 65536))).toBe('vmdk')
     expect(detectFormat(readFileSync(join(dir, 'disk.raw')).subarray(0, 65536))).toBe('raw')
     expect(() => validateFormat('qcow2', 'raw', ['raw', 'qcow2'])).toThrow('Security: Expected format was raw, but image was actually qcow2')
-    expect(() => validateFormat('vmdk', null, ['raw', 'gpt', 'qcow2'])).toThrow('Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed')
+    expect(() => validateFormat('vmdk', null, ['raw', 'gpt', 'qcow2'])).toThrow(
+      'Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed',
+    )
     expect(() => validateFormat('gpt', 'raw', ['raw', 'gpt', 'qcow2'])).not.toThrow()
     expect(() => validateFormat('raw', 'qcow2', ['raw', 'qcow2'])).toThrow(InvalidImage)
   })
@@ -132,7 +143,11 @@ describe('writing images into files', () => {
       if (method === 'stream-qcow2') expect(result.qcow2!.zeroClusters).toBeGreaterThan(0)
       expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
       // The junk beyond the virtual size is not the image's business.
-      expect(readFileSync(file).subarray(SIZE_MIB * MIB, SIZE_MIB * MIB + 16).every((b) => b === 0xaa)).toBe(true)
+      expect(
+        readFileSync(file)
+          .subarray(SIZE_MIB * MIB, SIZE_MIB * MIB + 16)
+          .every((b) => b === 0xaa),
+      ).toBe(true)
       // holes were not written as data
       expect(result.bytesWritten).toBeLessThan(SIZE_MIB * MIB * 0.8)
     })
@@ -196,8 +211,19 @@ describe('writing images into files', () => {
     const target = await Target.open(file)
     try {
       await expect(
-        writeImage(await ImageDownload.open(i, settings), target, null, {permitted: ['raw', 'qcow2'], pendingLimit: 1, spoolDir: dir, reopen: () => ImageDownload.open(i, settings), log: quiet}),
-      ).rejects.toMatchObject({type: 'InvalidImage', details: expect.stringMatching(/^qcow2 image is corrupt \(qemu-img check\): .*\d+ errors were found on the image\.; first: ERROR cluster 0 refcount=0 reference=1$/)})
+        writeImage(await ImageDownload.open(i, settings), target, null, {
+          permitted: ['raw', 'qcow2'],
+          pendingLimit: 1,
+          spoolDir: dir,
+          reopen: () => ImageDownload.open(i, settings),
+          log: quiet,
+        }),
+      ).rejects.toMatchObject({
+        type: 'InvalidImage',
+        details: expect.stringMatching(
+          /^qcow2 image is corrupt \(qemu-img check\): .*\d+ errors were found on the image\.; first: ERROR cluster 0 refcount=0 reference=1$/,
+        ),
+      })
     } finally {
       await target.close()
     }
@@ -292,13 +318,17 @@ describe('download', () => {
 
   it('wrong checksum → ImageChecksumError; the checksum may be a URL to a checksums file', async () => {
     await expect(write('disk.raw', {os_hash_value: 'ab'.repeat(32)})).rejects.toBeInstanceOf(ImageChecksumError)
-    await expect(write('disk.raw', {os_hash_value: 'ab'.repeat(32)})).rejects.toThrow(/Image failed to verify against checksum\. location: .*image ID: disk\.raw; image checksum: (ab)+ \(sha256\); verification checksum: [0-9a-f]{64} \(sha256\)/)
+    await expect(write('disk.raw', {os_hash_value: 'ab'.repeat(32)})).rejects.toThrow(
+      /Image failed to verify against checksum\. location: .*image ID: disk\.raw; image checksum: (ab)+ \(sha256\); verification checksum: [0-9a-f]{64} \(sha256\)/,
+    )
     const sumsFile = join(dir, 'SHA256SUMS')
     writeFileSync(sumsFile, `${'0'.repeat(64)}  other.img\n${sums.get('disk.raw')} *disk.raw\n`)
     srv.files.set('/SHA256SUMS', sumsFile)
     const {file} = await write('disk.raw', {os_hash_algo: undefined, os_hash_value: undefined, checksum: `${srv.url}/SHA256SUMS`})
     expect(await sha256File(file, SIZE_MIB * MIB)).toBe(rawSha)
-    const md5 = createHash('md5').update(readFileSync(join(dir, 'disk.raw'))).digest('hex')
+    const md5 = createHash('md5')
+      .update(readFileSync(join(dir, 'disk.raw')))
+      .digest('hex')
     await expect(write('disk.raw', {os_hash_algo: undefined, os_hash_value: undefined, checksum: md5})).resolves.toBeTruthy()
   })
 
@@ -307,7 +337,9 @@ describe('download', () => {
     try {
       const err = await write('disk.raw').catch((e: unknown) => e)
       expect(err).toBeInstanceOf(ImageDownloadError)
-      expect((err as Error).message).toMatch(/Download of image disk\.raw failed: the download from .*disk\.raw ended early, after 2097152 of \d+ bytes and 2 retries: /)
+      expect((err as Error).message).toMatch(
+        /Download of image disk\.raw failed: the download from .*disk\.raw ended early, after 2097152 of \d+ bytes and 2 retries: /,
+      )
     } finally {
       srv.behaviour.delete('/disk.raw')
     }
@@ -315,9 +347,14 @@ describe('download', () => {
 
   it('404 is final (no retry); every URL is tried in turn', async () => {
     const before = srv.requests.length
-    const err = await ImageDownload.open(info('nosuch.raw', {os_hash_value: 'ab'.repeat(32), urls: [`${srv.url}/nosuch.raw`, `${srv.url}/gone.raw`]}), settings).catch((e: unknown) => e)
+    const err = await ImageDownload.open(
+      info('nosuch.raw', {os_hash_value: 'ab'.repeat(32), urls: [`${srv.url}/nosuch.raw`, `${srv.url}/gone.raw`]}),
+      settings,
+    ).catch((e: unknown) => e)
     expect(err).toBeInstanceOf(ImageDownloadError)
-    expect((err as Error).message).toMatch(/Download of image nosuch\.raw failed: URL: .*nosuch\.raw; time: .* Error: Received status code 404 from .*, expected 200\. Response body: no such image\n URL: .*gone\.raw/)
+    expect((err as Error).message).toMatch(
+      /Download of image nosuch\.raw failed: URL: .*nosuch\.raw; time: .* Error: Received status code 404 from .*, expected 200\. Response body: no such image\n URL: .*gone\.raw/,
+    )
     expect(srv.requests.length - before).toBe(2)
     // the second URL works when the first 404s
     const dl = await ImageDownload.open(info('disk.raw', {urls: [`${srv.url}/nosuch.raw`, `${srv.url}/disk.raw`]}), settings)
@@ -354,7 +391,11 @@ describe('download', () => {
       const req = srv.requests.slice(before).find((r) => r.path === '/disk.raw')!
       expect(req.viaProxy).toBe(true)
       expect(req.authorization).toBe('Basic ' + Buffer.from('user:s3cret').toString('base64'))
-      await write('disk.raw', {proxies: {http: proxy.url}, no_proxy: 'localhost,127.0.0.1', image_request_authorization: Buffer.from('Bearer f00').toString('base64')})
+      await write('disk.raw', {
+        proxies: {http: proxy.url},
+        no_proxy: 'localhost,127.0.0.1',
+        image_request_authorization: Buffer.from('Bearer f00').toString('base64'),
+      })
       expect(proxy.seen).toHaveLength(1)
       expect(srv.requests.at(-1)!.authorization).toBe('Bearer f00')
     } finally {
@@ -371,7 +412,10 @@ describe('download', () => {
     await new Promise<void>((r) => stall.listen(0, '127.0.0.1', r))
     const port = (stall.address() as {port: number}).port
     try {
-      const dl = await ImageDownload.open({id: 'slow', urls: [`http://127.0.0.1:${port}/slow`], os_hash_algo: 'sha256', os_hash_value: 'x'}, {...settings, connectionTimeout: 0.3, retries: 0})
+      const dl = await ImageDownload.open(
+        {id: 'slow', urls: [`http://127.0.0.1:${port}/slow`], os_hash_algo: 'sha256', os_hash_value: 'x'},
+        {...settings, connectionTimeout: 0.3, retries: 0},
+      )
       const err = await (async () => {
         for await (const _ of dl.chunks()) void _
       })().catch((e: unknown) => e)
@@ -418,7 +462,13 @@ describe('download', () => {
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
     const proxyPort = (proxy.address() as {port: number}).port
     try {
-      const i: ImageInfo = {id: 'tls', urls: [`https://127.0.0.1:${tlsPort}/disk.raw`], os_hash_algo: 'sha256', os_hash_value: sums.get('disk.raw')!, proxies: {https: `http://127.0.0.1:${proxyPort}`}}
+      const i: ImageInfo = {
+        id: 'tls',
+        urls: [`https://127.0.0.1:${tlsPort}/disk.raw`],
+        os_hash_algo: 'sha256',
+        os_hash_value: sums.get('disk.raw')!,
+        proxies: {https: `http://127.0.0.1:${proxyPort}`},
+      }
       const dl = await ImageDownload.open(i, {...settings, cafile: caFile})
       const h = createHash('sha256')
       for await (const c of dl.chunks()) h.update(c)

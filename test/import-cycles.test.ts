@@ -13,7 +13,6 @@ import {describe, expect, it} from 'vitest'
 const ROOT = path.resolve(import.meta.dirname, '..')
 const SRC = path.join(ROOT, 'src')
 
-
 function tsFiles(dir: string): string[] {
   const out: string[] = []
   for (const entry of readdirSync(dir, {withFileTypes: true})) {
@@ -31,8 +30,11 @@ export function importSpecifiers(file: string, text: string): string[] {
   const visit = (node: ts.Node): void => {
     if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
       specs.push(node.moduleSpecifier.text)
-    } else if (ts.isImportEqualsDeclaration(node) && ts.isExternalModuleReference(node.moduleReference)
-      && ts.isStringLiteral(node.moduleReference.expression)) {
+    } else if (
+      ts.isImportEqualsDeclaration(node) &&
+      ts.isExternalModuleReference(node.moduleReference) &&
+      ts.isStringLiteral(node.moduleReference.expression)
+    ) {
       specs.push(node.moduleReference.expression.text)
     } else if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
       const arg = node.arguments[0]
@@ -141,16 +143,19 @@ const filesUnder = (dir: string): string[] => [...graph.keys()].filter((f) => f.
 
 describe('import graph of src/', () => {
   it('parses the imports it should (the parser sees static, type, export-from and dynamic imports)', () => {
-    const specs = importSpecifiers('x.ts', [
-      "import {a} from './a.js'",
-      "import type {B} from './b.js'",
-      "export {c} from './c.js'",
-      "export * from './d.js'",
-      "const e = await import('./e.js')",
-      "type F = import('./f.js').F",
-      "// import {g} from './g.js'",
-      "const h = 'import {h} from \"./h.js\"'",
-    ].join('\n'))
+    const specs = importSpecifiers(
+      'x.ts',
+      [
+        "import {a} from './a.js'",
+        "import type {B} from './b.js'",
+        "export {c} from './c.js'",
+        "export * from './d.js'",
+        "const e = await import('./e.js')",
+        "type F = import('./f.js').F",
+        "// import {g} from './g.js'",
+        'const h = \'import {h} from "./h.js"\'',
+      ].join('\n'),
+    )
     expect(specs.sort()).toEqual(['./a.js', './b.js', './c.js', './d.js', './e.js', './f.js'])
     // The graph is real: the agent's entry reaches the API server through cli.ts → agent.ts.
     expect(graph.get('src/agent/cli.ts')).toContain('src/agent/agent.ts')
@@ -159,7 +164,13 @@ describe('import graph of src/', () => {
   })
 
   it('finds a cycle when there is one (the detector itself)', () => {
-    const g = new Map([['a', ['b']], ['b', ['c']], ['c', ['a', 'd']], ['d', []], ['e', ['e']]])
+    const g = new Map([
+      ['a', ['b']],
+      ['b', ['c']],
+      ['c', ['a', 'd']],
+      ['d', []],
+      ['e', ['e']],
+    ])
     const found = cycles(g)
     expect(found).toEqual([['a', 'b', 'c']])
     expect(oneCycle(g, found[0])).toEqual(['a', 'b', 'c', 'a'])
@@ -181,8 +192,10 @@ describe('import graph of src/', () => {
     for (const f of filesUnder('src/agent/disk/')) {
       for (const d of graph.get(f) ?? []) {
         // disk/ may use src/common, its own modules and the agent's leaf modules, nothing else.
-        const allowed = d.startsWith('src/common/') || d.startsWith('src/agent/disk/')
-          || ['src/agent/errors.ts', 'src/agent/log.ts', 'src/agent/redact.ts', 'src/agent/config.ts'].includes(d)
+        const allowed =
+          d.startsWith('src/common/') ||
+          d.startsWith('src/agent/disk/') ||
+          ['src/agent/errors.ts', 'src/agent/log.ts', 'src/agent/redact.ts', 'src/agent/config.ts'].includes(d)
         if (!allowed) bad.push(`${f} → ${d}`)
       }
     }

@@ -72,7 +72,7 @@ function buildFixture(root: string): void {
     'node0/cpulist': '0-3\n',
     'node1/meminfo': 'Node 1 MemTotal:       8159444 kB\n',
     'node1/cpulist': '4-5\n',
-    'possible': '0-1\n',
+    possible: '0-1\n',
     ...cpu(0, 0, 0),
     ...cpu(0, 2, 0),
     ...cpu(0, 1, 1),
@@ -158,7 +158,7 @@ describe('numa-topology', () => {
 describe('dmi-decode', () => {
   const text = readFileSync(new URL('./fixtures/collectors/dmidecode-2cpu.txt', import.meta.url), 'utf8')
 
-  it('parses dmidecode -t bios -t processor -t memory into IPA\'s bios / cpu / memory.devices', () => {
+  it("parses dmidecode -t bios -t processor -t memory into IPA's bios / cpu / memory.devices", () => {
     const dmi = parseDmidecode(text)
     expect(dmi.bios).toEqual({
       Handle: 'Handle 0x0000, DMI type 0, 26 bytes',
@@ -201,7 +201,7 @@ describe('dmi-decode', () => {
 })
 
 describe('on this machine (real /sys, read-only)', () => {
-  it('pci-devices and numa-topology have IPA\'s shapes', async () => {
+  it("pci-devices and numa-topology have IPA's shapes", async () => {
     const m = manager()
     const {pci_devices} = (await m.collect_pci_devices()) as {pci_devices: Record<string, unknown>[]}
     expect(pci_devices.map((d) => d.bus)).toEqual(readdirSync('/sys/bus/pci/devices').sort())
@@ -213,7 +213,9 @@ describe('on this machine (real /sys, read-only)', () => {
     }
     const numa = (await m.collect_numa_topology()) as {numa_topology?: {ram: {size_kb: number}[]; cpus: {thread_siblings: number[]}[]}}
     // IPA drops the whole topology when a NIC's device has no numa_node (virtio NICs).
-    const nicWithoutNode = readdirSync('/sys/class/net').some((n) => existsSync(`/sys/class/net/${n}/device`) && !existsSync(`/sys/class/net/${n}/device/numa_node`))
+    const nicWithoutNode = readdirSync('/sys/class/net').some(
+      (n) => existsSync(`/sys/class/net/${n}/device`) && !existsSync(`/sys/class/net/${n}/device/numa_node`),
+    )
     if (nicWithoutNode || !existsSync('/sys/devices/system/node')) {
       expect(numa).toEqual({})
     } else {
@@ -222,7 +224,7 @@ describe('on this machine (real /sys, read-only)', () => {
     }
   })
 
-  it('dmi-decode: IPA\'s structure where the firmware has SMBIOS tables, a dmidecode failure otherwise', async () => {
+  it("dmi-decode: IPA's structure where the firmware has SMBIOS tables, a dmidecode failure otherwise", async () => {
     const m = manager()
     if (existsSync('/sys/firmware/dmi/tables/DMI')) {
       const {dmi} = (await m.collect_dmi_decode()) as {dmi: {bios: Record<string, unknown>; cpu: unknown[]; memory: {devices?: unknown[]}}}

@@ -79,12 +79,18 @@ describe('agent driven by a real Ironic', () => {
     agent = await startAgentProcess({
       standalone: false,
       args: [
-        '--api-url', ironic.url,
-        '--listen-host', '127.0.0.1',
-        '--listen-port', String(listenPort),
-        '--advertise-host', '127.0.0.1',
-        '--device-allowlist', loops.map((l) => l.device).join(','),
-        '--lookup-interval', '1',
+        '--api-url',
+        ironic.url,
+        '--listen-host',
+        '127.0.0.1',
+        '--listen-port',
+        String(listenPort),
+        '--advertise-host',
+        '127.0.0.1',
+        '--device-allowlist',
+        loops.map((l) => l.device).join(','),
+        '--lookup-interval',
+        '1',
       ],
     })
 

@@ -120,9 +120,7 @@ describe('real Ironic harness (127.0.0.1)', () => {
 
     // The good heartbeat gets recorded. Ironic answers 202 after the token check and records
     // the heartbeat afterwards in a conductor worker (task.spawn_after), so poll for it.
-    await expect
-      .poll(async () => (await ir.getNode(node.uuid)).driver_internal_info.agent_url, {timeout: 10_000})
-      .toBe('http://127.0.0.1:9')
+    await expect.poll(async () => (await ir.getNode(node.uuid)).driver_internal_info.agent_url, {timeout: 10_000}).toBe('http://127.0.0.1:9')
     const after = await ir.getNode(node.uuid)
     expect(after.driver_internal_info.agent_version).toBe('0.1.0')
   })

@@ -109,7 +109,13 @@ describe('guest-address proxy (test/helpers/proxy.ts)', () => {
 
   it('refuses every other host with 403 and contacts nothing', async () => {
     const before = up.hits.length
-    for (const url of [`http://127.0.0.1:${up.port}/x`, `http://localhost:${up.port}/x`, 'http://192.0.2.1/x', 'http://example.com/x', `http://10.0.2.3:${up.port}/x`]) {
+    for (const url of [
+      `http://127.0.0.1:${up.port}/x`,
+      `http://localhost:${up.port}/x`,
+      'http://192.0.2.1/x',
+      'http://example.com/x',
+      `http://10.0.2.3:${up.port}/x`,
+    ]) {
       const r = await viaProxy(proxy, 'GET', url)
       expect(r.status, url).toBe(403)
       expect(r.body).toMatch(/refused/)

@@ -42,7 +42,14 @@ beforeAll(async () => {
   mkdirSync(join(root, 'etc'), {recursive: true})
   writeFileSync(join(root, 'etc/hostname'), 'ironic-partition\n')
   writeFileSync(join(dir, 'grub.cfg'), 'echo rdk-partition\nhalt\n')
-  await run('grub-mkstandalone', ['-O', 'x86_64-efi', '-o', join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'), '--modules=echo halt', `boot/grub/grub.cfg=${join(dir, 'grub.cfg')}`])
+  await run('grub-mkstandalone', [
+    '-O',
+    'x86_64-efi',
+    '-o',
+    join(root, 'boot/efi/EFI/BOOT/BOOTX64.EFI'),
+    '--modules=echo halt',
+    `boot/grub/grub.cfg=${join(dir, 'grub.cfg')}`,
+  ])
   rootUuid = randomUUID()
   rootImg = join(dir, 'root.img')
   await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-U', rootUuid, '-d', root, rootImg, '40M'])

@@ -46,7 +46,8 @@ describe('runInspection', () => {
         seen.push({path: req.url ?? '', version, body: JSON.parse(Buffer.concat(chunks).toString('utf8'))})
         res.writeHead(202, {'Content-Type': 'application/json'})
         // As Ironic 29: the lookup-style answer only at ≥ 1.84, else the inspector-compatible one.
-        if (req.url === '/v1/continue_inspection' && version === '1.84') res.end(JSON.stringify({node: {uuid: UUID}, config: {agent_token: TOKEN, heartbeat_timeout: 30}}))
+        if (req.url === '/v1/continue_inspection' && version === '1.84')
+          res.end(JSON.stringify({node: {uuid: UUID}, config: {agent_token: TOKEN, heartbeat_timeout: 30}}))
         else res.end(JSON.stringify({uuid: UUID}))
       })
     })

@@ -44,7 +44,16 @@ interface Command {
 }
 
 /** The v1.2 md superblock 4 KiB into a member, as the kernel's struct mdp_superblock_1 lays it out. */
-function parseSuperblock(buf: Buffer): {magic: number; major: number; name: string; level: number; raidDisks: number; dataOffset: number; dataSize: number; superOffset: number} {
+function parseSuperblock(buf: Buffer): {
+  magic: number
+  major: number
+  name: string
+  level: number
+  raidDisks: number
+  dataOffset: number
+  dataSize: number
+  superOffset: number
+} {
   return {
     magic: buf.readUInt32LE(0),
     major: buf.readUInt32LE(4),
@@ -141,7 +150,8 @@ describe('software RAID in a VM: create_configuration, write_image onto md0, del
     const name = [...files.keys()].find((n) => n.endsWith('proc_mdstat'))
     return name ? files.get(name)!.toString('utf8') : ''
   }
-  const inventoryDisks = async (): Promise<{name: string; size: number}[]> => (succeeded(await command('poll.get_hardware_info', {})) as {disks: {name: string; size: number}[]}).disks
+  const inventoryDisks = async (): Promise<{name: string; size: number}[]> =>
+    (succeeded(await command('poll.get_hardware_info', {})) as {disks: {name: string; size: number}[]}).disks
   const withSerial = async (fn: () => Promise<void>): Promise<void> => {
     try {
       await fn()

@@ -12,7 +12,10 @@ import {run} from '../src/common/exec.js'
 import {startVm} from '../src/boot/qemu.js'
 import {freePort, startIronic} from './helpers/ironic.js'
 
-const sha = async (f: string) => createHash('sha256').update(await readFile(f)).digest('hex')
+const sha = async (f: string) =>
+  createHash('sha256')
+    .update(await readFile(f))
+    .digest('hex')
 const TOKEN = 'rdk-e2e-token-0123456789abcdefghijklmnopqrstuv'
 
 async function build(dir: string, tag: string): Promise<{result: {artefacts: {path: string; sha256: string; size: number}[]}; out: string}> {

@@ -46,16 +46,45 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
   const ssh = (key: string, command: string) =>
     run(
       'ssh',
-      ['-i', join(dir, key), '-p', String(vm!.hostPort(22)), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-        '-o', 'ConnectTimeout=60', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', command],
+      [
+        '-i',
+        join(dir, key),
+        '-p',
+        String(vm!.hostPort(22)),
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'ConnectTimeout=60',
+        '-o',
+        'LogLevel=ERROR',
+        'root@127.0.0.1',
+        command,
+      ],
       {timeoutMs: 120_000, allowFailure: true},
     )
 
   it('builds with --ssh-key, --hardware-manager and baked --kernel-arg; the manifest records them', async () => {
     const r = await run(
       process.execPath,
-      ['bin/run.js', 'build', '--output', out, '--json', '--ssh-key', join(dir, 'baked.pub'), '--hardware-manager', join(dir, 'rack-tag.mjs'),
-        '--kernel-arg', 'ipa-standalone=1', '--kernel-arg', `ipa-agent-token=${TOKEN}`],
+      [
+        'bin/run.js',
+        'build',
+        '--output',
+        out,
+        '--json',
+        '--ssh-key',
+        join(dir, 'baked.pub'),
+        '--hardware-manager',
+        join(dir, 'rack-tag.mjs'),
+        '--kernel-arg',
+        'ipa-standalone=1',
+        '--kernel-arg',
+        `ipa-agent-token=${TOKEN}`,
+      ],
       {timeoutMs: 900_000},
     )
     const result = JSON.parse(r.stdout) as {elements: string[] | {name: string}[]}
@@ -74,7 +103,10 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
       memoryMiB: 1024,
       restrictNetwork: true,
       disks: [{path: join(dir, 'disk0.img'), size: '5G'}],
-      portForwards: [{guestPort: 9999, hostPort: 0}, {guestPort: 22, hostPort: 0}],
+      portForwards: [
+        {guestPort: 9999, hostPort: 0},
+        {guestPort: 22, hostPort: 0},
+      ],
     })
     try {
       expect((await vm.waitForHttp(9999, '/v1/status', 240_000)).status).toBe(200)
@@ -84,11 +116,18 @@ describe('tiny flavor: customised at build time, checked in the booted image', (
       expect(refused.status).toBe(401)
       const res = await fetch(url(TOKEN), {method: 'POST', headers: {'content-type': 'application/json'}, body})
       expect(res.status).toBe(200)
-      const cmd = (await res.json()) as {command_status: string; command_result: {clean_steps: Record<string, {step: string}[]>; hardware_manager_version: Record<string, string>}}
+      const cmd = (await res.json()) as {
+        command_status: string
+        command_result: {clean_steps: Record<string, {step: string}[]>; hardware_manager_version: Record<string, string>}
+      }
       expect(cmd.command_status).toBe('SUCCEEDED')
       expect(cmd.command_result.clean_steps.RackTagManager?.map((s) => s.step)).toEqual(['write_rack_tag'])
       expect(cmd.command_result.hardware_manager_version).toMatchObject({rack_tag_manager: '1.2'})
-      expect(Object.values(cmd.command_result.clean_steps).flat().map((s) => s.step)).toContain('erase_devices_metadata')
+      expect(
+        Object.values(cmd.command_result.clean_steps)
+          .flat()
+          .map((s) => s.step),
+      ).toContain('erase_devices_metadata')
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- serial ---\n${vm.serialLog().slice(-4000)}`)
     }

@@ -50,7 +50,9 @@ describe('ICU data in Node', () => {
     const after = icuOf(slim)
     const a = parseIcuPackage(before)
     const b = parseIcuPackage(after)
-    expect(b.items.map((i) => i.name)).toEqual(a.items.filter((i) => keepForEnglish(i.name) && !(i.name.endsWith('.cnv') && i.size >= 32 * 1024)).map((i) => i.name))
+    expect(b.items.map((i) => i.name)).toEqual(
+      a.items.filter((i) => keepForEnglish(i.name) && !(i.name.endsWith('.cnv') && i.size >= 32 * 1024)).map((i) => i.name),
+    )
     expect([...b.items.map((i) => i.name)].sort()).toEqual(b.items.map((i) => i.name))
     const byName = new Map(a.items.map((i) => [i.name, i]))
     for (const item of b.items) {
@@ -68,10 +70,27 @@ describe('ICU data in Node', () => {
   })
 
   it('keeps the locale-independent data and drops other locales, translit and dictionaries', () => {
-    for (const keep of ['icudt78l/root.res', 'icudt78l/en.res', 'icudt78l/coll/ucadata.icu', 'icudt78l/zoneinfo64.res', 'icudt78l/uprops.icu', 'icudt78l/nfkc.nrm', 'icudt78l/brkitr/word.brk', 'icudt78l/curr/pool.res']) {
+    for (const keep of [
+      'icudt78l/root.res',
+      'icudt78l/en.res',
+      'icudt78l/coll/ucadata.icu',
+      'icudt78l/zoneinfo64.res',
+      'icudt78l/uprops.icu',
+      'icudt78l/nfkc.nrm',
+      'icudt78l/brkitr/word.brk',
+      'icudt78l/curr/pool.res',
+    ]) {
       expect(keepForEnglish(keep), keep).toBe(true)
     }
-    for (const drop of ['icudt78l/de.res', 'icudt78l/zh_Hant_TW.res', 'icudt78l/coll/de.res', 'icudt78l/translit/root.res', 'icudt78l/brkitr/cjdict.dict', 'icudt78l/unames.icu', 'icudt78l/lang/en.res']) {
+    for (const drop of [
+      'icudt78l/de.res',
+      'icudt78l/zh_Hant_TW.res',
+      'icudt78l/coll/de.res',
+      'icudt78l/translit/root.res',
+      'icudt78l/brkitr/cjdict.dict',
+      'icudt78l/unames.icu',
+      'icudt78l/lang/en.res',
+    ]) {
       expect(keepForEnglish(drop), drop).toBe(false)
     }
   })

@@ -54,10 +54,21 @@ export async function startIronicStub() {
     const p = url.pathname.replace(/\/+$/, '') || '/'
     const asked = parseVersion(req.headers['x-openstack-ironic-api-version'])
     if (req.method === 'GET' && p === '/') {
-      return [200, JSON.stringify({name: 'OpenStack Ironic API', description: 'Ironic is an OpenStack project which enables the provision and management of baremetal machines.', default_version: versionDoc(), versions: [versionDoc()]})]
+      return [
+        200,
+        JSON.stringify({
+          name: 'OpenStack Ironic API',
+          description: 'Ironic is an OpenStack project which enables the provision and management of baremetal machines.',
+          default_version: versionDoc(),
+          versions: [versionDoc()],
+        }),
+      ]
     }
     if (req.method === 'GET' && p === '/v1') {
-      return [200, JSON.stringify({...versionDoc(), media_types: [{base: 'application/json', type: 'application/vnd.openstack.ironic.v1+json'}], version: versionDoc()})]
+      return [
+        200,
+        JSON.stringify({...versionDoc(), media_types: [{base: 'application/json', type: 'application/vnd.openstack.ironic.v1+json'}], version: versionDoc()}),
+      ]
     }
     if (req.method === 'GET' && p === '/v1/lookup') {
       if (!asked || cmp(asked, LOOKUP_MIN) < 0) return [404, errorBody('Resource could not be found.')]

@@ -64,7 +64,19 @@ async function pollStatus(vm, port, signal) {
  * 'busybox' (the baseline: a wget to the stub). Returns {ok, memoryMiB, heartbeatMs, statusMs,
  * marks, failure, serialTail, argv}.
  */
-export async function benchBoot({kind, kernel, initrd, memoryMiB, stub, workDir, cacheDir, timeoutMs = 120_000, probeStatus = false, marks = {}, bootArgs = ''}) {
+export async function benchBoot({
+  kind,
+  kernel,
+  initrd,
+  memoryMiB,
+  stub,
+  workDir,
+  cacheDir,
+  timeoutMs = 120_000,
+  probeStatus = false,
+  marks = {},
+  bootArgs = '',
+}) {
   const mac = randomMac()
   const node = stub.addNode({mac, memoryMiB, baseline: kind === 'busybox'})
   const disk = join(workDir, `disk-${process.pid}-${++seq}.img`)
@@ -80,7 +92,18 @@ export async function benchBoot({kind, kernel, initrd, memoryMiB, stub, workDir,
   ]
     .filter(Boolean)
     .join(' ')
-  const result = {kind, memoryMiB, ok: false, heartbeatMs: undefined, lookupMs: undefined, statusMs: undefined, marks: {}, failure: undefined, serialTail: '', argv: []}
+  const result = {
+    kind,
+    memoryMiB,
+    ok: false,
+    heartbeatMs: undefined,
+    lookupMs: undefined,
+    statusMs: undefined,
+    marks: {},
+    failure: undefined,
+    serialTail: '',
+    argv: [],
+  }
   const stop = new AbortController()
   let vm
   try {
@@ -113,10 +136,9 @@ export async function benchBoot({kind, kernel, initrd, memoryMiB, stub, workDir,
       }
       vm.exited.then((st) => resolve(`qemu exited (${st.code ?? st.signal})`))
     })
-    const outcome = await Promise.race([
-      stub.waitForHeartbeat(node, timeoutMs, stop.signal).then((at) => ({at})),
-      failed.then((why) => ({why})),
-    ]).catch((err) => ({why: err.message.startsWith('no heartbeat') ? `timeout: ${err.message}` : err.message}))
+    const outcome = await Promise.race([stub.waitForHeartbeat(node, timeoutMs, stop.signal).then((at) => ({at})), failed.then((why) => ({why}))]).catch(
+      (err) => ({why: err.message.startsWith('no heartbeat') ? `timeout: ${err.message}` : err.message}),
+    )
     if (outcome.at !== undefined) {
       result.ok = true
       result.heartbeatMs = outcome.at - vm.startedAt

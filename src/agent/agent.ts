@@ -227,22 +227,27 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
   if (ironic) {
     const host = advertiseHost!.includes(':') ? `[${advertiseHost}]` : advertiseHost!
     const callbackUrl = `${protocol}://${host}:${config.advertisePort ?? port}`
-    heartbeater = new Heartbeater(log, () => state.heartbeatTimeout, async () => {
-      if (!state.uuid) throw new HeartbeatError('no node')
-      await ironic.heartbeat(state.uuid, {callbackUrl, token: currentToken(), agentVersion: opts.version, verifyCa})
-    }, async () => {
-      // Ironic wiped our token (power action): look up again for a fresh one, without a deadline.
-      log.warn('Ironic refused our agent token (it wipes it on power actions): looking up again')
-      token = undefined
-      for (;;) {
-        if (stopping) return
-        // Retry no slower than Ironic expects heartbeats, so the next step is not held up.
-        const result = await lookupOnce(undefined, Math.min(60, Math.max(5, state.heartbeatTimeout * 0.5)))
-        if (applyLookup(result) && token) return
-        log.warn('lookup returned no usable token yet; retrying')
-        await sleep(5000 + Math.random() * 5000)
-      }
-    })
+    heartbeater = new Heartbeater(
+      log,
+      () => state.heartbeatTimeout,
+      async () => {
+        if (!state.uuid) throw new HeartbeatError('no node')
+        await ironic.heartbeat(state.uuid, {callbackUrl, token: currentToken(), agentVersion: opts.version, verifyCa})
+      },
+      async () => {
+        // Ironic wiped our token (power action): look up again for a fresh one, without a deadline.
+        log.warn('Ironic refused our agent token (it wipes it on power actions): looking up again')
+        token = undefined
+        for (;;) {
+          if (stopping) return
+          // Retry no slower than Ironic expects heartbeats, so the next step is not held up.
+          const result = await lookupOnce(undefined, Math.min(60, Math.max(5, state.heartbeatTimeout * 0.5)))
+          if (applyLookup(result) && token) return
+          log.warn('lookup returned no usable token yet; retrying')
+          await sleep(5000 + Math.random() * 5000)
+        }
+      },
+    )
     heartbeater.start()
   }
 

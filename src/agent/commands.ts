@@ -72,7 +72,14 @@ export function plainJson(value: unknown, what = 'result'): unknown {
       return v
     })
   } catch (err) {
-    const why = err instanceof Unfit ? err.message : err instanceof RangeError ? 'it is too big' : /circular/i.test(String((err as Error)?.message)) ? 'it contains a cycle' : `serialising it threw: ${errText(err)}`
+    const why =
+      err instanceof Unfit
+        ? err.message
+        : err instanceof RangeError
+          ? 'it is too big'
+          : /circular/i.test(String((err as Error)?.message))
+            ? 'it contains a cycle'
+            : `serialising it threw: ${errText(err)}`
     throw new NotSerialisable(`The command ${what} cannot be serialised to JSON: ${why}`)
   }
   if (text === undefined) return null

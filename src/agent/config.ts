@@ -138,7 +138,11 @@ export function parseValue(s: Setting, raw: unknown, source: string): unknown {
     }
     case 'list':
       if (Array.isArray(raw)) return raw.map(String).filter(Boolean)
-      if (typeof raw === 'string') return raw.split(',').map((x) => x.trim()).filter(Boolean)
+      if (typeof raw === 'string')
+        return raw
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean)
       throw new ConfigError(`${where}: expected a comma-separated list, got ${JSON.stringify(raw)}`)
   }
 }
@@ -241,13 +245,18 @@ function validate(cfg: AgentConfig): AgentConfig {
     }
   }
   if (!['http', 'https'].includes(cfg.advertiseProtocol)) throw new ConfigError(`ipa-advertise-protocol must be http or https, got '${cfg.advertiseProtocol}'`)
-  for (const [name, port] of [['ipa-listen-port', cfg.listenPort], ['ipa-advertise-port', cfg.advertisePort ?? 0]] as const) {
+  for (const [name, port] of [
+    ['ipa-listen-port', cfg.listenPort],
+    ['ipa-advertise-port', cfg.advertisePort ?? 0],
+  ] as const) {
     if (port < 0 || port > 65535) throw new ConfigError(`${name} must be a port number (0-65535), got ${port}`)
   }
-  if (!['p256', 'p384', 'p521'].includes(cfg.tlsCertificateCurve)) throw new ConfigError(`ipa-tls-certificate-curve must be p256, p384 or p521, got '${cfg.tlsCertificateCurve}'`)
+  if (!['p256', 'p384', 'p521'].includes(cfg.tlsCertificateCurve))
+    throw new ConfigError(`ipa-tls-certificate-curve must be p256, p384 or p521, got '${cfg.tlsCertificateCurve}'`)
   if (!['1.2', '1.3'].includes(cfg.tlsMinVersion)) throw new ConfigError(`ipa-tls-min-version must be 1.2 or 1.3, got '${cfg.tlsMinVersion}'`)
   if (cfg.listenTls && (!cfg.tlsCertFile || !cfg.tlsKeyFile)) throw new ConfigError('ipa-listen-tls needs both tls_cert_file and tls_key_file')
-  if (!['auto', 'real', 'simulate'].includes(cfg.systemActions)) throw new ConfigError(`ipa-system-actions must be auto, real or simulate, got '${cfg.systemActions}'`)
+  if (!['auto', 'real', 'simulate'].includes(cfg.systemActions))
+    throw new ConfigError(`ipa-system-actions must be auto, real or simulate, got '${cfg.systemActions}'`)
   if (cfg.apiMaxBodySize < 1) throw new ConfigError(`ipa-api-max-body-size must be at least 1 (MiB), got ${cfg.apiMaxBodySize}`)
   if (cfg.apiClientTimeout <= 0) throw new ConfigError(`ipa-api-client-timeout must be more than 0 seconds, got ${cfg.apiClientTimeout}`)
   if (cfg.injectFilesPriority > 99) throw new ConfigError(`ipa-inject-files-priority must be 0-99, got ${cfg.injectFilesPriority}`)

@@ -91,7 +91,9 @@ export class ImageDownloadError extends RESTError {
 export class ImageChecksumError extends RESTError {
   static override defaultMessage = 'Error verifying image checksum'
   constructor(imageId: string, location: string, checksum: string, calculated: string) {
-    super(`Image failed to verify against checksum. location: ${location}; image ID: ${imageId}; image checksum: ${checksum}; verification checksum: ${calculated}`)
+    super(
+      `Image failed to verify against checksum. location: ${location}; image ID: ${imageId}; image checksum: ${checksum}; verification checksum: ${calculated}`,
+    )
   }
 }
 export class ImageWriteError extends RESTError {
@@ -187,6 +189,9 @@ function pyRepr(v: unknown): string {
   if (typeof v === 'string') return `'${v}'`
   if (typeof v === 'boolean') return v ? 'True' : 'False'
   if (Array.isArray(v)) return `[${v.map(pyRepr).join(', ')}]`
-  if (typeof v === 'object') return `{${Object.entries(v as object).map(([k, x]) => `'${k}': ${pyRepr(x)}`).join(', ')}}`
+  if (typeof v === 'object')
+    return `{${Object.entries(v as object)
+      .map(([k, x]) => `'${k}': ${pyRepr(x)}`)
+      .join(', ')}}`
   return String(v)
 }

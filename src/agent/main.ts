@@ -13,7 +13,13 @@ async function main(): Promise<number> {
   for (const f of agentFlagTable()) options[f.name] = {type: f.type}
   const {values} = parseArgs({options, allowPositionals: false, strict: true})
   if (values.help) {
-    process.stdout.write('usage: agent.mjs [options]\n' + agentFlagTable().map((f) => `  --${f.name}${f.type === 'string' ? ' VALUE' : ''}\n      ${f.help}`).join('\n') + '\n')
+    process.stdout.write(
+      'usage: agent.mjs [options]\n' +
+        agentFlagTable()
+          .map((f) => `  --${f.name}${f.type === 'string' ? ' VALUE' : ''}\n      ${f.help}`)
+          .join('\n') +
+        '\n',
+    )
     return 0
   }
   const {cmdline, config: configFile, help: _help, ...flags} = values

@@ -39,7 +39,10 @@ const SPACED_FLAG = new RegExp(String.raw`((?:^|[\s\0])--[-\w]{0,64}${SECRET_WOR
 // scheme://userinfo@
 const URL_USERINFO = /\b([a-z][a-z0-9+.-]{0,31}:\/\/)[^/\s@"'<>]{1,1024}@/gi
 // "password": "x" / 'password': 'x' (JSON or Python repr inside text)
-const JSON_PAIR = new RegExp(String.raw`(["'][-\w.]{0,64}${SECRET_WORD}[-\w.]{0,64}["'] {0,4}: {0,4})("(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}')`, 'gi')
+const JSON_PAIR = new RegExp(
+  String.raw`(["'][-\w.]{0,64}${SECRET_WORD}[-\w.]{0,64}["'] {0,4}: {0,4})("(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}')`,
+  'gi',
+)
 // Authorization: Basic …, "authorization": "Bearer …"
 const HTTP_CRED = /(authorization["']? {0,4}[:=] {0,4}["']?)(Basic|Bearer|Token) {1,4}[^\s"',}]+/gi
 

@@ -67,7 +67,14 @@ export interface GeneratedCert {
 }
 
 /** Make a self-signed certificate for `address` (IP or DNS name). */
-export function generateSelfSignedCert(opts: {address: string; commonName: string; curve?: keyof typeof CURVES; clockSkewSeconds?: number; days?: number; now?: Date}): GeneratedCert {
+export function generateSelfSignedCert(opts: {
+  address: string
+  commonName: string
+  curve?: keyof typeof CURVES
+  clockSkewSeconds?: number
+  days?: number
+  now?: Date
+}): GeneratedCert {
   const curve = CURVES[opts.curve ?? 'p384']
   const {privateKey, publicKey} = generateKeyPairSync('ec', {namedCurve: curve})
   const now = opts.now ?? new Date()
@@ -81,7 +88,10 @@ export function generateSelfSignedCert(opts: {address: string; commonName: strin
   const tbs = seq(explicit(0, integer(Buffer.from([2]))), integer(randomBytes(16)), sigAlg, name, seq(time(notBefore), time(notAfter)), name, spki, extensions)
   const signature = sign('sha512', tbs, privateKey as KeyObject)
   const der = seq(tbs, sigAlg, bitString(signature))
-  const certPem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').match(/.{1,64}/g)!.join('\n')}\n-----END CERTIFICATE-----\n`
+  const certPem = `-----BEGIN CERTIFICATE-----\n${der
+    .toString('base64')
+    .match(/.{1,64}/g)!
+    .join('\n')}\n-----END CERTIFICATE-----\n`
   const keyPem = privateKey.export({type: 'pkcs8', format: 'pem'}) as string
   // Round-trip through Node's X.509 parser so a malformed certificate can never be served.
   const parsed = new X509Certificate(certPem)

@@ -53,14 +53,18 @@ const byBytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.
 
 /** `sha256  name` lines (two spaces: sha256sum's text mode), sorted by name. */
 export function sha256sums(files: readonly BundleFile[]): string {
-  return [...files].sort((a, b) => byBytes(a.name, b.name)).map((f) => `${f.sha256}  ${f.name}\n`).join('')
+  return [...files]
+    .sort((a, b) => byBytes(a.name, b.name))
+    .map((f) => `${f.sha256}  ${f.name}\n`)
+    .join('')
 }
 
 /** Expand entries (directories → their files), hash everything, add manifest.json and SHA256SUMS. */
 async function collect(entries: readonly BundleEntry[], manifest: Record<string, unknown>): Promise<{items: Item[]; files: BundleFile[]}> {
   const items: Item[] = []
   for (const e of entries) {
-    if (!/^[\w.+-]+(\/[\w.+-]+)*$/.test(e.name) || e.name.split('/').some((p) => p === '.' || p === '..')) throw new ArtefactError(`bundle entry name '${e.name}' is not a plain relative path`)
+    if (!/^[\w.+-]+(\/[\w.+-]+)*$/.test(e.name) || e.name.split('/').some((p) => p === '.' || p === '..'))
+      throw new ArtefactError(`bundle entry name '${e.name}' is not a plain relative path`)
     const st = await stat(e.path).catch(() => undefined)
     if (!st) throw new ArtefactError(`bundle input ${e.path} does not exist`)
     if (st.isDirectory()) {
@@ -76,7 +80,8 @@ async function collect(entries: readonly BundleEntry[], manifest: Record<string,
   }
   const seen = new Set<string>()
   for (const it of items) {
-    if (seen.has(it.name) || it.name === 'manifest.json' || it.name === 'SHA256SUMS') throw new ArtefactError(`bundle: '${it.name}' would be in the archive twice`)
+    if (seen.has(it.name) || it.name === 'manifest.json' || it.name === 'SHA256SUMS')
+      throw new ArtefactError(`bundle: '${it.name}' would be in the archive twice`)
     seen.add(it.name)
     it.sha256 = (await sha256File(it.source as string)).sha256
   }

@@ -161,7 +161,10 @@ export async function checkInitrd(path: string | undefined): Promise<void> {
 
 /** An ISO 9660 volume label: up to 32 of A–Z 0–9 _ (lower case is upper-cased). */
 export function volumeLabel(label: string): string {
-  const l = label.toUpperCase().replace(/[^A-Z0-9_]/g, '_').slice(0, 32)
+  const l = label
+    .toUpperCase()
+    .replace(/[^A-Z0-9_]/g, '_')
+    .slice(0, 32)
   if (!/[A-Z0-9]/.test(l)) throw new ArtefactError(`volume label '${label}' has no usable characters (A–Z, 0–9)`)
   return l
 }
@@ -188,7 +191,7 @@ export async function listFiles(dir: string): Promise<string[]> {
     }
   }
   await walk(dir)
-  return out.sort((a, b) => (Buffer.compare(Buffer.from(a), Buffer.from(b))))
+  return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
 }
 
 export async function sha256File(path: string): Promise<{sha256: string; size: number}> {

@@ -39,14 +39,32 @@ import {
   type KernelArgs,
 } from './common.js'
 
-
 /**
  * GRUB modules built into the EFI image: file systems and partition tables to find the ISO on a CD
  * or a disk, `linux` to boot, serial console, and the config commands.
  */
 export const GRUB_ISO_MODULES = [
-  'part_gpt', 'part_msdos', 'iso9660', 'fat', 'search', 'search_fs_file', 'search_label', 'configfile', 'normal', 'linux', 'echo', 'test',
-  'serial', 'terminal', 'efi_gop', 'efi_uga', 'all_video', 'boot', 'gzio', 'reboot', 'halt',
+  'part_gpt',
+  'part_msdos',
+  'iso9660',
+  'fat',
+  'search',
+  'search_fs_file',
+  'search_label',
+  'configfile',
+  'normal',
+  'linux',
+  'echo',
+  'test',
+  'serial',
+  'terminal',
+  'efi_gop',
+  'efi_uga',
+  'all_video',
+  'boot',
+  'gzio',
+  'reboot',
+  'halt',
 ] as const
 
 export interface IsoOptions {
@@ -102,7 +120,16 @@ export async function makeFatImage(image: string, files: [string, string][], epo
   // FAT stores local time: pin the zone, or the bytes would depend on the machine's TZ.
   const env = {SOURCE_DATE_EPOCH: String(epoch), MTOOLS_SKIP_CHECK: '1', TZ: 'UTC'}
   await run('mkfs.vfat', ['--invariant', '-i', 'D15C0B07', '-n', label, image], {env})
-  const dirs = [...new Set(files.flatMap(([p]) => p.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))))].sort()
+  const dirs = [
+    ...new Set(
+      files.flatMap(([p]) =>
+        p
+          .split('/')
+          .slice(0, -1)
+          .map((_, i, a) => a.slice(0, i + 1).join('/')),
+      ),
+    ),
+  ].sort()
   if (dirs.length) await run('mmd', ['-i', image, ...dirs.map((d) => `::/${d}`)], {env})
   // No `mcopy -m`: the sources' own times (a GRUB image made a moment ago) must not leak in; mtools
   // stamps every entry with SOURCE_DATE_EPOCH instead.
@@ -148,8 +175,17 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
   const ldlinux = await bootFile('ldlinux')
   const given = typeof opts.secureBoot === 'object' ? opts.secureBoot : undefined
   if (given) {
-    for (const [what, p] of [['signed shim', given.shim], ['signed GRUB', given.grub]] as const) {
-      if (!(await stat(p).then((st) => st.isFile(), () => false))) throw new ArtefactError(`${what} ${p} does not exist`)
+    for (const [what, p] of [
+      ['signed shim', given.shim],
+      ['signed GRUB', given.grub],
+    ] as const) {
+      if (
+        !(await stat(p).then(
+          (st) => st.isFile(),
+          () => false,
+        ))
+      )
+        throw new ArtefactError(`${what} ${p} does not exist`)
     }
   }
   const shim = given ? resolve(given.shim) : secureBoot ? await bootFile('shimSigned') : undefined
@@ -170,7 +206,10 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
       await copyFile(isolinuxBin, join(st, 'isolinux/isolinux.bin'))
       await copyFile(ldlinux, join(st, 'isolinux/ldlinux.c32'))
       const menu = {title, kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', append: cmdline}
-      await writeFile(join(st, 'isolinux/isolinux.cfg'), await renderTemplate('syslinux.cfg.ejs', {...menu, purpose: 'ISO, BIOS boot', timeoutDs: timeout * 10, ipappend: false}))
+      await writeFile(
+        join(st, 'isolinux/isolinux.cfg'),
+        await renderTemplate('syslinux.cfg.ejs', {...menu, purpose: 'ISO, BIOS boot', timeoutDs: timeout * 10, ipappend: false}),
+      )
       await writeFile(join(st, 'boot/grub/grub.cfg'), await renderTemplate('grub.cfg.ejs', {...menu, purpose: 'ISO, UEFI boot', timeoutS: timeout}))
 
       const efi: [string, string][] = []
@@ -178,7 +217,12 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
         efi.push(['EFI/BOOT/BOOTX64.EFI', shim!], ['EFI/BOOT/grubx64.efi', signedGrub!])
       } else {
         const grub = join(work, 'bootx64.efi')
-        await grubEfiImage(grub, {earlyConfig: await renderTemplate('grub-early.cfg.ejs', {marker}), prefix: '/boot/grub', modules: GRUB_ISO_MODULES, workDir: work})
+        await grubEfiImage(grub, {
+          earlyConfig: await renderTemplate('grub-early.cfg.ejs', {marker}),
+          prefix: '/boot/grub',
+          modules: GRUB_ISO_MODULES,
+          workDir: work,
+        })
         efi.push(['EFI/BOOT/BOOTX64.EFI', grub])
       }
       // The same loaders in the ISO 9660 tree, for firmware that reads EFI/BOOT from the CD itself.
@@ -193,16 +237,34 @@ export async function makeIso(opts: IsoOptions): Promise<IsoResult> {
       await run(
         'xorriso',
         [
-          '-as', 'mkisofs',
-          '-o', tmp,
-          '-V', label,
-          '-iso-level', '3',
-          '-r', '-J', '-joliet-long',
-          '-isohybrid-mbr', mbr,
-          '-c', 'isolinux/boot.cat',
-          '-b', 'isolinux/isolinux.bin', '-no-emul-boot', '-boot-load-size', '4', '-boot-info-table',
-          '-eltorito-alt-boot', '-e', 'boot/efi.img', '-no-emul-boot', '-isohybrid-gpt-basdat',
-          '--set_all_file_dates', `=${epoch}`,
+          '-as',
+          'mkisofs',
+          '-o',
+          tmp,
+          '-V',
+          label,
+          '-iso-level',
+          '3',
+          '-r',
+          '-J',
+          '-joliet-long',
+          '-isohybrid-mbr',
+          mbr,
+          '-c',
+          'isolinux/boot.cat',
+          '-b',
+          'isolinux/isolinux.bin',
+          '-no-emul-boot',
+          '-boot-load-size',
+          '4',
+          '-boot-info-table',
+          '-eltorito-alt-boot',
+          '-e',
+          'boot/efi.img',
+          '-no-emul-boot',
+          '-isohybrid-gpt-basdat',
+          '--set_all_file_dates',
+          `=${epoch}`,
           '-graft-points',
           st,
           `boot/vmlinuz=${graftPath(kernel)}`,

@@ -30,8 +30,24 @@ import {grubEfiImage, resolveEpoch} from './iso.js'
 
 /** GRUB modules built into the network EFI image. */
 export const GRUB_NET_MODULES = [
-  'efinet', 'net', 'tftp', 'http', 'configfile', 'normal', 'linux', 'echo', 'test', 'serial', 'terminal', 'efi_gop', 'efi_uga', 'all_video', 'boot',
-  'gzio', 'reboot', 'halt',
+  'efinet',
+  'net',
+  'tftp',
+  'http',
+  'configfile',
+  'normal',
+  'linux',
+  'echo',
+  'test',
+  'serial',
+  'terminal',
+  'efi_gop',
+  'efi_uga',
+  'all_video',
+  'boot',
+  'gzio',
+  'reboot',
+  'halt',
 ] as const
 
 /** Boot file names in the tree, for DHCP (and qemu's bootfile=). */
@@ -85,10 +101,20 @@ export async function makePxeTree(opts: PxeOptions): Promise<PxeResult> {
         await copyFile(kernel, join(tmp, kFile))
         await copyFile(initrd, join(tmp, iFile))
         const menu = {title: name, kernel: kFile, initrd: iFile}
-        await writeFile(join(tmp, 'pxelinux.cfg/default'), await renderTemplate('syslinux.cfg.ejs', {...menu, append: cmdline, purpose: 'PXE, BIOS boot', timeoutDs: timeout * 10, ipappend: true}))
+        await writeFile(
+          join(tmp, 'pxelinux.cfg/default'),
+          await renderTemplate('syslinux.cfg.ejs', {...menu, append: cmdline, purpose: 'PXE, BIOS boot', timeoutDs: timeout * 10, ipappend: true}),
+        )
         await writeFile(
           join(tmp, 'grub/grub.cfg'),
-          await renderTemplate('grub.cfg.ejs', {...menu, kernel: `/${kFile}`, initrd: `/${iFile}`, append: `${cmdline} BOOTIF=01-$net_default_mac`, purpose: 'PXE, UEFI boot', timeoutS: timeout}),
+          await renderTemplate('grub.cfg.ejs', {
+            ...menu,
+            kernel: `/${kFile}`,
+            initrd: `/${iFile}`,
+            append: `${cmdline} BOOTIF=01-$net_default_mac`,
+            purpose: 'PXE, UEFI boot',
+            timeoutS: timeout,
+          }),
         )
         await grubEfiImage(join(tmp, PXE_BOOTFILES.uefi), {prefix: '/grub', modules: GRUB_NET_MODULES, workDir: work})
         await setTimes(tmp, epoch)

@@ -60,15 +60,21 @@ export interface BootCliOptions {
 }
 
 async function isFile(p: string): Promise<boolean> {
-  return stat(p).then((s) => s.isFile(), () => false)
+  return stat(p).then(
+    (s) => s.isFile(),
+    () => false,
+  )
 }
 
 /** --iso / --pxe / --ipxe → how the firmware boots (undefined: a kernel boot). */
-export function firmwareBootFromCli(o: Pick<BootCliOptions, 'iso' | 'isoAs' | 'pxe' | 'ipxe' | 'kernel' | 'initrd' | 'append' | 'uefi' | 'firmware' | 'secureBoot'>): FirmwareBoot | undefined {
+export function firmwareBootFromCli(
+  o: Pick<BootCliOptions, 'iso' | 'isoAs' | 'pxe' | 'ipxe' | 'kernel' | 'initrd' | 'append' | 'uefi' | 'firmware' | 'secureBoot'>,
+): FirmwareBoot | undefined {
   const chosen = (['iso', 'pxe', 'ipxe'] as const).filter((k) => o[k] !== undefined)
   if (chosen.length > 1) throw new BootError(`--${chosen.join(' and --')} cannot be combined: boot one thing`)
   if (chosen.length === 0) return undefined
-  if (o.kernel || o.initrd || o.append) throw new BootError(`--${chosen[0]} boots through the firmware: --kernel/--initrd/--append do not apply (the artefact carries its own kernel command line)`)
+  if (o.kernel || o.initrd || o.append)
+    throw new BootError(`--${chosen[0]} boots through the firmware: --kernel/--initrd/--append do not apply (the artefact carries its own kernel command line)`)
   if (o.iso !== undefined) return {kind: 'iso', path: resolve(o.iso), as: o.isoAs ?? 'cdrom'}
   if (o.pxe !== undefined) return {kind: 'tftp', dir: resolve(o.pxe), bootfile: o.uefi || o.firmware || o.secureBoot ? PXE_BOOTFILES.uefi : PXE_BOOTFILES.bios}
   return {kind: 'ipxe', url: guestUrl(o.ipxe!)}
@@ -148,7 +154,10 @@ export async function bootFromCli(o: BootCliOptions): Promise<number> {
             : `${opts.boot.url} through iPXE`
         : `${opts.kernel}${r.pvh ? ' (booted uncompressed, PVH entry)' : ''} + ${opts.initrd}`
       o.say(`rdk boot: ${what}${r.firmware ? ' (UEFI)' : ''}, ${opts.memoryMiB} MiB, ${r.accel}: ${r.accelReason}`)
-      for (const f of r.forwards) o.say(`rdk boot: guest port ${f.guestPort} → 127.0.0.1:${f.hostPort}${f.guestPort === AGENT_PORT ? ` (agent API: http://127.0.0.1:${f.hostPort}/v1/status)` : ''}`)
+      for (const f of r.forwards)
+        o.say(
+          `rdk boot: guest port ${f.guestPort} → 127.0.0.1:${f.hostPort}${f.guestPort === AGENT_PORT ? ` (agent API: http://127.0.0.1:${f.hostPort}/v1/status)` : ''}`,
+        )
       o.say('rdk boot: serial console on this terminal: Ctrl-A x quits qemu, Ctrl-A c switches to its monitor')
       o.say(`rdk boot: ${formatCommand(argv)}`)
     },

@@ -259,7 +259,21 @@ export function probeAccel(qemu = QEMU): Promise<{accel: Accel; reason: string}>
       await writeFile(join(dir, 'probe.rom'), probeFirmware())
       const r = await run(
         qemu,
-        ['-accel', 'kvm', '-machine', 'pc', '-nodefaults', '-display', 'none', '-m', '16', '-bios', join(dir, 'probe.rom'), '-serial', `file:${join(dir, 'serial')}`],
+        [
+          '-accel',
+          'kvm',
+          '-machine',
+          'pc',
+          '-nodefaults',
+          '-display',
+          'none',
+          '-m',
+          '16',
+          '-bios',
+          join(dir, 'probe.rom'),
+          '-serial',
+          `file:${join(dir, 'serial')}`,
+        ],
         {timeoutMs: 3000, allowFailure: true},
       )
       const out = await readFile(join(dir, 'serial'), 'utf8').catch(() => '')
@@ -285,7 +299,16 @@ export function bzImagePayload(image: Buffer): {format: 'xz' | 'gzip' | 'zstd' |
   const start = (setupSects + 1) * 512 + image.readUInt32LE(0x248)
   const data = image.subarray(start, start + image.readUInt32LE(0x24c))
   const magic = data.subarray(0, 6).toString('hex')
-  const format = magic === 'fd377a585a00' ? 'xz' : magic.startsWith('1f8b') ? 'gzip' : magic.startsWith('28b52ffd') ? 'zstd' : magic.startsWith('02214c18') ? 'lz4' : 'unknown'
+  const format =
+    magic === 'fd377a585a00'
+      ? 'xz'
+      : magic.startsWith('1f8b')
+        ? 'gzip'
+        : magic.startsWith('28b52ffd')
+          ? 'zstd'
+          : magic.startsWith('02214c18')
+            ? 'lz4'
+            : 'unknown'
   return {format, data}
 }
 
@@ -308,7 +331,13 @@ export async function pvhKernel(bzImage: string, cacheDir: string): Promise<{pat
   const image = await readFile(bzImage)
   const sha = createHash('sha256').update(image).digest('hex')
   const out = join(cacheDir, 'vmlinux', `${sha}.elf`)
-  if (await stat(out).then((st) => st.isFile(), () => false)) return {path: out}
+  if (
+    await stat(out).then(
+      (st) => st.isFile(),
+      () => false,
+    )
+  )
+    return {path: out}
   if (image.length >= 4 && image.readUInt32BE(0) === 0x7f454c46) return hasPvhNote(image) ? {path: bzImage} : {reason: 'the ELF kernel has no PVH note'}
   let payload
   try {
@@ -353,7 +382,13 @@ export const OVMF_PLAIN = {code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/
 
 export async function findOvmf(): Promise<string> {
   for (const p of OVMF_PATHS) {
-    if (await stat(p).then((s) => s.isFile(), () => false)) return p
+    if (
+      await stat(p).then(
+        (s) => s.isFile(),
+        () => false,
+      )
+    )
+      return p
   }
   throw new BootError(`UEFI firmware not found (${OVMF_PATHS.join(', ')}): install the Debian package 'ovmf' (apt-get install ovmf)`)
 }
@@ -361,7 +396,16 @@ export async function findOvmf(): Promise<string> {
 /** The qemu arguments for a resolved VM (pure: for the command line shown to users and tests). */
 export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
   const secure = r.pflash && !r.pflash.plain
-  const args: string[] = ['-name', 'rdk', '-machine', secure ? 'q35,smm=on' : 'q35', '-accel', r.accel, '-cpu', opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max')]
+  const args: string[] = [
+    '-name',
+    'rdk',
+    '-machine',
+    secure ? 'q35,smm=on' : 'q35',
+    '-accel',
+    r.accel,
+    '-cpu',
+    opts.cpu ?? (r.accel === 'kvm' ? 'host' : 'max'),
+  ]
   args.push('-m', String(opts.memoryMiB ?? DEFAULT_MEMORY_MIB), '-smp', String(opts.cpus ?? 1))
   args.push('-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none')
   if (r.pflash) {
@@ -378,7 +422,12 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
     args.push('-drive', `file=${chardevValue(boot.path)},media=cdrom,if=none,id=boot0,readonly=on`, '-device', 'ide-cd,drive=boot0,bootindex=0')
   } else if (boot?.kind === 'iso') {
     // An isohybrid image written to a stick: a raw disk the firmware boots from its MBR / GPT ESP.
-    args.push('-drive', `file=${chardevValue(boot.path)},format=raw,if=none,id=boot0,readonly=on`, '-device', 'virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot')
+    args.push(
+      '-drive',
+      `file=${chardevValue(boot.path)},format=raw,if=none,id=boot0,readonly=on`,
+      '-device',
+      'virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot',
+    )
   }
   if (opts.interactive) {
     args.push('-chardev', `stdio,id=con0,mux=on,signal=off${opts.serialLogFile ? `,logfile=${chardevValue(opts.serialLogFile)}` : ''}`)
@@ -388,7 +437,12 @@ export function qemuArgs(opts: VmOptions, r: ResolvedVm): string[] {
   }
   if (!opts.noNetwork) {
     const fwd = r.forwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('')
-    const net = boot?.kind === 'tftp' ? `,tftp=${chardevValue(boot.dir)},bootfile=${chardevValue(boot.bootfile)}` : boot?.kind === 'ipxe' ? `,bootfile=${chardevValue(boot.url)}` : ''
+    const net =
+      boot?.kind === 'tftp'
+        ? `,tftp=${chardevValue(boot.dir)},bootfile=${chardevValue(boot.bootfile)}`
+        : boot?.kind === 'ipxe'
+          ? `,bootfile=${chardevValue(boot.url)}`
+          : ''
     args.push('-netdev', `user,id=n0${opts.restrictNetwork ? ',restrict=on' : ''}${net}${fwd}`)
     // Network boots need the NIC's option ROM (iPXE, from ipxe-qemu); the others skip it (faster).
     const netboot = !r.kernel && (boot?.kind === 'tftp' || boot?.kind === 'ipxe')
@@ -419,15 +473,33 @@ async function checkFirmwareBoot(opts: VmOptions): Promise<void> {
   if (!boot) return
   if (boot.kind !== 'iso' && opts.noNetwork) throw new BootError('a network boot needs the network (noNetwork is set)')
   if (boot.kind === 'iso') {
-    if (!(await stat(boot.path).then((s) => s.isFile(), () => false))) throw new BootError(`ISO ${boot.path} does not exist`)
+    if (
+      !(await stat(boot.path).then(
+        (s) => s.isFile(),
+        () => false,
+      ))
+    )
+      throw new BootError(`ISO ${boot.path} does not exist`)
   } else if (boot.kind === 'tftp') {
-    if (!(await stat(boot.dir).then((s) => s.isDirectory(), () => false))) throw new BootError(`PXE directory ${boot.dir} does not exist`)
-    if (!(await stat(join(boot.dir, boot.bootfile)).then((s) => s.isFile(), () => false))) {
+    if (
+      !(await stat(boot.dir).then(
+        (s) => s.isDirectory(),
+        () => false,
+      ))
+    )
+      throw new BootError(`PXE directory ${boot.dir} does not exist`)
+    if (
+      !(await stat(join(boot.dir, boot.bootfile)).then(
+        (s) => s.isFile(),
+        () => false,
+      ))
+    ) {
       throw new BootError(`PXE directory ${boot.dir} has no ${boot.bootfile} (make it with rdk build --format pxe)`)
     }
   } else {
     if (!/^https?:\/\/\S+$/.test(boot.url)) throw new BootError(`iPXE URL '${boot.url}' must be an http:// or https:// URL`)
-    if (opts.uefi || opts.secureBoot || opts.uefiVars) throw new BootError('--ipxe boots through the NIC\'s BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)')
+    if (opts.uefi || opts.secureBoot || opts.uefiVars)
+      throw new BootError("--ipxe boots through the NIC's BIOS iPXE ROM: it cannot be combined with --uefi (boot the PXE tree with --pxe --uefi instead)")
   }
   if (opts.initrd || opts.append) throw new BootError('--initrd/--append only apply to a kernel boot; an ISO or PXE tree carries its own kernel command line')
 }
@@ -465,7 +537,10 @@ async function prepareDisks(disks: DiskSpec[], dryRun: boolean): Promise<Require
   for (const d of disks) {
     const format = d.format ?? (extname(d.path).toLowerCase() === '.qcow2' ? 'qcow2' : 'raw')
     const bus = d.bus ?? 'virtio'
-    const exists = await stat(d.path).then(() => true, () => false)
+    const exists = await stat(d.path).then(
+      () => true,
+      () => false,
+    )
     if (!exists && !dryRun) {
       if (d.size === undefined) throw new BootError(`disk ${d.path} does not exist (give --disk-size to create it)`)
       await run('qemu-img', ['create', '-q', '-f', format, d.path, String(parseSize(d.size))])
@@ -483,8 +558,18 @@ async function prepareDisks(disks: DiskSpec[], dryRun: boolean): Promise<Require
 export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boolean} = {}): Promise<ResolvedVm> {
   const qemu = opts.qemu ?? QEMU
   if (!opts.qemu && !(await which(QEMU))) throw new ToolMissingError(QEMU)
-  for (const [what, p] of [['kernel', opts.kernel], ['initrd', opts.initrd]] as const) {
-    if (p !== undefined && !(await stat(p).then((s) => s.isFile(), () => false))) throw new BootError(`${what} ${p} does not exist`)
+  for (const [what, p] of [
+    ['kernel', opts.kernel],
+    ['initrd', opts.initrd],
+  ] as const) {
+    if (
+      p !== undefined &&
+      !(await stat(p).then(
+        (s) => s.isFile(),
+        () => false,
+      ))
+    )
+      throw new BootError(`${what} ${p} does not exist`)
   }
   await checkFirmwareBoot(opts)
   const forced = opts.accel ?? (process.env.RDK_QEMU_ACCEL as Accel | undefined)
@@ -502,7 +587,13 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
   if (opts.secureBoot) {
     if (typeof opts.uefi === 'string') throw new BootError('Secure Boot uses OVMF_CODE_4M.ms.fd: it cannot be combined with a firmware file')
     for (const f of [OVMF_SECURE.code, OVMF_SECURE.vars]) {
-      if (!(await stat(f).then((st) => st.isFile(), () => false))) throw new BootError(`Secure Boot firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
+      if (
+        !(await stat(f).then(
+          (st) => st.isFile(),
+          () => false,
+        ))
+      )
+        throw new BootError(`Secure Boot firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
     }
     if (dryRun) pflash = {code: OVMF_SECURE.code, vars: '<copy of OVMF_VARS_4M.ms.fd>'}
     else {
@@ -517,7 +608,13 @@ export async function resolveVm(opts: VmOptions, {dryRun = false}: {dryRun?: boo
     if (opts.secureBoot) throw new BootError('uefiVars (a plain OVMF variable store) cannot be combined with Secure Boot')
     if (typeof opts.uefi === 'string') throw new BootError('uefiVars uses OVMF_CODE_4M.fd: it cannot be combined with a firmware file')
     for (const f of [OVMF_PLAIN.code, OVMF_PLAIN.vars]) {
-      if (!(await stat(f).then((st) => st.isFile(), () => false))) throw new BootError(`UEFI firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
+      if (
+        !(await stat(f).then(
+          (st) => st.isFile(),
+          () => false,
+        ))
+      )
+        throw new BootError(`UEFI firmware ${f} not found: install the Debian package 'ovmf' (apt-get install ovmf)`)
     }
     if (!dryRun && !existsSync(opts.uefiVars)) await writeFile(opts.uefiVars, await readFile(OVMF_PLAIN.vars), {flag: 'wx'})
     pflash = {code: OVMF_PLAIN.code, vars: opts.uefiVars, plain: true}
@@ -559,7 +656,10 @@ export async function startVm(opts: VmOptions): Promise<Vm> {
       throw new BootError(`qemu exited at once: ${early}\ncommand: ${formatCommand(vm.argv)}`)
     }
     if (r.accel === 'kvm' && probed && !opts.interactive) {
-      const spoke = await vm.waitForSerial(/\S/, KVM_SILENCE_MS).then(() => true, () => false)
+      const spoke = await vm.waitForSerial(/\S/, KVM_SILENCE_MS).then(
+        () => true,
+        () => false,
+      )
       if (!spoke) {
         opts.onMessage?.(`rdk boot: the guest printed nothing in ${KVM_SILENCE_MS / 1000} s under KVM: restarting it under TCG`)
         await vm.stop()
@@ -668,9 +768,22 @@ async function launch(opts: VmOptions, r: ResolvedVm): Promise<LaunchedVm> {
         const check = () => {
           const m = serial.match(re)
           if (m) return finish(() => resolve(m))
-          if (done) return finish(() => reject(new BootError(`qemu exited before the serial console showed ${re}${stderr.trim() ? `; qemu said: ${stderr.trim()}` : ''}\n--- serial (last lines) ---\n${tail()}`)))
+          if (done)
+            return finish(() =>
+              reject(
+                new BootError(
+                  `qemu exited before the serial console showed ${re}${stderr.trim() ? `; qemu said: ${stderr.trim()}` : ''}\n--- serial (last lines) ---\n${tail()}`,
+                ),
+              ),
+            )
         }
-        const timer = setTimeout(() => finish(() => reject(new BootError(`timed out after ${timeoutMs} ms waiting for ${re} on the serial console\n--- serial (last lines) ---\n${tail()}`))), timeoutMs)
+        const timer = setTimeout(
+          () =>
+            finish(() =>
+              reject(new BootError(`timed out after ${timeoutMs} ms waiting for ${re} on the serial console\n--- serial (last lines) ---\n${tail()}`)),
+            ),
+          timeoutMs,
+        )
         const finish = (fn: () => void) => {
           clearTimeout(timer)
           waiters.delete(check)

@@ -48,7 +48,7 @@ async function addHostPath(tree: FileTree, imagePath: string, host: string, mode
     return 1
   }
   if (st.isDirectory()) {
-    tree.addDir(imagePath, mode ?? (st.mode & 0o7777), {owner})
+    tree.addDir(imagePath, mode ?? st.mode & 0o7777, {owner})
     let n = 1
     for (const name of (await readdir(host)).sort()) n += await addHostPath(tree, `${imagePath}/${name}`, join(host, name), undefined, owner, false)
     return n
@@ -107,7 +107,12 @@ export async function assembleFromSpec(tree: FileTree, spec: BuildSpec): Promise
     }
     for (const p of spec.hardwareManagers) {
       const st = await stat(p)
-      const files = st.isDirectory() ? (await readdir(p)).filter((f) => /\.m?js$/.test(f)).sort().map((f) => join(p, f)) : [p]
+      const files = st.isDirectory()
+        ? (await readdir(p))
+            .filter((f) => /\.m?js$/.test(f))
+            .sort()
+            .map((f) => join(p, f))
+        : [p]
       for (const f of files) {
         const name = f.slice(f.lastIndexOf('/') + 1)
         if (tree.has(`${HARDWARE_MANAGERS_DIR}/${name}`) && tree.get(`${HARDWARE_MANAGERS_DIR}/${name}`)!.source === 'spec') {

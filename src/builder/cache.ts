@@ -33,7 +33,9 @@ export function canonicalJson(value: unknown): string {
 }
 
 export function cacheKey(namespace: string, inputs: unknown): string {
-  return createHash('sha256').update(canonicalJson({format: CACHE_FORMAT, namespace, inputs})).digest('hex')
+  return createHash('sha256')
+    .update(canonicalJson({format: CACHE_FORMAT, namespace, inputs}))
+    .digest('hex')
 }
 
 const NS_RE = /^[a-z0-9][a-z0-9._-]*$/
@@ -179,7 +181,12 @@ export class BuildCache {
    * (entries as JSON, contents in the blob store); on a hit the saved fragment is loaded. Either
    * way the result shares `blobsOf`'s blob store, ready for `tree.merge(fragment)`.
    */
-  async fragment(namespace: string, inputs: unknown, blobsOf: FileTree, produce: (fragment: FileTree) => Promise<void>): Promise<{tree: FileTree; hit: boolean; key: string}> {
+  async fragment(
+    namespace: string,
+    inputs: unknown,
+    blobsOf: FileTree,
+    produce: (fragment: FileTree) => Promise<void>,
+  ): Promise<{tree: FileTree; hit: boolean; key: string}> {
     let produced: FileTree | undefined
     const r = await this.directory(namespace, inputs, async (dir) => {
       produced = new FileTree(blobsOf.blobs)
@@ -196,7 +203,8 @@ export class BuildCache {
       if (e.type === 'file' && !tree.blobs.has(e.hash!)) {
         const p = this.blobPath(e.hash!)
         const st = await stat(p).catch(() => undefined)
-        if (!st || st.size !== e.size) throw new BuildError(`cache ${namespace}/${r.key}: blob ${e.hash} is missing or damaged; delete ${this.entryDir(namespace, r.key)} and rebuild`)
+        if (!st || st.size !== e.size)
+          throw new BuildError(`cache ${namespace}/${r.key}: blob ${e.hash} is missing or damaged; delete ${this.entryDir(namespace, r.key)} and rebuild`)
         tree.blobs.putKnownHostFile(e.hash!, p, st.size)
       }
       tree.insert(e)

@@ -49,7 +49,16 @@ export async function compressFile(kind: Compression, input: string, output: str
       return
     }
     case 'xz': {
-      const r = await runBuffer('xz', ['--compress', '--stdout', '--check=crc32', '--threads=1', ...(opts.x86 ? ['--x86'] : []), '--lzma2=preset=9e,dict=32MiB', '--', input])
+      const r = await runBuffer('xz', [
+        '--compress',
+        '--stdout',
+        '--check=crc32',
+        '--threads=1',
+        ...(opts.x86 ? ['--x86'] : []),
+        '--lzma2=preset=9e,dict=32MiB',
+        '--',
+        input,
+      ])
       await writeFile(output, r.stdout, {mode: 0o644})
       return
     }

@@ -147,7 +147,8 @@ export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: Cpio
     if (e.type !== 'hardlink') return
     let t = index.get(e.target!)
     for (let hops = 0; t !== undefined && entries[t]!.type === 'hardlink' && hops < 40; hops++) t = index.get(entries[t]!.target!)
-    if (t === undefined || entries[t]!.type !== 'file') throw new BuildError(`hard link ${e.path}: target ${e.target} is not a regular file in the image${opts.include ? ' (in the same initramfs layer)' : ''}`)
+    if (t === undefined || entries[t]!.type !== 'file')
+      throw new BuildError(`hard link ${e.path}: target ${e.target} is not a regular file in the image${opts.include ? ' (in the same initramfs layer)' : ''}`)
     linkTarget.set(i, t)
     ino[i] = ino[t]!
     const g = groups.get(t) ?? [t]
@@ -230,7 +231,10 @@ export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: Cpio
       ahead.delete(i)
       const content = pre ? await pre : tree.blobs.stream(file.hash!)
       if (Buffer.isBuffer(content)) {
-        if (content.length !== filesize) throw new BuildError(`${e.path}: its content changed while packing (${tree.blobs.hostPath(file.hash!)}: expected ${filesize} bytes, read ${content.length})`)
+        if (content.length !== filesize)
+          throw new BuildError(
+            `${e.path}: its content changed while packing (${tree.blobs.hostPath(file.hash!)}: expected ${filesize} bytes, read ${content.length})`,
+          )
         push(content)
       } else {
         if (pendingBytes > 0) yield flush()
@@ -240,7 +244,8 @@ export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: Cpio
           stats.bytes += (chunk as Buffer).length
           yield chunk as Buffer
         }
-        if (n !== filesize) throw new BuildError(`${e.path}: its content changed while packing (${tree.blobs.hostPath(file.hash!)}: expected ${filesize} bytes, read ${n})`)
+        if (n !== filesize)
+          throw new BuildError(`${e.path}: its content changed while packing (${tree.blobs.hostPath(file.hash!)}: expected ${filesize} bytes, read ${n})`)
       }
     } else {
       if (pendingBytes >= 256 * 1024) yield flush()
@@ -302,7 +307,17 @@ export function parseCpio(buf: Buffer): CpioEntry[] {
     const data = buf.subarray(off, off + filesize)
     off += filesize
     off += pad4(off)
-    out.push({name, ino: field(0), mode: field(1), uid: field(2), gid: field(3), nlink: field(4), mtime: field(5), rdevmajor: field(9), rdevminor: field(10), data})
+    out.push({
+      name,
+      ino: field(0),
+      mode: field(1),
+      uid: field(2),
+      gid: field(3),
+      nlink: field(4),
+      mtime: field(5),
+      rdevmajor: field(9),
+      rdevminor: field(10),
+      data,
+    })
   }
 }
-

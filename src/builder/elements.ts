@@ -90,8 +90,15 @@ export interface ElementLocation {
 const MANIFEST_KEYS = ['description', 'depends', 'provides', 'conflicts', 'packages', 'dirs', 'files', 'templates', 'symlinks', 'devices'] as const
 
 /** Search paths in order: user paths, $RDK_ELEMENTS_PATH, built-in. */
-export function elementSearchPaths(userPaths: readonly string[], env: Record<string, string | undefined> = process.env, builtinDir = BUILTIN_ELEMENTS_DIR): string[] {
-  const fromEnv = (env.RDK_ELEMENTS_PATH ?? '').split(':').filter(Boolean).map((p) => resolve(p))
+export function elementSearchPaths(
+  userPaths: readonly string[],
+  env: Record<string, string | undefined> = process.env,
+  builtinDir = BUILTIN_ELEMENTS_DIR,
+): string[] {
+  const fromEnv = (env.RDK_ELEMENTS_PATH ?? '')
+    .split(':')
+    .filter(Boolean)
+    .map((p) => resolve(p))
   return [...new Set([...userPaths.map((p) => resolve(p)), ...fromEnv, resolve(builtinDir)])]
 }
 
@@ -120,7 +127,13 @@ export class ElementCatalog {
       }
       for (const name of names) {
         const dir = join(sp, name)
-        if (!(await stat(join(dir, 'element.yaml')).then((s) => s.isFile(), () => false))) continue
+        if (
+          !(await stat(join(dir, 'element.yaml')).then(
+            (s) => s.isFile(),
+            () => false,
+          ))
+        )
+          continue
         const loc = {name, dir, searchPath: sp, builtin: resolve(sp) === cat.builtinDir}
         if (cat.found.has(name)) cat.shadowed.push(loc)
         else cat.found.set(name, loc)
@@ -196,7 +209,8 @@ function insideElement(y: YamlFile, at: (string | number)[], dir: string, rel: u
 function mapEntries(y: YamlFile, key: string, data: Record<string, unknown>): [string, unknown][] {
   const v = data[key]
   if (v === undefined || v === null) return []
-  if (typeof v !== 'object' || Array.isArray(v)) throw new ElementError(`${y.where([key])}: ${key}: expected a mapping of image path → ${key === 'symlinks' ? 'target' : 'source'}`)
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw new ElementError(`${y.where([key])}: ${key}: expected a mapping of image path → ${key === 'symlinks' ? 'target' : 'source'}`)
   return Object.entries(v as Record<string, unknown>)
 }
 
@@ -224,7 +238,9 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
   for (const key of Object.keys(data)) {
     if (!(MANIFEST_KEYS as readonly string[]).includes(key)) {
       const near = nearNames(key, MANIFEST_KEYS)
-      throw new ElementError(`${y.where([key], true)}: unknown key '${key}'${near.length ? ` (did you mean '${near[0]}'?)` : ''}; known keys: ${MANIFEST_KEYS.join(', ')}`)
+      throw new ElementError(
+        `${y.where([key], true)}: unknown key '${key}'${near.length ? ` (did you mean '${near[0]}'?)` : ''}; known keys: ${MANIFEST_KEYS.join(', ')}`,
+      )
     }
   }
   const mode = (at: (string | number)[], v: unknown) => parseMode(v, y.sourceText(at), y.where(at), (m) => new ElementError(m))
@@ -246,7 +262,8 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
     if (typeof o.name !== 'string' || !pkgName.test(o.name)) throw new ElementError(`${y.where([...at, 'name'])}: name must be a Debian package name`)
     let files: string[] | undefined
     if (o.files !== undefined) {
-      if (!Array.isArray(o.files) || o.files.some((g) => typeof g !== 'string' || !g)) throw new ElementError(`${y.where([...at, 'files'])}: files must be a list of globs`)
+      if (!Array.isArray(o.files) || o.files.some((g) => typeof g !== 'string' || !g))
+        throw new ElementError(`${y.where([...at, 'files'])}: files must be a list of globs`)
       files = o.files as string[]
     }
     packages.push(files ? {name: o.name, files} : {name: o.name})
@@ -266,7 +283,11 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
         dirs.push({path: imagePath(y, at, p), mode: v === null ? 0o755 : mode(at, v)})
       } else {
         const o = objectWith(y, at, v, ['mode', 'owner'])
-        dirs.push({path: imagePath(y, at, p), mode: o.mode === undefined ? 0o755 : mode([...at, 'mode'], o.mode), owner: optOwner(y, [...at, 'owner'], o.owner)})
+        dirs.push({
+          path: imagePath(y, at, p),
+          mode: o.mode === undefined ? 0o755 : mode([...at, 'mode'], o.mode),
+          owner: optOwner(y, [...at, 'owner'], o.owner),
+        })
       }
     }
   }
@@ -276,7 +297,13 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
     const at = ['files', p]
     const o = typeof v === 'string' ? {source: v} : objectWith(y, at, v, ['source', 'mode', 'owner'])
     const source = insideElement(y, typeof v === 'string' ? at : [...at, 'source'], dir, o.source)
-    if (!(await stat(source).then(() => true, () => false))) throw new ElementError(`${y.where(typeof v === 'string' ? at : [...at, 'source'])}: source file '${String(o.source)}' does not exist in ${dir}`)
+    if (
+      !(await stat(source).then(
+        () => true,
+        () => false,
+      ))
+    )
+      throw new ElementError(`${y.where(typeof v === 'string' ? at : [...at, 'source'])}: source file '${String(o.source)}' does not exist in ${dir}`)
     files.push({
       path: imagePath(y, at, p),
       source,
@@ -290,8 +317,19 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
     const at = ['templates', p]
     const o = typeof v === 'string' ? {template: v} : objectWith(y, at, v, ['template', 'mode', 'owner'])
     const template = insideElement(y, typeof v === 'string' ? at : [...at, 'template'], dir, o.template)
-    if (!(await stat(template).then((s) => s.isFile(), () => false))) throw new ElementError(`${y.where(typeof v === 'string' ? at : [...at, 'template'])}: template '${String(o.template)}' does not exist in ${dir}`)
-    templates.push({path: imagePath(y, at, p), template, mode: o.mode === undefined ? undefined : mode([...at, 'mode'], o.mode), owner: optOwner(y, [...at, 'owner'], o.owner)})
+    if (
+      !(await stat(template).then(
+        (s) => s.isFile(),
+        () => false,
+      ))
+    )
+      throw new ElementError(`${y.where(typeof v === 'string' ? at : [...at, 'template'])}: template '${String(o.template)}' does not exist in ${dir}`)
+    templates.push({
+      path: imagePath(y, at, p),
+      template,
+      mode: o.mode === undefined ? undefined : mode([...at, 'mode'], o.mode),
+      owner: optOwner(y, [...at, 'owner'], o.owner),
+    })
   }
 
   const symlinks: ElementManifest['symlinks'] = []
@@ -308,7 +346,13 @@ export async function parseManifest(text: string, file: string, dir: string): Pr
     for (const k of ['major', 'minor'] as const) {
       if (!Number.isInteger(o[k]) || (o[k] as number) < 0) throw new ElementError(`${y.where([...at, k])}: ${k} must be a non-negative integer`)
     }
-    devices.push({path: imagePath(y, at, p), kind: o.type, major: o.major as number, minor: o.minor as number, mode: o.mode === undefined ? 0o600 : mode([...at, 'mode'], o.mode)})
+    devices.push({
+      path: imagePath(y, at, p),
+      kind: o.type,
+      major: o.major as number,
+      minor: o.minor as number,
+      mode: o.mode === undefined ? 0o600 : mode([...at, 'mode'], o.mode),
+    })
   }
 
   return {
@@ -403,7 +447,10 @@ export async function resolveElements(catalog: ElementCatalog, req: ResolveReque
       if (e?.manifest.provides.includes(cap)) candidates.push(n)
     }
     if (candidates.length === 0) throw catalog.unknown(cap, by)
-    if (candidates.length > 1) throw new ElementError(`'${cap}' (required by ${by}) is provided by several elements: ${candidates.join(', ')}; add the one to use to the build's elements`)
+    if (candidates.length > 1)
+      throw new ElementError(
+        `'${cap}' (required by ${by}) is provided by several elements: ${candidates.join(', ')}; add the one to use to the build's elements`,
+      )
     queue.push({name: candidates[0]!, requiredBy: by})
     await drain()
   }
@@ -438,7 +485,10 @@ export async function resolveElements(catalog: ElementCatalog, req: ResolveReque
   const remaining = new Map([...deps].map(([n, d]) => [n, new Set(d)]))
   const order: Element[] = []
   while (remaining.size) {
-    const ready = [...remaining].filter(([, d]) => d.size === 0).map(([n]) => n).sort()
+    const ready = [...remaining]
+      .filter(([, d]) => d.size === 0)
+      .map(([n]) => n)
+      .sort()
     const next = ready[0]!
     order.push(selected.get(next)!)
     remaining.delete(next)

@@ -77,7 +77,14 @@ export const pxeStage: Stage = {
     const how = wanted(ctx, 'pxe')!
     const path = target(ctx, 'pxe', `${ctx.spec.name}-pxe`, how)
     await ensureScratch(ctx)
-    const r = await makePxeTree({...inputs(ctx), output: path, name: ctx.spec.name, kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec), sourceDateEpoch: ctx.spec.sourceDateEpoch, workDir: ctx.workDir})
+    const r = await makePxeTree({
+      ...inputs(ctx),
+      output: path,
+      name: ctx.spec.name,
+      kernelArgs: bootKernelArgs(ctx.flavor, ctx.spec),
+      sourceDateEpoch: ctx.spec.sourceDateEpoch,
+      workDir: ctx.workDir,
+    })
     return `${r.files.length} files${how === 'bundle' ? ' (for the bundle)' : ''}`
   },
 }

@@ -120,7 +120,13 @@ export async function stageTree(tree: FileTree, dir: string): Promise<Map<string
  * Read a staged directory back into the tree: unchanged paths keep their entry, changed and new
  * ones are re-added (attributed via `changedBy`), vanished ones are removed.
  */
-export async function unstageTree(tree: FileTree, dir: string, staged: Map<string, {sig: Sig; written: number}>, changedBy: Map<string, string>, fallbackSource: string): Promise<{added: number; changed: number; removed: number}> {
+export async function unstageTree(
+  tree: FileTree,
+  dir: string,
+  staged: Map<string, {sig: Sig; written: number}>,
+  changedBy: Map<string, string>,
+  fallbackSource: string,
+): Promise<{added: number; changed: number; removed: number}> {
   const now = await scan(dir)
   let added = 0
   let changed = 0
@@ -203,7 +209,10 @@ export async function runHooks(tree: FileTree, opts: HookRunOptions): Promise<{h
         // The hook ran and failed: the build failed (exit 1), the element's files are fine.
         throw new ElementError(`hook ${hook.phase}/${hook.name} of element '${el.name}' ${how}${out ? `:\n${out}` : ''}`, {exit: EXIT_FAILURE})
       }
-      if (err instanceof ToolMissingError) throw new ElementError(`hook ${hook.phase}/${hook.name} of element '${el.name}' could not be started: ${hook.path} or the interpreter on its #! line is missing`)
+      if (err instanceof ToolMissingError)
+        throw new ElementError(
+          `hook ${hook.phase}/${hook.name} of element '${el.name}' could not be started: ${hook.path} or the interpreter on its #! line is missing`,
+        )
       throw err
     }
     const now = await scan(opts.stageDir)

@@ -2,7 +2,18 @@
  * The builder's public API, for commands and for flavor code (src/flavors/) that lists stages.
  * See docs/build.md. The flavor table and buildImage() are in src/flavors/index.ts.
  */
-export {resolveSpec, finishSpec, parseConfigText, kernelCmdline, parseAuthorizedKeys, SPEC_SETTINGS, buildFlagTable, FLAVORS, FORMATS, DEFAULT_SOURCE_DATE_EPOCH} from './spec.js'
+export {
+  resolveSpec,
+  finishSpec,
+  parseConfigText,
+  kernelCmdline,
+  parseAuthorizedKeys,
+  SPEC_SETTINGS,
+  buildFlagTable,
+  FLAVORS,
+  FORMATS,
+  DEFAULT_SOURCE_DATE_EPOCH,
+} from './spec.js'
 export type {BuildSpec, Flavor, Format, SpecSetting, SpecSources} from './spec.js'
 export {FileTree, BlobStore, normalisePath, comparePaths, TreeError} from './tree.js'
 export type {TreeEntry, EntryType, AddOptions} from './tree.js'

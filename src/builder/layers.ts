@@ -86,7 +86,16 @@ export function planLayers(tree: FileTree, layerOf: ReadonlyMap<string, string>)
     const s = stats.get(name)!
     if (s.entries === 0) continue
     const index = out.length
-    out.push({name, index, firstIno: index * LAYER_INO_STRIDE + 1, include: (e) => assigned.get(e.path) === name, digest: s.hash.digest('hex'), entries: s.entries, bytes: s.bytes, x86Bytes: s.x86Bytes})
+    out.push({
+      name,
+      index,
+      firstIno: index * LAYER_INO_STRIDE + 1,
+      include: (e) => assigned.get(e.path) === name,
+      digest: s.hash.digest('hex'),
+      entries: s.entries,
+      bytes: s.bytes,
+      x86Bytes: s.x86Bytes,
+    })
   }
   return out
 }

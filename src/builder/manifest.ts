@@ -26,7 +26,10 @@ export async function buildManifest(ctx: BuildContext): Promise<Record<string, u
     kernel: ctx.kernel ? {version: ctx.kernel.version ?? null, source: ctx.kernel.source ?? null} : null,
     tree: {digest: ctx.tree.digest(), entries: ctx.tree.size, bytes: sizes.reduce((n, s) => n + s.bytes, 0)},
     sizes,
-    artefacts: ctx.outputs.all().filter((a) => a.kind !== 'manifest').map((a) => ({file: a.file, kind: a.kind, size: a.size, sha256: a.sha256})),
+    artefacts: ctx.outputs
+      .all()
+      .filter((a) => a.kind !== 'manifest')
+      .map((a) => ({file: a.file, kind: a.kind, size: a.size, sha256: a.sha256})),
     ...ctx.manifestExtra,
   }
 }

@@ -11,7 +11,13 @@
 import {readFile, readdir, stat} from 'node:fs/promises'
 import {homedir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
-import {checkEpoch as checkEpochIn, DEFAULT_CACHE_DIR_HELP, DEFAULT_SOURCE_DATE_EPOCH, defaultCacheDir, sourceDateEpochFromEnv as epochFromEnv} from '../common/defaults.js'
+import {
+  checkEpoch as checkEpochIn,
+  DEFAULT_CACHE_DIR_HELP,
+  DEFAULT_SOURCE_DATE_EPOCH,
+  defaultCacheDir,
+  sourceDateEpochFromEnv as epochFromEnv,
+} from '../common/defaults.js'
 import {COMPRESSIONS, type Compression} from './compress.js'
 import {DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_YAML} from './default-config.js'
 import {SpecError} from './errors.js'
@@ -153,11 +159,20 @@ function parseValue(s: SpecSetting, raw: unknown, where: string, baseDir: string
   }
   const str = (v: unknown): string => (typeof v === 'string' ? v : fail('a string'))
   const list = (v: unknown): string[] => {
-    if (typeof v === 'string') return v.split(',').map((x) => x.trim()).filter(Boolean)
+    if (typeof v === 'string')
+      return v
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean)
     if (Array.isArray(v)) {
       return v.flatMap((x, i) => {
         if (typeof x !== 'string') throw new SpecError(`${where}: ${s.key}[${i}]: expected a string, got ${describe(x)}`)
-        return fromFlag ? x.split(',').map((y) => y.trim()).filter(Boolean) : [x.trim()]
+        return fromFlag
+          ? x
+              .split(',')
+              .map((y) => y.trim())
+              .filter(Boolean)
+          : [x.trim()]
       })
     }
     return fail('a list of strings')
@@ -247,7 +262,10 @@ export function parseKernelArgs(raw: unknown, where: string, fromFlag: boolean):
 }
 
 /** The flavor's boot arguments overlaid with the spec's (the spec wins; insertion order kept). */
-export function bootKernelArgs(flavor: {kernelArgs?: Record<string, string | null>}, spec: {kernelArgs: Record<string, string | null>}): Record<string, string | null> {
+export function bootKernelArgs(
+  flavor: {kernelArgs?: Record<string, string | null>},
+  spec: {kernelArgs: Record<string, string | null>},
+): Record<string, string | null> {
   return {...(flavor.kernelArgs ?? {}), ...spec.kernelArgs}
 }
 
@@ -298,7 +316,8 @@ export function parseAuthorizedKeys(text: string, file: string): string[] {
     if (!KEY_TYPES.has(type!)) {
       const {rest} = splitOptions(line)
       ;[type, blob] = rest.split(/\s+/)
-      if (!KEY_TYPES.has(type ?? '')) throw new SpecError(`${where}: not an SSH public key line (expected e.g. 'ssh-ed25519 AAAA… comment'), got ${JSON.stringify(line.slice(0, 60))}`)
+      if (!KEY_TYPES.has(type ?? ''))
+        throw new SpecError(`${where}: not an SSH public key line (expected e.g. 'ssh-ed25519 AAAA… comment'), got ${JSON.stringify(line.slice(0, 60))}`)
     }
     if (!blob || !/^[A-Za-z0-9+/]+={0,2}$/.test(blob)) throw new SpecError(`${where}: ${type} key has no valid base64 key data`)
     const bytes = Buffer.from(blob, 'base64')
@@ -389,7 +408,13 @@ async function loadConfigLayer(configFile: string | undefined, env: SpecEnv): Pr
   let file = configFile
   if (file === undefined) {
     const implicit = resolve(env.cwd, 'rdk.yaml')
-    if (await stat(implicit).then((s) => s.isFile(), () => false)) file = implicit
+    if (
+      await stat(implicit).then(
+        (s) => s.isFile(),
+        () => false,
+      )
+    )
+      file = implicit
   }
   if (file === undefined) return parseConfigText(DEFAULT_CONFIG_YAML, DEFAULT_CONFIG_NAME, env)
   let text: string
@@ -397,7 +422,9 @@ async function loadConfigLayer(configFile: string | undefined, env: SpecEnv): Pr
     text = await readFile(resolve(env.cwd, file), 'utf8')
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    throw new SpecError(`cannot read config file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`)
+    throw new SpecError(
+      `cannot read config file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`,
+    )
   }
   return parseConfigText(text, file, env)
 }

@@ -82,7 +82,13 @@ function hookStage(name: string, description: string, phases: readonly (typeof H
     description,
     skip: (ctx) => (phases.some((ph) => hooksFor(ctx.elements, ph).length) ? undefined : `no ${phases.length === 1 ? phases[0] : 'hook'} scripts`),
     async run(ctx) {
-      const r = await runHooks(ctx.tree, {elements: ctx.elements, phases, stageDir: join(ctx.workDir, `stage-${name}`), env: ctx.hookEnv(), log: (l) => ctx.log(l)})
+      const r = await runHooks(ctx.tree, {
+        elements: ctx.elements,
+        phases,
+        stageDir: join(ctx.workDir, `stage-${name}`),
+        env: ctx.hookEnv(),
+        log: (l) => ctx.log(l),
+      })
       return `${r.hooks.length} hook${r.hooks.length === 1 ? '' : 's'}; ${r.added} added, ${r.changed} changed, ${r.removed} removed`
     },
   }
@@ -121,7 +127,16 @@ export const packInitramfsStage: Stage = {
       layers.map(async (layer) => {
         // Mostly executables and libraries: worth the x86 BCJ filter (xz only).
         const x86 = layer.x86Bytes * 2 > layer.bytes
-        const inputs = {layer: layer.digest, firstIno: layer.firstIno, owners, cpio: CPIO_FORMAT, compress: ctx.spec.compress, compressor, x86, mtime: ctx.spec.sourceDateEpoch}
+        const inputs = {
+          layer: layer.digest,
+          firstIno: layer.firstIno,
+          owners,
+          cpio: CPIO_FORMAT,
+          compress: ctx.spec.compress,
+          compressor,
+          x86,
+          mtime: ctx.spec.sourceDateEpoch,
+        }
         const cached = await ctx.cache.file('initramfs-layer', inputs, async (out) => {
           const cpio = join(ctx.workDir, `initramfs-${layer.index}-${layer.name}.cpio`)
           cpioBytes += (await writeCpio(ctx.tree, cpio, {mtime: ctx.spec.sourceDateEpoch, include: layer.include, firstIno: layer.firstIno})).bytes
@@ -139,7 +154,18 @@ export const packInitramfsStage: Stage = {
       await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())))
     }
     const reused = packed.filter((p) => p.cached.hit).length
-    ctx.initramfs = {treeDigest: digest, compressor, layers: packed.map((p) => ({name: p.layer.name, digest: p.layer.digest, entries: p.layer.entries, bytes: p.layer.bytes, compressed: p.size, cached: p.cached.hit}))}
+    ctx.initramfs = {
+      treeDigest: digest,
+      compressor,
+      layers: packed.map((p) => ({
+        name: p.layer.name,
+        digest: p.layer.digest,
+        entries: p.layer.entries,
+        bytes: p.layer.bytes,
+        compressed: p.size,
+        cached: p.cached.hit,
+      })),
+    }
     const detail = packed.map((p) => `${p.layer.name} ${humanBytes(p.size)}${p.cached.hit ? ' (cached)' : ''}`).join(', ')
     if (reused === packed.length) return `reused from cache (${packed.length} layers, tree ${digest.slice(0, 12)})`
     return `${packed.length} layers, ${reused} from cache; ${humanBytes(cpioBytes)} cpio packed → ${ctx.spec.compress}: ${detail}`
@@ -172,6 +198,9 @@ export const writeArtefactsStage: Stage = {
     await writeFile(m.tempPath, text, {mode: 0o644})
     Object.assign(m, {size: Buffer.byteLength(text), sha256: createHash('sha256').update(text).digest('hex')})
     await ctx.outputs.commit()
-    return ctx.outputs.all().map((a) => a.file).join(', ')
+    return ctx.outputs
+      .all()
+      .map((a) => a.file)
+      .join(', ')
   },
 }

@@ -185,7 +185,8 @@ function parseOwner(owner: string | undefined, path: string): {uid: number; gid:
     const uid = Number(m[1])
     return {uid, gid: m[2] !== undefined ? Number(m[2]) : uid}
   }
-  if (!/^[a-z_][a-z0-9_.-]*\$?(?::[a-z_][a-z0-9_.-]*\$?)?$/i.test(owner)) throw new TreeError(`${path}: invalid owner '${owner}' (use user, user:group or uid:gid)`)
+  if (!/^[a-z_][a-z0-9_.-]*\$?(?::[a-z_][a-z0-9_.-]*\$?)?$/i.test(owner))
+    throw new TreeError(`${path}: invalid owner '${owner}' (use user, user:group or uid:gid)`)
   return {uid: 0, gid: 0, owner}
 }
 
@@ -359,7 +360,10 @@ export class FileTree {
   }
 
   addDevice(path: string, kind: 'char' | 'block', major: number, minor: number, mode = 0o600, opts?: Omit<AddOptions, 'mode'>): TreeEntry {
-    for (const [n, v] of [['major', major], ['minor', minor]] as const) {
+    for (const [n, v] of [
+      ['major', major],
+      ['minor', minor],
+    ] as const) {
       if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new TreeError(`${path}: invalid device ${n} ${v}`)
     }
     if (kind !== 'char' && kind !== 'block') throw new TreeError(`${path}: device kind must be char or block, got ${String(kind)}`)
@@ -499,7 +503,14 @@ export class FileTree {
           this.addSymlink(ip, await readlink(host), o)
         } else if (st.isCharacterDevice() || st.isBlockDevice()) {
           const rdev = st.rdev
-          this.addDevice(ip, st.isCharacterDevice() ? 'char' : 'block', Math.floor(rdev / 256) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00), st.mode & 0o7777, o)
+          this.addDevice(
+            ip,
+            st.isCharacterDevice() ? 'char' : 'block',
+            Math.floor(rdev / 256) & 0xfff,
+            (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+            st.mode & 0o7777,
+            o,
+          )
         } else {
           continue
         }

@@ -18,7 +18,11 @@ export function asUserError(err: unknown, command: string): unknown {
   if (err instanceof ConfigError) return new UserError(err.message, {cause: err})
   // oclif's flag and argument errors (unknown flag, bad option value, missing required flag).
   if (err instanceof Errors.CLIError && !(err instanceof Errors.ExitError)) {
-    return new UserError(err.message.replace(/\n*\s*See more help with --help$/, ''), {exit: EXIT_USAGE, hint: `rdk ${command} --help lists the flags`, cause: err})
+    return new UserError(err.message.replace(/\n*\s*See more help with --help$/, ''), {
+      exit: EXIT_USAGE,
+      hint: `rdk ${command} --help lists the flags`,
+      cause: err,
+    })
   }
   return err
 }

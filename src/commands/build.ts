@@ -26,7 +26,10 @@ export default class Build extends RdkCommand {
     config: Flags.string({description: 'build config file (YAML) [default: ./rdk.yaml if present, else the built-in default]'}),
     json: Flags.boolean({description: 'print a machine-readable result (artefacts, sizes, sha256, stage timings) on stdout'}),
     'print-spec': Flags.boolean({description: 'print the resolved build spec as YAML and exit'}),
-    'dry-run': Flags.boolean({description: "print the resolved spec, the elements and the flavor's stages in order (which would skip, and why), then exit: nothing is built or written (--json: as JSON)"}),
+    'dry-run': Flags.boolean({
+      description:
+        "print the resolved spec, the elements and the flavor's stages in order (which would skip, and why), then exit: nothing is built or written (--json: as JSON)",
+    }),
     ...specFlags,
   }
 
@@ -60,6 +63,7 @@ export default class Build extends RdkCommand {
     }
     for (const a of result.artefacts) this.log(`${a.path}  ${mb(a.size)}  sha256:${a.sha256}`)
     if (result.contributions.length) this.log(`size by contributor (uncompressed): ${result.contributions.map((e) => `${e.name} ${mb(e.bytes)}`).join(', ')}`)
-    if (result.layers.length) this.log(`initramfs layers (${spec.compress}): ${result.layers.map((l) => `${l.name} ${mb(l.compressed)}${l.cached ? ' (cached)' : ''}`).join(', ')}`)
+    if (result.layers.length)
+      this.log(`initramfs layers (${spec.compress}): ${result.layers.map((l) => `${l.name} ${mb(l.compressed)}${l.cached ? ' (cached)' : ''}`).join(', ')}`)
   }
 }

@@ -5,7 +5,7 @@ import {RdkCommand} from './base.js'
 export default class Iso extends RdkCommand {
   static override summary = 'Make a hybrid BIOS + UEFI boot ISO (CD and USB stick / disk) from any kernel and initramfs'
   static override description =
-    'Like IPA\'s iso-image-create: ISOLINUX for BIOS, GRUB in an ESP image (EFI/BOOT/BOOTX64.EFI) for UEFI, isohybrid. ' +
+    "Like IPA's iso-image-create: ISOLINUX for BIOS, GRUB in an ESP image (EFI/BOOT/BOOTX64.EFI) for UEFI, isohybrid. " +
     'Every boot menu gets console=tty0 console=ttyS0,115200n8 boot_method=vmedia and the --kernel-arg words. ' +
     'Reproducible: all timestamps are --source-date-epoch. The ISO is written atomically. See docs/artefacts.md.'
   static override examples = [
@@ -21,7 +21,10 @@ export default class Iso extends RdkCommand {
     label: Flags.string({description: 'ISO 9660 volume label', default: 'RDK'}),
     title: Flags.string({description: 'boot menu title [default: the ISO file name without .iso]'}),
     'secure-boot': Flags.boolean({description: "UEFI through Debian's signed shim and GRUB (packages shim-signed, grub-efi-amd64-signed)"}),
-    shim: Flags.string({description: 'signed shim to use with --secure-boot instead of the installed /usr/lib/shim/shimx64.efi.signed', dependsOn: ['signed-grub']}),
+    shim: Flags.string({
+      description: 'signed shim to use with --secure-boot instead of the installed /usr/lib/shim/shimx64.efi.signed',
+      dependsOn: ['signed-grub'],
+    }),
     'signed-grub': Flags.string({description: 'signed GRUB (gcdx64.efi.signed) to use with --secure-boot instead of the installed one', dependsOn: ['shim']}),
     'source-date-epoch': Flags.integer({description: 'timestamp (seconds) of every file [default: $SOURCE_DATE_EPOCH, else 2024-01-01]'}),
     timeout: Flags.integer({description: 'boot menu timeout in seconds', default: 1}),

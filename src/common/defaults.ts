@@ -27,7 +27,10 @@ export const MAX_SOURCE_DATE_EPOCH = 0xffffffff
  * $SOURCE_DATE_EPOCH (whole seconds, 0 … 2^32-1), else DEFAULT_SOURCE_DATE_EPOCH. A value that is
  * set but not a number is an error (never silently ignored).
  */
-export function sourceDateEpochFromEnv(env: Record<string, string | undefined> = process.env, fail: (message: string) => Error = (m) => new UserError(m)): number {
+export function sourceDateEpochFromEnv(
+  env: Record<string, string | undefined> = process.env,
+  fail: (message: string) => Error = (m) => new UserError(m),
+): number {
   const raw = env.SOURCE_DATE_EPOCH
   if (raw === undefined || raw === '') return DEFAULT_SOURCE_DATE_EPOCH
   if (!/^\d+$/.test(raw.trim())) throw fail(`SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(raw)}`)
@@ -35,6 +38,7 @@ export function sourceDateEpochFromEnv(env: Record<string, string | undefined> =
 }
 
 export function checkEpoch(n: number, where: string, fail: (message: string) => Error = (m) => new UserError(m)): number {
-  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_SOURCE_DATE_EPOCH) throw fail(`${where}: must be between 0 and ${MAX_SOURCE_DATE_EPOCH} (a cpio timestamp), got ${n}`)
+  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_SOURCE_DATE_EPOCH)
+    throw fail(`${where}: must be between 0 and ${MAX_SOURCE_DATE_EPOCH} (a cpio timestamp), got ${n}`)
   return n
 }

@@ -35,4 +35,3 @@ export async function gzipTo(source: Readable | AsyncIterable<Buffer>, dest: str
   const out = typeof dest === 'string' ? createWriteStream(dest, {mode: 0o644}) : dest
   await pipeline(source instanceof Readable ? source : Readable.from(source), gzipStream(), fixGzipHeader(), out)
 }
-

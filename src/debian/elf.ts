@@ -179,7 +179,17 @@ function parse(r: Reader, file: string): ElfInfo {
       }
     }
   }
-  return {type, machine, ...(interpreter !== undefined ? {interpreter} : {}), needed, ...(soname !== undefined ? {soname} : {}), runpath, rpath, dynamic: Boolean(dyn), sections}
+  return {
+    type,
+    machine,
+    ...(interpreter !== undefined ? {interpreter} : {}),
+    needed,
+    ...(soname !== undefined ? {soname} : {}),
+    runpath,
+    rpath,
+    dynamic: Boolean(dyn),
+    sections,
+  }
 }
 
 /** Parse an ELF64 image held in memory. */
@@ -301,7 +311,10 @@ export interface ClosureOptions {
 }
 
 function expandOrigin(entry: string, origin: string): string {
-  return entry.replace(/\$\{ORIGIN\}|\$ORIGIN/g, origin).replace(/\$\{LIB\}|\$LIB/g, 'lib').replace(/\$\{PLATFORM\}|\$PLATFORM/g, 'x86_64')
+  return entry
+    .replace(/\$\{ORIGIN\}|\$ORIGIN/g, origin)
+    .replace(/\$\{LIB\}|\$LIB/g, 'lib')
+    .replace(/\$\{PLATFORM\}|\$PLATFORM/g, 'x86_64')
 }
 
 /**

@@ -280,7 +280,13 @@ async function publishDir(tmp: string, dir: string, marker: string): Promise<voi
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err
-      if (await stat(join(dir, marker)).then(() => true, () => false)) return
+      if (
+        await stat(join(dir, marker)).then(
+          () => true,
+          () => false,
+        )
+      )
+        return
       await rm(dir, {recursive: true, force: true})
     }
   }
@@ -335,10 +341,7 @@ export interface StagedPackages {
  * `<cacheDir>/staging/<sha256 of the package hashes>` with its ownership map, so the same package
  * set is never unpacked twice.
  */
-export async function stagePackagesCached(
-  packages: readonly {name: string; sha256: string; deb: string}[],
-  cacheDir: string,
-): Promise<StagedPackages> {
+export async function stagePackagesCached(packages: readonly {name: string; sha256: string; deb: string}[], cacheDir: string): Promise<StagedPackages> {
   const key = createHash('sha256')
     .update(`v1 nodocs usrmerge\n${packages.map((p) => `${p.name} ${p.sha256}`).join('\n')}`)
     .digest('hex')

@@ -27,15 +27,31 @@ import {measureBuffers, type SizeFigures} from './sizes.js'
 export const MODULE_SETS = {
   /** Disk controllers, the SCSI/ATA/NVMe layers above them, USB mass storage (BMC virtual media). */
   storage: [
-    'virtio_pci', 'virtio_blk', 'virtio_scsi', 'ahci', 'ata_piix', 'nvme', 'sd_mod', 'sr_mod', 'sg',
-    'megaraid_sas', 'mpt3sas', 'hpsa', 'smartpqi', 'aacraid', 'mptsas', 'vmw_pvscsi',
-    'xhci_pci', 'ehci_pci', 'ohci_pci', 'uhci_hcd', 'usb_storage', 'uas',
+    'virtio_pci',
+    'virtio_blk',
+    'virtio_scsi',
+    'ahci',
+    'ata_piix',
+    'nvme',
+    'sd_mod',
+    'sr_mod',
+    'sg',
+    'megaraid_sas',
+    'mpt3sas',
+    'hpsa',
+    'smartpqi',
+    'aacraid',
+    'mptsas',
+    'vmw_pvscsi',
+    'xhci_pci',
+    'ehci_pci',
+    'ohci_pci',
+    'uhci_hcd',
+    'usb_storage',
+    'uas',
   ],
   /** NICs that work without non-free firmware: virtual, Intel, Mellanox ConnectX-4 and later, Broadcom NetXtreme(-E), Realtek. */
-  network: [
-    'virtio_net', 'e1000', 'e1000e', 'igb', 'igc', 'ixgbe', 'i40e', 'ice', 'mlx5_core', 'bnxt_en',
-    'tg3', 'vmxnet3', 'r8169', '8021q',
-  ],
+  network: ['virtio_net', 'e1000', 'e1000e', 'igb', 'igc', 'ixgbe', 'i40e', 'ice', 'mlx5_core', 'bnxt_en', 'tg3', 'vmxnet3', 'r8169', '8021q'],
   /** Filesystems the agent creates or reads: the ESP and config drives (vfat, iso9660), ext4; efivarfs for efibootmgr. */
   filesystems: ['vfat', 'nls_cp437', 'nls_iso8859_1', 'nls_utf8', 'nls_ascii', 'isofs', 'ext4', 'efivarfs'],
   /** Software RAID (IPA's software RAID support). */
@@ -71,7 +87,12 @@ export function moduleList(extra: readonly string[] = []): string[] {
       continue
     }
     const set = sets[m.slice(1)]
-    if (!set) throw new KernelModuleError(`no module set '${m}': the sets are ${Object.keys(sets).map((k) => '@' + k).join(', ')}`)
+    if (!set)
+      throw new KernelModuleError(
+        `no module set '${m}': the sets are ${Object.keys(sets)
+          .map((k) => '@' + k)
+          .join(', ')}`,
+      )
     out.push(...set)
   }
   return [...new Set(out)]
@@ -168,7 +189,10 @@ export function moduleInfoFromBuffer(buf: Buffer, relPath: string): ModuleInfo {
     name: canonicalModuleName(mi.get('name')?.[0] ?? base),
     path: relPath,
     size: buf.length,
-    depends: (mi.get('depends') ?? []).flatMap((d) => d.split(',')).filter(Boolean).map(canonicalModuleName),
+    depends: (mi.get('depends') ?? [])
+      .flatMap((d) => d.split(','))
+      .filter(Boolean)
+      .map(canonicalModuleName),
     softdeps: softdepNames(mi.get('softdep') ?? []),
     aliases: mi.get('alias') ?? [],
     firmware: mi.get('firmware') ?? [],
@@ -200,7 +224,8 @@ export async function moduleIndex(modulesDir: string): Promise<ModuleInfo[]> {
   const files = (await walk(modulesDir)).filter((p) => /\.ko(\.(xz|gz|zst))?$/.test(p)).sort()
   const modules: ModuleInfo[] = []
   for (const rel of files) {
-    if (!rel.endsWith('.ko')) throw new KernelModuleError(`${rel}: compressed modules are not supported (bookworm's kernel ships plain .ko files)`, {exit: EXIT_FAILURE})
+    if (!rel.endsWith('.ko'))
+      throw new KernelModuleError(`${rel}: compressed modules are not supported (bookworm's kernel ships plain .ko files)`, {exit: EXIT_FAILURE})
     modules.push(moduleInfoFromBuffer(await readFile(join(modulesDir, rel)), rel))
   }
   const tmp = `${indexPath}.${process.pid}.tmp`
@@ -219,7 +244,13 @@ function globToRegExp(glob: string): RegExp {
       const end = glob.indexOf(']', i + 1)
       if (end < 0) re += '\\['
       else {
-        re += '[' + glob.slice(i + 1, end).replace(/^!/, '^').replace(/\\/g, '\\\\') + ']'
+        re +=
+          '[' +
+          glob
+            .slice(i + 1, end)
+            .replace(/^!/, '^')
+            .replace(/\\/g, '\\\\') +
+          ']'
         i = end
       }
     } else re += c.replace(/[.+^${}()|\\/]/g, '\\$&')
@@ -310,7 +341,10 @@ export async function prepareKernel(opts: KernelOptions): Promise<PreparedKernel
   const unpacked = await unpackDebCached(debPath!, image.sha256, opts.cacheDir, {tag: 'kernel', filter: KERNEL_FILTER, source: image.name})
   const fwDirs = []
   for (let i = 0; i < firmwarePkgs.length; i++) {
-    fwDirs.push({pkg: firmwarePkgs[i]!, dir: (await unpackDebCached(fwDebs[i]!, firmwarePkgs[i]!.sha256, opts.cacheDir, {tag: 'firmware', filter: FIRMWARE_FILTER})).dir})
+    fwDirs.push({
+      pkg: firmwarePkgs[i]!,
+      dir: (await unpackDebCached(fwDebs[i]!, firmwarePkgs[i]!.sha256, opts.cacheDir, {tag: 'firmware', filter: FIRMWARE_FILTER})).dir,
+    })
   }
   const t3 = Date.now()
 
@@ -325,7 +359,9 @@ export async function prepareKernel(opts: KernelOptions): Promise<PreparedKernel
 
   const sel = selectModules(index, opts.modules ?? DEFAULT_MODULES, builtinNames)
   if (sel.unknown.length && !opts.ignoreUnknown) {
-    throw new KernelModuleError(`no such kernel module (or alias) in ${image.name} ${image.version}: ${sel.unknown.join(', ')}`, {hint: 'give a module name or alias that the kernel package ships, or an @set (see --help of --kernel-module)'})
+    throw new KernelModuleError(`no such kernel module (or alias) in ${image.name} ${image.version}: ${sel.unknown.join(', ')}`, {
+      hint: 'give a module name or alias that the kernel package ships, or an @set (see --help of --kernel-module)',
+    })
   }
 
   const firmware: PreparedKernel['firmware'] = []

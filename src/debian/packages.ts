@@ -71,7 +71,10 @@ export class DebHashMismatchError extends UserError {
     readonly actual: string,
     readonly file: string,
   ) {
-    super(`SHA256 mismatch for ${pkg}: apt's index says ${expected}, the file ${file} has ${actual} (the file was deleted)`, {exit: EXIT_FAILURE, hint: "run again to download it anew; if it keeps failing, run 'apt-get update' (stale indexes) or check the mirror"})
+    super(`SHA256 mismatch for ${pkg}: apt's index says ${expected}, the file ${file} has ${actual} (the file was deleted)`, {
+      exit: EXIT_FAILURE,
+      hint: "run again to download it anew; if it keeps failing, run 'apt-get update' (stale indexes) or check the mirror",
+    })
     this.name = 'DebHashMismatchError'
   }
 }
@@ -174,7 +177,19 @@ async function providersOf(name: string, opts: AptOptions): Promise<string[]> {
  * re-reads the indexes when apt's binary cache is disabled, ~0.5 s here).
  */
 async function dependsUniverse(specs: readonly string[], opts: AptOptions): Promise<{names: string[]; providers: Map<string, string[]>}> {
-  const args = [...aptArgs(opts), 'depends', '--recurse', '--important', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', ...specs]
+  const args = [
+    ...aptArgs(opts),
+    'depends',
+    '--recurse',
+    '--important',
+    '--no-recommends',
+    '--no-suggests',
+    '--no-conflicts',
+    '--no-breaks',
+    '--no-replaces',
+    '--no-enhances',
+    ...specs,
+  ]
   const r = await run('apt-cache', args, {allowFailure: true, env: aptEnv(opts)})
   const names = new Set<string>()
   const providers = new Map<string, string[]>()
@@ -244,7 +259,7 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
       const c = toCandidate(s)
       const prev = found.get(c.name)
       // a multi-arch host may list a foreign candidate too: keep ours
-      if (!prev || (c.arch === arch || c.arch === 'all')) found.set(c.name, c)
+      if (!prev || c.arch === arch || c.arch === 'all') found.set(c.name, c)
     }
     for (const n of todo) candidates.set(n, found.get(n) ?? null)
   }
@@ -315,7 +330,10 @@ export async function resolvePackages(names: readonly string[], opts: ResolveOpt
       queue.push(c)
     }
   }
-  if (missing.length) throw new PackageResolveError(`no such Debian package (or version) in apt's indexes: ${missing.join(', ')} (run 'apt-get update'?)`, {hint: "check the name (apt-cache policy NAME); run 'apt-get update' if the indexes are old"})
+  if (missing.length)
+    throw new PackageResolveError(`no such Debian package (or version) in apt's indexes: ${missing.join(', ')} (run 'apt-get update'?)`, {
+      hint: "check the name (apt-cache policy NAME); run 'apt-get update' if the indexes are old",
+    })
 
   while (queue.length && !opts.noDependencies) {
     const next: Candidate[] = []

@@ -54,12 +54,7 @@ const MAX_SYMLINK_HOPS = 40
  * Components that do not exist are kept as they are. `onLink` sees every symlink followed (its
  * canonical image path and its target).
  */
-export function resolveInRoot(
-  root: string,
-  parts: readonly string[],
-  followLast = true,
-  onLink?: (link: string, target: string) => void,
-): string[] {
+export function resolveInRoot(root: string, parts: readonly string[], followLast = true, onLink?: (link: string, target: string) => void): string[] {
   let hops = 0
   const out: string[] = []
   const queue = [...parts]
@@ -146,7 +141,7 @@ export class DirSink implements TreeSink {
     const {host, rel} = this.prepare(path)
     this.clear(host, rel)
     copyFileSync(hostPath, host)
-    chmodSync(host, opts.mode ?? (lstatSync(hostPath).mode & 0o7777))
+    chmodSync(host, opts.mode ?? lstatSync(hostPath).mode & 0o7777)
     this.sources.set(rel, opts.source)
   }
 

@@ -60,7 +60,9 @@ function agentDefault(v: unknown): string {
 }
 
 export function renderAgentTable(settings: readonly Setting[] = SETTINGS): string {
-  const rows = settings.map((s) => `| ${code(s.param)} | ${code('--' + flagName(s))} | ${code(s.option)} | ${s.type} | ${cell(agentDefault(s.default))} | ${cell(s.help)} |`)
+  const rows = settings.map(
+    (s) => `| ${code(s.param)} | ${code('--' + flagName(s))} | ${code(s.option)} | ${s.type} | ${cell(agentDefault(s.default))} | ${cell(s.help)} |`,
+  )
   return ['| kernel parameter | flag | config key | type | default | what it is |', '|---|---|---|---|---|---|', ...rows].join('\n')
 }
 

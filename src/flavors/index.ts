@@ -27,7 +27,9 @@ export function flavorFor(name: string): FlavorDefinition {
   const def = (FLAVOR_TABLE as Record<string, FlavorDefinition | undefined>)[name]
   if (!def) throw new SpecError(`unknown flavor '${name}' (known: ${FLAVORS.join(', ')})`)
   if (!def.stages) {
-    throw new SpecError(`flavor '${name}' is not implemented yet; flavors that build today: ${implementedFlavors().join(', ')}`, {hint: `use --flavor ${implementedFlavors()[0]}`})
+    throw new SpecError(`flavor '${name}' is not implemented yet; flavors that build today: ${implementedFlavors().join(', ')}`, {
+      hint: `use --flavor ${implementedFlavors()[0]}`,
+    })
   }
   return def
 }

@@ -277,7 +277,10 @@ export function agentRequest(
         })
       },
     )
-    const timer = setTimeout(() => req.destroy(new Error(`request ${opts.method ?? 'GET'} ${opts.path} timed out after ${opts.timeoutMs ?? 30_000} ms`)), opts.timeoutMs ?? 30_000)
+    const timer = setTimeout(
+      () => req.destroy(new Error(`request ${opts.method ?? 'GET'} ${opts.path} timed out after ${opts.timeoutMs ?? 30_000} ms`)),
+      opts.timeoutMs ?? 30_000,
+    )
     req.on('error', (err) => {
       clearTimeout(timer)
       reject(err)

@@ -22,7 +22,13 @@ export interface BuildTinyOptions {
 }
 
 /** `rdk build` (the CLI, as users run it) into `out`; the package cache is the shared default one. */
-export async function buildTiny(out: string, formats: string[], kernelArgs: string[] = [], env: Record<string, string> = {}, opts: BuildTinyOptions = {}): Promise<{artefacts: BuiltArtefact[]; stages: {name: string; ms: number; note?: string}[]; durationMs: number}> {
+export async function buildTiny(
+  out: string,
+  formats: string[],
+  kernelArgs: string[] = [],
+  env: Record<string, string> = {},
+  opts: BuildTinyOptions = {},
+): Promise<{artefacts: BuiltArtefact[]; stages: {name: string; ms: number; note?: string}[]; durationMs: number}> {
   const args = ['bin/run.js', 'build', '--output', out, '--json', '--format', formats.join(',')]
   for (const k of kernelArgs) args.push('--kernel-arg', k)
   for (const e of opts.elements ?? []) args.push('--element', e)

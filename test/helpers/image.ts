@@ -66,7 +66,13 @@ export async function startImageServer(): Promise<ImageServer> {
   const behaviour = new Map<string, Behaviour>()
   const server = http.createServer((req, res) => {
     const p = new URL(req.url!, 'http://x').pathname
-    requests.push({method: req.method, path: p, range: req.headers.range, authorization: req.headers.authorization, viaProxy: req.headers['x-via-test-proxy'] === '1'})
+    requests.push({
+      method: req.method,
+      path: p,
+      range: req.headers.range,
+      authorization: req.headers.authorization,
+      viaProxy: req.headers['x-via-test-proxy'] === '1',
+    })
     const b = behaviour.get(p) ?? {}
     const n = (b.served ?? 0) + 1
     b.served = n

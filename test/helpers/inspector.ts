@@ -110,7 +110,8 @@ async function runDbsync(configFile: string, env: NodeJS.ProcessEnv, logFile: st
   const r = spawnSync(IRONIC_PYTHON, [INSPECTOR_LAUNCHER, 'dbsync', '--config-file', configFile], {env, encoding: 'utf8', timeout: 120_000})
   const out = `${r.stdout ?? ''}${r.stderr ?? ''}`
   writeFileSync(logFile, `==== inspector dbsync upgrade (exit ${r.status}) ====\n${out}\n`, {flag: 'a'})
-  if (r.status !== 0) throw new Error(`ironic-inspector dbsync failed (exit ${r.status}${r.error ? `, ${r.error.message}` : ''}):\n${out.split('\n').slice(-40).join('\n')}`)
+  if (r.status !== 0)
+    throw new Error(`ironic-inspector dbsync failed (exit ${r.status}${r.error ? `, ${r.error.message}` : ''}):\n${out.split('\n').slice(-40).join('\n')}`)
 }
 
 export async function startInspector(opts: InspectorOptions): Promise<Inspector> {
@@ -194,7 +195,9 @@ export async function startInspector(opts: InspectorOptions): Promise<Inspector>
     if (Date.now() > deadline) {
       const tail = await logTail(80)
       await stop()
-      throw new Error(`ironic-inspector did not become ready at ${url} (${lastProblem}); config ${configFile}\n${await errorSummary(logFile)}last lines of ${logFile}:\n${tail}`)
+      throw new Error(
+        `ironic-inspector did not become ready at ${url} (${lastProblem}); config ${configFile}\n${await errorSummary(logFile)}last lines of ${logFile}:\n${tail}`,
+      )
     }
     await sleep(250)
   }

@@ -106,11 +106,7 @@ export interface Ironic {
   }): Promise<any>
   createPort(nodeUuid: string, mac: string): Promise<any>
   setProvisionState(uuid: string, target: string, extra?: Record<string, unknown>): Promise<void>
-  waitForProvisionState(
-    uuid: string,
-    states: string[],
-    opts?: {timeoutMs?: number; failStates?: string[]},
-  ): Promise<any>
+  waitForProvisionState(uuid: string, states: string[], opts?: {timeoutMs?: number; failStates?: string[]}): Promise<any>
   getNode(uuid: string): Promise<any>
   logTail(lines?: number): Promise<string>
   /** SIGTERM our process (by PID), SIGKILL after a grace period. Idempotent. */
@@ -281,8 +277,7 @@ function buildConfig(p: {
           inspector: {
             auth_type: 'none',
             endpoint_override: p.inspector.url,
-            callback_endpoint_override:
-              p.inspector.callbackUrl ?? p.inspector.url.replace(/^(https?:\/\/)(127\.0\.0\.1|localhost)(?=[:/]|$)/, '$110.0.2.2'),
+            callback_endpoint_override: p.inspector.callbackUrl ?? p.inspector.url.replace(/^(https?:\/\/)(127\.0\.0\.1|localhost)(?=[:/]|$)/, '$110.0.2.2'),
             status_check_period: String(p.inspector.statusCheckPeriod ?? 2),
           },
         }
@@ -433,20 +428,27 @@ function chrootPython(dir: string, env: Record<string, string>): PythonRunner {
     const envArgs = Object.entries({...env, ...extraEnv}).flatMap(([k, v]) => ['--env', `${k}=${v}`])
     return {
       file: 'unshare',
-      args: ['--mount', '--propagation', 'private', '--', IRONIC_PYTHON, IRONIC29_CHROOT_HELPER, IRONIC29_ROOT, dir, ...envArgs, '--', '/usr/bin/python3', ...pyArgs],
+      args: [
+        '--mount',
+        '--propagation',
+        'private',
+        '--',
+        IRONIC_PYTHON,
+        IRONIC29_CHROOT_HELPER,
+        IRONIC29_ROOT,
+        dir,
+        ...envArgs,
+        '--',
+        '/usr/bin/python3',
+        ...pyArgs,
+      ],
       env: {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'},
     }
   }
 }
 
 async function runDbsync(configFile: string, python: PythonRunner, logFile: string): Promise<void> {
-  const args = [
-    '-c',
-    'import sys; from ironic.cmd import dbsync; sys.exit(dbsync.main())',
-    '--config-file',
-    configFile,
-    'create_schema',
-  ]
+  const args = ['-c', 'import sys; from ironic.cmd import dbsync; sys.exit(dbsync.main())', '--config-file', configFile, 'create_schema']
   const r = await new Promise<{code: number | null; signal: string | null; out: string; error?: Error}>((resolve) => {
     const chunks: Buffer[] = []
     const cmd = python(args)
@@ -479,17 +481,7 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
   if (!ironicAvailable(release)) throw new Error(release === '29' ? INSTALL_HINT_29 : INSTALL_HINT)
 
   const dir = path.resolve(opts.dir)
-  for (const sub of [
-    'state',
-    'tmp',
-    'httpboot',
-    'images',
-    'master_images',
-    'master_iso_images',
-    'tftpboot',
-    'deploy-logs',
-    'certificates',
-  ]) {
+  for (const sub of ['state', 'tmp', 'httpboot', 'images', 'master_images', 'master_iso_images', 'tftpboot', 'deploy-logs', 'certificates']) {
     mkdirSync(path.join(dir, sub), {recursive: true})
   }
 
@@ -622,12 +614,7 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
   const maxVersion: string = root.default_version.version
   const startMs = Date.now() - spawnedAt
 
-  const api = async <T = any>(
-    method: string,
-    p: string,
-    body?: unknown,
-    o: ApiOptions = {},
-  ): Promise<{status: number; body: T}> => {
+  const api = async <T = any>(method: string, p: string, body?: unknown, o: ApiOptions = {}): Promise<{status: number; body: T}> => {
     const r = await fetchJson<T>(`${url}${p.startsWith('/') ? '' : '/'}${p}`, {
       method,
       body,
@@ -693,11 +680,7 @@ export async function startIronic(opts: IronicOptions): Promise<Ironic> {
         node = await getNode(uuid)
         const st: string = node.provision_state
         if (states.includes(st)) return node
-        const reason = failStates.includes(st)
-          ? `reached fail state "${st}"`
-          : Date.now() > deadline
-            ? `timed out after ${timeoutMs} ms`
-            : undefined
+        const reason = failStates.includes(st) ? `reached fail state "${st}"` : Date.now() > deadline ? `timed out after ${timeoutMs} ms` : undefined
         if (reason) {
           throw new Error(
             `node ${uuid}: waiting for provision state ${states.map((s) => `"${s}"`).join(' or ')}: ${reason}; ` +

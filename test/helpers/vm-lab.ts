@@ -196,7 +196,13 @@ export async function startLab(opts: LabOptions): Promise<Lab> {
     cleanups.push(() => ironic.stop())
     let inspector: Inspector | undefined
     if (inspectorPort) {
-      inspector = await startInspector({dir: path.join(dir, 'inspector'), ironicUrl: ironic.url, port: inspectorPort, env: proxy.env(), extraConfig: opts.inspectorConfig})
+      inspector = await startInspector({
+        dir: path.join(dir, 'inspector'),
+        ironicUrl: ironic.url,
+        port: inspectorPort,
+        env: proxy.env(),
+        extraConfig: opts.inspectorConfig,
+      })
       cleanups.push(() => inspector!.stop())
     }
     const vmDir = path.join(dir, 'vm')

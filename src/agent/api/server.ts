@@ -57,8 +57,7 @@ const MAX_JSON_DEPTH = 1000
 
 const TIMEOUT_TEXT = "The server closed the network connection because the browser didn't finish the request within the specified time."
 
-const NOT_FOUND_TEXT =
-  'The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.'
+const NOT_FOUND_TEXT = 'The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.'
 
 export interface ApiOptions {
   processor: CommandProcessor<unknown>
@@ -179,7 +178,10 @@ export class AgentApi {
         return
       }
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
-      const text = JSON.stringify({faultcode: 'Client', faultstring: `${status} ${reason(status)}: ${status === 408 ? TIMEOUT_TEXT : 'The server could not understand the request.'}`})
+      const text = JSON.stringify({
+        faultcode: 'Client',
+        faultstring: `${status} ${reason(status)}: ${status === 408 ? TIMEOUT_TEXT : 'The server could not understand the request.'}`,
+      })
       socket.end(
         `HTTP/1.1 ${status} ${reason(status)}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`,
         () => socket.destroy(),
@@ -362,7 +364,10 @@ export class AgentApi {
     const tokenOk = this.tokenValid(url.searchParams.get('agent_token'))
     const limit = tokenOk ? this.limits.maxBodyBytes : UNAUTHENTICATED_BODY_BYTES
     const tooLarge = () =>
-      new HttpError(413, `The data value transmitted exceeds the capacity limit (a command body may have ${this.limits.maxBodyBytes} bytes at most: ipa-api-max-body-size).`)
+      new HttpError(
+        413,
+        `The data value transmitted exceeds the capacity limit (a command body may have ${this.limits.maxBodyBytes} bytes at most: ipa-api-max-body-size).`,
+      )
     const declared = Number(req.headers['content-length'] ?? 0)
     if (tokenOk && declared > limit) {
       this.linger(req, res, conn)
@@ -559,7 +564,10 @@ function canonicalPath(path: string): string {
  */
 function decodePathSegment(s: string): string {
   // URL.pathname is ASCII (everything else is percent-encoded), so latin1 maps it to bytes 1:1.
-  return Buffer.from(s.replace(/%([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8')
+  return Buffer.from(
+    s.replace(/%([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))),
+    'latin1',
+  ).toString('utf8')
 }
 
 /** Does the JSON text nest arrays/objects deeper than `limit`? (A linear byte scan; strings skipped.) */
@@ -569,7 +577,8 @@ function nestingExceeds(raw: Buffer, limit: number): boolean {
   for (let i = 0; i < raw.length; i++) {
     const c = raw[i]
     if (inString) {
-      if (c === 0x5c) i++ // backslash: skip the escaped byte
+      if (c === 0x5c)
+        i++ // backslash: skip the escaped byte
       else if (c === 0x22) inString = false
     } else if (c === 0x22) {
       inString = true

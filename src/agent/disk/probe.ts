@@ -11,7 +11,22 @@ import {partitionsOf} from './sysfs.js'
 // lsblk
 
 /** Columns asked of lsblk (all accepted by util-linux 2.38, Debian bookworm). */
-export const LSBLK_COLUMNS = ['KNAME', 'PKNAME', 'MODEL', 'SIZE', 'ROTA', 'TYPE', 'UUID', 'PARTUUID', 'SERIAL', 'WWN', 'LOG-SEC', 'PHY-SEC', 'TRAN', 'RO'] as const
+export const LSBLK_COLUMNS = [
+  'KNAME',
+  'PKNAME',
+  'MODEL',
+  'SIZE',
+  'ROTA',
+  'TYPE',
+  'UUID',
+  'PARTUUID',
+  'SERIAL',
+  'WWN',
+  'LOG-SEC',
+  'PHY-SEC',
+  'TRAN',
+  'RO',
+] as const
 
 /** One row of `lsblk --json --list`. */
 export interface LsblkRow {
@@ -50,7 +65,9 @@ function int(v: unknown): number | null {
 export function bool(v: unknown): boolean {
   if (typeof v === 'boolean') return v
   if (typeof v === 'number') return v !== 0
-  const s = String(v ?? '').trim().toLowerCase()
+  const s = String(v ?? '')
+    .trim()
+    .toLowerCase()
   return s === '1' || s === 'true' || s === 'yes'
 }
 
@@ -181,7 +198,11 @@ export async function blockUuid(dev: string): Promise<string> {
  */
 export async function findByTag(tag: string, dev: string): Promise<string[]> {
   const {stdout} = await run('blkid', ['-l', '-t', tag, dev], {allowFailure: true, timeoutMs: 30_000})
-  return stdout.trim().split('\n').map((l) => l.split(':', 1)[0]!).filter(Boolean)
+  return stdout
+    .trim()
+    .split('\n')
+    .map((l) => l.split(':', 1)[0]!)
+    .filter(Boolean)
 }
 
 /** Label of the virtual-media parameters floppy/USB image Ironic attaches. */

@@ -40,7 +40,10 @@ export async function partitionsOf(dev: string): Promise<string[]> {
   } catch {
     return []
   }
-  return entries.filter((e) => e.startsWith(kname) && existsSync(path.join(SYS_CLASS_BLOCK, kname, e, 'partition'))).sort().map((e) => `/dev/${e}`)
+  return entries
+    .filter((e) => e.startsWith(kname) && existsSync(path.join(SYS_CLASS_BLOCK, kname, e, 'partition')))
+    .sort()
+    .map((e) => `/dev/${e}`)
 }
 
 /** Size in bytes from sysfs (`size` is always in 512-byte units). */

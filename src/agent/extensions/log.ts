@@ -31,8 +31,15 @@ const COMMANDS: Record<string, string[]> = {
  * in-memory agent.log only this run's).
  */
 const FILES = [
-  '/proc/cmdline', '/proc/mdstat', '/proc/meminfo', '/proc/cpuinfo', '/proc/partitions', '/proc/mounts', '/etc/resolv.conf',
-  '/run/rdk/init.log', '/var/log/rdk-agent.log',
+  '/proc/cmdline',
+  '/proc/mdstat',
+  '/proc/meminfo',
+  '/proc/cpuinfo',
+  '/proc/partitions',
+  '/proc/mounts',
+  '/etc/resolv.conf',
+  '/run/rdk/init.log',
+  '/var/log/rdk-agent.log',
 ]
 
 async function collect(rt: AgentRuntime): Promise<Record<string, Buffer>> {

@@ -73,11 +73,13 @@ export const flow: Extension<AgentRuntime> = {
         if (!Array.isArray(tasks)) throw new InvalidCommandParamsError('flow must be a list of {"<extension>.<command>": params}')
         const known = new Set(rt.processor.extensionNames())
         for (const task of tasks) {
-          if (!task || typeof task !== 'object' || Array.isArray(task)) throw new InvalidCommandParamsError(`flow task ${JSON.stringify(task)} is not an object`)
+          if (!task || typeof task !== 'object' || Array.isArray(task))
+            throw new InvalidCommandParamsError(`flow task ${JSON.stringify(task)} is not an object`)
           for (const [name, params] of Object.entries(task)) {
             const ext = name.split('.')[0]!
             if (!name.includes('.') || !known.has(ext)) throw new InvalidCommandParamsError(`Extension ${ext} for ${name} not found`)
-            if (params !== null && (typeof params !== 'object' || Array.isArray(params))) throw new InvalidCommandParamsError(`parameters of ${name} must be an object`)
+            if (params !== null && (typeof params !== 'object' || Array.isArray(params)))
+              throw new InvalidCommandParamsError(`parameters of ${name} must be an object`)
           }
         }
       },

@@ -91,7 +91,14 @@ const UNIT_SECONDS: Record<string, number> = {'': 1, s: 1, m: 60, h: 3600, d: 86
 export function durationSetting(info: Info, key: string, dflt: number, opts: {allowZero?: boolean} = {}): {text: string; seconds: number} {
   const v = info[key]
   if (v === undefined || v === null) return {text: String(dflt), seconds: dflt}
-  const m = typeof v === 'number' ? (Number.isInteger(v) && v >= 0 ? [String(v), String(v), ''] : null) : typeof v === 'string' ? /^\s*(\d+)\s*([smhd]?)\s*$/i.exec(v) : null
+  const m =
+    typeof v === 'number'
+      ? Number.isInteger(v) && v >= 0
+        ? [String(v), String(v), '']
+        : null
+      : typeof v === 'string'
+        ? /^\s*(\d+)\s*([smhd]?)\s*$/i.exec(v)
+        : null
   if (!m) bad(key, v, 'a duration in seconds (an integer, or digits followed by s, m, h or d)')
   const seconds = Number(m[1]) * UNIT_SECONDS[m[2]!.toLowerCase()]!
   if (seconds === 0 && !opts.allowZero) bad(key, v, 'a positive duration (0 would run until aborted)')
@@ -137,7 +144,8 @@ export function stressNgPlan(node: NodeInfo | undefined, stressor: Stressor): St
     const key = 'agent_burnin_vm_vm-bytes'
     const v = info[key] ?? '98%'
     const s = typeof v === 'number' && Number.isInteger(v) && v > 0 ? String(v) : typeof v === 'string' ? v.trim() : ''
-    if (!/^(?:\d+(?:\.\d+)?%|\d+[bkmgt]?)$/i.test(s) || /^0+(?:\.0+)?[%bkmgt]?$/i.test(s)) bad(key, v, 'a size (bytes, or digits with b/k/m/g/t) or a percentage of the memory such as "98%"')
+    if (!/^(?:\d+(?:\.\d+)?%|\d+[bkmgt]?)$/i.test(s) || /^0+(?:\.0+)?[%bkmgt]?$/i.test(s))
+      bad(key, v, 'a size (bytes, or digits with b/k/m/g/t) or a percentage of the memory such as "98%"')
     args.push('--vm-bytes', s)
   }
   args.push('--metrics-brief')
@@ -146,7 +154,9 @@ export function stressNgPlan(node: NodeInfo | undefined, stressor: Stressor): St
 }
 
 /** The metrics table of `stress-ng --metrics-brief` (pure): stressor → figures. */
-export function parseStressNgMetrics(text: string): Record<string, {bogo_ops: number; real_time: number; usr_time: number; sys_time: number; bogo_ops_per_s_real: number; bogo_ops_per_s_cpu: number}> {
+export function parseStressNgMetrics(
+  text: string,
+): Record<string, {bogo_ops: number; real_time: number; usr_time: number; sys_time: number; bogo_ops_per_s_real: number; bogo_ops_per_s_cpu: number}> {
   const out: ReturnType<typeof parseStressNgMetrics> = {}
   for (const line of text.split('\n')) {
     const m = /^stress-ng: (?:metrc|info):\s+\[\d+\]\s+([a-z][\w-]*)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$/.exec(line)
@@ -181,11 +191,29 @@ export function fioDiskPlan(node: NodeInfo | undefined, devices: readonly string
   const outputfile = outputFileSetting(info, 'agent_burnin_fio_disk_outputfile')
   const smartTest = boolSetting(info, 'agent_burnin_fio_disk_smart_test', false)
   const args = [
-    '--rw', 'readwrite', '--bs', '4k', '--direct', '1', '--ioengine', 'libaio', '--iodepth', '32',
-    '--verify', 'crc32c', '--verify_dump', '1', '--continue_on_error', 'verify',
-    '--loops', String(loops), '--runtime', runtime.text,
+    '--rw',
+    'readwrite',
+    '--bs',
+    '4k',
+    '--direct',
+    '1',
+    '--ioengine',
+    'libaio',
+    '--iodepth',
+    '32',
+    '--verify',
+    'crc32c',
+    '--verify_dump',
+    '1',
+    '--continue_on_error',
+    'verify',
+    '--loops',
+    String(loops),
+    '--runtime',
+    runtime.text,
     // rdk: no verify-state file in the working directory when the time-based run ends (IPA leaves one).
-    '--verify_state_save', '0',
+    '--verify_state_save',
+    '0',
   ]
   // IPA always passes --time_based; with runtime 0 fio ignores it (with a warning): leave it out then.
   if (runtime.seconds > 0) args.push('--time_based')
@@ -240,7 +268,8 @@ export interface NetworkPlan {
 }
 
 /** A host name or an IP address for fio's --hostname (no options, no spaces). */
-const PARTNER_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)$/
+const PARTNER_RE =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)$/
 
 /** Role and partner for burnin_network (pure): the static agent_burnin_fio_network_config only. */
 export function networkPlan(node: NodeInfo | undefined): NetworkPlan {
@@ -271,7 +300,9 @@ export function networkPlan(node: NodeInfo | undefined): NetworkPlan {
   if (typeof config !== 'object' || Array.isArray(config)) bad('agent_burnin_fio_network_config', config, 'an object {role, partner}')
   const {role, partner} = config as {role?: unknown; partner?: unknown}
   if (typeof role !== 'string' || !(NETWORK_BURNIN_ROLES as readonly string[]).includes(role)) {
-    throw new CleaningError(`fio (network) found an unknown role: ${JSON.stringify(role ?? null)} (agent_burnin_fio_network_config.role must be "writer" or "reader")`)
+    throw new CleaningError(
+      `fio (network) found an unknown role: ${JSON.stringify(role ?? null)} (agent_burnin_fio_network_config.role must be "writer" or "reader")`,
+    )
   }
   if (partner === undefined || partner === null || partner === '') {
     const hint = 'partner_name' in (config as object) ? ' (the key is "partner", as in IPA, not "partner_name")' : ''
@@ -283,7 +314,19 @@ export function networkPlan(node: NodeInfo | undefined): NetworkPlan {
 
 /** fio's command line for one direction of burnin_network (pure; IPA's options). */
 export function fioNetworkArgs(writer: boolean, runtime: string, partner: string, outputfile?: string): string[] {
-  const args = ['--ioengine', 'net', '--port', String(FIO_NETWORK_PORT), '--fill_device', '1', '--group_reporting', '--gtod_reduce', '1', '--numjobs', String(FIO_NETWORK_NUMJOBS)]
+  const args = [
+    '--ioengine',
+    'net',
+    '--port',
+    String(FIO_NETWORK_PORT),
+    '--fill_device',
+    '1',
+    '--group_reporting',
+    '--gtod_reduce',
+    '1',
+    '--numjobs',
+    String(FIO_NETWORK_NUMJOBS),
+  ]
   if (writer) args.push('--name', 'writer', '--rw', 'write', '--runtime', runtime, '--time_based', '--listen')
   else args.push('--name', 'reader', '--rw', 'read', '--hostname', partner)
   args.push('--output-format', 'json')
@@ -296,7 +339,14 @@ export function fioNetworkArgs(writer: boolean, runtime: string, partner: string
 
 const tail = (s: string) => (s.length > OUTPUT_TAIL_CHARS ? s.slice(-OUTPUT_TAIL_CHARS) : s)
 
-async function runTool(ctx: BurninContext, what: string, file: string, args: string[], timeoutSeconds: number | undefined, opts: {cwd?: string} = {}): Promise<RunResult> {
+async function runTool(
+  ctx: BurninContext,
+  what: string,
+  file: string,
+  args: string[],
+  timeoutSeconds: number | undefined,
+  opts: {cwd?: string} = {},
+): Promise<RunResult> {
   ctx.log.info(`burn-in ${what} command`, {command: [file, ...args]})
   try {
     return await run(file, args, {timeoutMs: timeoutSeconds === undefined ? undefined : timeoutSeconds * 1000, cwd: opts.cwd})
@@ -465,7 +515,13 @@ export function isConnectFailure(err: unknown): boolean {
   }
 }
 
-async function fioNetworkDirection(ctx: BurninContext, plan: NetworkPlan, writer: boolean, outputfile: string | undefined, opts: NetworkBurninOptions): Promise<{role: string; jobs: FioJobSummary[]; attempts: number}> {
+async function fioNetworkDirection(
+  ctx: BurninContext,
+  plan: NetworkPlan,
+  writer: boolean,
+  outputfile: string | undefined,
+  opts: NetworkBurninOptions,
+): Promise<{role: string; jobs: FioJobSummary[]; attempts: number}> {
   const args = fioNetworkArgs(writer, plan.runtime.text, plan.partner, outputfile)
   const role = writer ? 'writer' : 'reader'
   // The reader waits at most the pairing timeout for its partner to listen; the transfer itself is
@@ -486,7 +542,8 @@ async function fioNetworkDirection(ctx: BurninContext, plan: NetworkPlan, writer
       ctx.log.info('burn-in fio (network) direction finished', {role, partner: plan.partner, jobs})
       return {role, jobs, attempts: attempt}
     } catch (err) {
-      if (err instanceof ToolMissingError) throw new CommandExecutionError(`fio (network) failed: ${err.message} (build the ramdisk with the 'burnin' element: rdk build --element burnin)`)
+      if (err instanceof ToolMissingError)
+        throw new CommandExecutionError(`fio (network) failed: ${err.message} (build the ramdisk with the 'burnin' element: rdk build --element burnin)`)
       const msg = `fio (network) failed with error ${(err as Error).message}`
       if (writer || !isConnectFailure(err)) {
         ctx.log.error(msg)

@@ -17,7 +17,6 @@ import {readTrimmed, SYS_CLASS_BLOCK} from '../disk/sysfs.js'
 import type {Logger} from '../log.js'
 import type {BlockDevice} from './types.js'
 
-
 const GIB = 1024 ** 3
 
 export interface SelectOptions {
@@ -112,10 +111,15 @@ async function toBlockDevice(r: LsblkRow, byPath: Map<string, string>, udevState
   const name = `/dev/${r.kname}`
   const [udev, hctl, vendor, sysSerial] = await Promise.all([
     udevOf(name, udevState, log),
-    readdir(`/sys/block/${r.kname}/device/scsi_device`).then((e) => e[0] ?? null, () => null),
+    readdir(`/sys/block/${r.kname}/device/scsi_device`).then(
+      (e) => e[0] ?? null,
+      () => null,
+    ),
     readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/vendor`),
     // Without udev's database (udevd not running) lsblk knows no virtio-blk serial: the kernel has it.
-    r.serial ? Promise.resolve(null) : readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/serial`).then((v) => v ?? readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/serial`)),
+    r.serial
+      ? Promise.resolve(null)
+      : readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/serial`).then((v) => v ?? readTrimmed(`${SYS_CLASS_BLOCK}/${r.kname}/device/serial`)),
   ])
   // Device-mapper devices (multipath) carry their identifiers as DM_* properties.
   const u = (key: string): string | null => str(udev[`ID_${key}`]) ?? (r.kname.startsWith('dm-') ? str(udev[`DM_${key}`]) : null)
@@ -194,7 +198,11 @@ export function deviceHintsProblem(hints: Record<string, unknown>): string | nul
 /** oslo's bool_from_string(strict=True) accepts these. */
 function isStrictBool(v: unknown): boolean {
   if (typeof v === 'boolean') return true
-  return ['1', 't', 'true', 'on', 'y', 'yes', '0', 'f', 'false', 'off', 'n', 'no'].includes(String(v ?? '').trim().toLowerCase())
+  return ['1', 't', 'true', 'on', 'y', 'yes', '0', 'f', 'false', 'off', 'n', 'no'].includes(
+    String(v ?? '')
+      .trim()
+      .toLowerCase(),
+  )
 }
 
 function matchString(actual: string | null, hint: unknown, key: string): boolean {

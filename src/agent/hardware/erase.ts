@@ -13,7 +13,6 @@ import {assertDeviceAllowed} from '../disk/allowlist.js'
 import {BlockDeviceEraseError} from '../errors.js'
 import type {Logger} from '../log.js'
 
-
 // ------------------------------------------------------------------------------------------------
 // shred
 

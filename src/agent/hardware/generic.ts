@@ -17,7 +17,14 @@ import {existsSync} from 'node:fs'
 import os from 'node:os'
 import {performance} from 'node:perf_hooks'
 import {run, ToolMissingError} from '../../common/exec.js'
-import {BlockDeviceEraseError, DeviceNotFound, InvalidCommandParamsError, HardwareManagerMethodNotFound, IncompatibleHardwareMethodError, NotImplementedYet} from '../errors.js'
+import {
+  BlockDeviceEraseError,
+  DeviceNotFound,
+  InvalidCommandParamsError,
+  HardwareManagerMethodNotFound,
+  IncompatibleHardwareMethodError,
+  NotImplementedYet,
+} from '../errors.js'
 import {assertDeviceAllowed} from '../disk/allowlist.js'
 import {assertNoSpecialFilesystems, assertNotInUse, devicesInUse} from '../disk/guard.js'
 import {isLinuxRaidMember, isVirtualMediaDevice, probeDevice} from '../disk/probe.js'
@@ -25,16 +32,7 @@ import {isReadOnlyDevice, kernelName, parentDiskOf} from '../disk/sysfs.js'
 import {destroyDiskMetadata} from '../disk/wipe.js'
 import {deviceHintsProblem, guessRootDisk, listBlockDevices, matchDeviceHints, skipListFromNode} from './disks.js'
 import {ataSecureErase, clearDirectory, isNvme, nvmeSecureErase, pstoreMountPoint, shredDevice} from './erase.js'
-import {
-  collectCpu,
-  collectMemory,
-  collectSystemVendor,
-  detectBmc,
-  interfaceAddresses,
-  interfaceInfo,
-  interfaceNames,
-  type BmcInfo,
-} from './inventory.js'
+import {collectCpu, collectMemory, collectSystemVendor, detectBmc, interfaceAddresses, interfaceInfo, interfaceNames, type BmcInfo} from './inventory.js'
 import {deployState, prepareImage, validateImageInfo} from '../image/write.js'
 import {collectLldp} from './lldp.js'
 import {createSoftwareRaid, deleteSoftwareRaid, softRaidRootDevice, softwareRaidConfig, validateRaidConfig, type RaidConfig} from './raid.js'
@@ -68,20 +66,20 @@ export const NOT_YET_ISSUE: Readonly<Record<string, string>> = {
 
 export const RAID_APPLY_CONFIGURATION_ARGSINFO: ArgsInfo = {
   raid_config: {description: 'The RAID configuration to apply.', required: true},
-  delete_existing: {description: "Delete the existing RAID configuration before creating the new one (default: true).", required: false},
+  delete_existing: {description: 'Delete the existing RAID configuration before creating the new one (default: true).', required: false},
 }
 
 export const CLEAN_UEFI_NVRAM_ARGSINFO: ArgsInfo = {
   match_patterns: {
-    description: 'Regular expressions matched against UEFI boot entry descriptions and device paths; matching entries are removed. Default: ["^HD\\\\(", "shim.*\\\\.efi", "grub.*\\\\.efi"].',
+    description:
+      'Regular expressions matched against UEFI boot entry descriptions and device paths; matching entries are removed. Default: ["^HD\\\\(", "shim.*\\\\.efi", "grub.*\\\\.efi"].',
     required: false,
   },
 }
 
 export const INJECT_FILES_ARGSINFO: ArgsInfo = {
   files: {
-    description:
-      "Files to inject: a list of {path, partition, content (base64), mode, dirmode}; merged with node.properties['inject_files'].",
+    description: "Files to inject: a list of {path, partition, content (base64), mode, dirmode}; merged with node.properties['inject_files'].",
     required: false,
   },
   verify_ca: {description: "Whether to verify TLS certificates when fetching content (the agent's setting by default).", required: false},
@@ -415,7 +413,9 @@ export class GenericHardwareManager extends HardwareManager {
     }
     const problem = deviceHintsProblem(hints)
     if (problem) {
-      throw new DeviceNotFound(`No devices could be found using the root device hints ${JSON.stringify(hints)} because they failed to validate. Error: ${problem}`)
+      throw new DeviceNotFound(
+        `No devices could be found using the root device hints ${JSON.stringify(hints)} because they failed to validate. Error: ${problem}`,
+      )
     }
     const dev = devices.find((d) => matchDeviceHints(d, hints))
     if (!dev) throw new DeviceNotFound(`No suitable device was found for deployment using these hints ${JSON.stringify(hints)}`)
@@ -522,7 +522,10 @@ export class GenericHardwareManager extends HardwareManager {
   /** Clean step: wipe signatures and partition tables of every disk and partition. */
   async erase_devices_metadata(node: NodeInfo, _ports: Port[], _args?: StepArgs): Promise<null> {
     const devices = await this._erasableDevices(node, 'metadata erase')
-    await this._guard(node, devices.map((d) => d.name))
+    await this._guard(
+      node,
+      devices.map((d) => d.name),
+    )
     const errors: [string, string][] = []
     for (const d of devices) {
       try {
@@ -545,7 +548,10 @@ export class GenericHardwareManager extends HardwareManager {
       this.ctx.log.debug('no erasable devices found')
       return null
     }
-    await this._guard(node, devices.map((d) => d.name))
+    await this._guard(
+      node,
+      devices.map((d) => d.name),
+    )
     const info = node.driver_internal_info ?? {}
     const errors: [string, string][] = []
     for (const d of devices) {
@@ -612,8 +618,7 @@ export class GenericHardwareManager extends HardwareManager {
         this.ctx.log.info('skipping erase of read-only device', {device: dev})
         return null
       }
-      const msg =
-        `Failed to invoke erase of device ${dev} as the device is flagged read-only, and the conductor has not signaled this is a permitted case.`
+      const msg = `Failed to invoke erase of device ${dev} as the device is flagged read-only, and the conductor has not signaled this is a permitted case.`
       this.ctx.log.error(msg)
       throw new BlockDeviceEraseError(msg)
     }

@@ -15,7 +15,6 @@ import type {Logger} from '../log.js'
 import {readTrimmed} from '../disk/sysfs.js'
 import type {CPU, Memory, NetworkInterface, SystemVendor} from './types.js'
 
-
 // ------------------------------------------------------------------------------------------------
 // CPU
 
@@ -403,5 +402,10 @@ export async function collectSystemVendor(dir = '/sys/class/dmi/id'): Promise<Sy
   const [product_name, serial_number, manufacturer, vendor, version, build_date] = await Promise.all(
     ['product_name', 'product_serial', 'sys_vendor', 'bios_vendor', 'bios_version', 'bios_date'].map(f),
   )
-  return {product_name: product_name!, serial_number: serial_number!, manufacturer: manufacturer!, firmware: {vendor: vendor!, version: version!, build_date: build_date!}}
+  return {
+    product_name: product_name!,
+    serial_number: serial_number!,
+    manufacturer: manufacturer!,
+    firmware: {vendor: vendor!, version: version!, build_date: build_date!},
+  }
 }

@@ -19,11 +19,7 @@
  * for a method no manager has.
  */
 import type {AgentConfig} from '../config.js'
-import {
-  HardwareManagerMethodNotFound,
-  HardwareManagerNotFound,
-  IncompatibleHardwareMethodError,
-} from '../errors.js'
+import {HardwareManagerMethodNotFound, HardwareManagerNotFound, IncompatibleHardwareMethodError} from '../errors.js'
 import type {Logger} from '../log.js'
 import {HardwareSupport, type NodeInfo, type Port, type Step} from './types.js'
 
@@ -226,7 +222,12 @@ export class ManagerRegistry {
    * dispatchStep in two halves: null when `step` may not run (nothing called), else a function that
    * dispatches it — so the caller can cache the request's node only for a step that will run.
    */
-  async resolveStep(kind: StepKind, step: string, node: NodeInfo, ports: Port[]): Promise<((node: NodeInfo, ports: Port[], args: Record<string, unknown>) => Promise<unknown>) | null> {
+  async resolveStep(
+    kind: StepKind,
+    step: string,
+    node: NodeInfo,
+    ports: Port[],
+  ): Promise<((node: NodeInfo, ports: Port[], args: Record<string, unknown>) => Promise<unknown>) | null> {
     if (!(await this.isAdvertised(kind, step, node, ports))) return null
     return (n, p, a) => this.firstOf(this.managers, step, [n, p, a])
   }
@@ -285,7 +286,12 @@ export class ManagerRegistry {
         const name = s && typeof s === 'object' ? (s as Step).step : undefined
         const why = reservedStepName(name)
         if (why) {
-          this.log?.warn('hardware manager advertises a step that cannot run: left out', {manager: manager.constructor.name, kind, step: String(name), reason: why})
+          this.log?.warn('hardware manager advertises a step that cannot run: left out', {
+            manager: manager.constructor.name,
+            kind,
+            step: String(name),
+            reason: why,
+          })
           continue
         }
         kept.push(s as Step)

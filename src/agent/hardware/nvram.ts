@@ -75,7 +75,9 @@ export async function cleanUefiNvram(opts: CleanNvramOptions, matchPatterns: unk
   const patterns = compileMatchPatterns(matchPatterns)
   const firmwareDir = opts.firmwareDir ?? EFI_FIRMWARE_DIR
   if (!existsSync(firmwareDir)) {
-    throw new CommandExecutionError(`clean_uefi_nvram: this machine did not boot in UEFI mode (${firmwareDir} does not exist): there are no UEFI boot entries to clean`)
+    throw new CommandExecutionError(
+      `clean_uefi_nvram: this machine did not boot in UEFI mode (${firmwareDir} does not exist): there are no UEFI boot entries to clean`,
+    )
   }
   const remove = entriesToRemove(nvramEntries(await bootRecords()), patterns)
   for (const e of remove) {

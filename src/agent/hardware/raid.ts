@@ -159,7 +159,10 @@ export function validateRaidConfig(raidConfig: unknown, nodeUuid: string | undef
  * (each hint its own disk, in order), or every disk. Returns all holders (first-use order) and the
  * logical disks with `block_devices`.
  */
-export function placeLogicalDisks(devices: readonly BlockDevice[], logicalDisks: readonly LogicalDisk[]): {holders: string[]; logicalDisks: PlacedLogicalDisk[]} {
+export function placeLogicalDisks(
+  devices: readonly BlockDevice[],
+  logicalDisks: readonly LogicalDisk[],
+): {holders: string[]; logicalDisks: PlacedLogicalDisk[]} {
   const holders: string[] = []
   const placed: PlacedLogicalDisk[] = []
   for (const ld of logicalDisks) {
@@ -226,10 +229,17 @@ export function mdadmLevel(level: string): string {
 export function mdadmCreateArgs(index: number, ld: PlacedLogicalDisk): string[] {
   const components = ld.block_devices.map((d) => partitionPath(d, index + RAID_PARTITION))
   return [
-    '--create', `/dev/md${index}`, '--force', '--run', '--metadata=1',
-    '--level', mdadmLevel(String(ld.raid_level)),
-    '--name', ld.volume_name ?? `md${index}`,
-    '--raid-devices', String(components.length),
+    '--create',
+    `/dev/md${index}`,
+    '--force',
+    '--run',
+    '--metadata=1',
+    '--level',
+    mdadmLevel(String(ld.raid_level)),
+    '--name',
+    ld.volume_name ?? `md${index}`,
+    '--raid-devices',
+    String(components.length),
     ...components,
   ]
 }
@@ -263,7 +273,8 @@ export function planRaid(
   const partitions: RaidPlan['partitions'] = []
   for (const ld of ordered) {
     const size = ld.size_gb === 'MAX' ? -1 : Math.trunc(Number(ld.size_gb))
-    if (!Number.isFinite(size) || (size !== -1 && size <= 0)) throw new SoftwareRAIDError(`Invalid size_gb ${JSON.stringify(ld.size_gb)} for a software RAID logical disk`)
+    if (!Number.isFinite(size) || (size !== -1 && size <= 0))
+      throw new SoftwareRAIDError(`Invalid size_gb ${JSON.stringify(ld.size_gb)} for a software RAID logical disk`)
     for (const dev of ld.block_devices) {
       const b = partitionBounds(size, next.get(dev)!)
       const number = (count.get(dev) ?? 0) + 1
@@ -605,7 +616,10 @@ async function deletePass(ctx: RaidContext & {allDevices: () => Promise<BlockDev
     log.info(`Deleted Software RAID device ${dev}`)
   }
   // Any superblock left anywhere, partitions before their disks.
-  const all = (await ctx.allDevices()).map((d) => d.name).sort().reverse()
+  const all = (await ctx.allDevices())
+    .map((d) => d.name)
+    .sort()
+    .reverse()
   for (const dev of all) {
     if (!(await hasMdSuperblock(dev, log))) continue
     const z = await mdadm(['--zero-superblock', dev], {allowFailure: true})
@@ -761,7 +775,20 @@ async function uefiOnHolders(ctx: RaidContext, md: string, holders: string[], pa
       espParts.push({holder, part, number: partitionNumber(part)})
     }
     espMd = await nextFreeMd()
-    await mdadm(['--create', espMd, '--force', '--run', '--metadata=1.0', '--level', '1', '--name', 'esp', '--raid-devices', String(espParts.length), ...espParts.map((p) => p.part)])
+    await mdadm([
+      '--create',
+      espMd,
+      '--force',
+      '--run',
+      '--metadata=1.0',
+      '--level',
+      '1',
+      '--name',
+      'esp',
+      '--raid-devices',
+      String(espParts.length),
+      ...espParts.map((p) => p.part),
+    ])
     await rescanDevice(espMd, log)
   }
   if (imageEsp) {
@@ -777,7 +804,9 @@ async function uefiOnHolders(ctx: RaidContext, md: string, holders: string[], pa
     async (dir) => {
       const loaders = await findEfiLoaders(dir)
       if (!loaders.length) {
-        throw new CommandExecutionError(`No EFI loader found on the image's ESP (${imageEsp ?? 'none: an empty ESP was made'}); cannot add UEFI boot entries for ${md}`)
+        throw new CommandExecutionError(
+          `No EFI loader found on the image's ESP (${imageEsp ?? 'none: an empty ESP was made'}); cannot add UEFI boot entries for ${md}`,
+        )
       }
       for (const p of espParts) {
         await addUefiBootEntries({disk: p.holder, partition: p.number, loaders, espDir: dir, labelSuffix: path.basename(p.holder), log})
@@ -797,7 +826,10 @@ async function biosOnHolders(
 ): Promise<void> {
   const {log} = ctx
   const root = pickImageRoot(parts, rootUuid)
-  if (!root) throw new CommandExecutionError(`No root filesystem found on ${md} (root uuid ${rootUuid ?? 'not given'}); cannot install GRUB on the software RAID holders`)
+  if (!root)
+    throw new CommandExecutionError(
+      `No root filesystem found on ${md} (root uuid ${rootUuid ?? 'not given'}); cannot install GRUB on the software RAID holders`,
+    )
   // The image must bring grub-install: look (read-only) before touching the holders.
   const grub = await withMount(root, (mnt) => imageGrubInstall(mnt), {options: ['ro'], log})
   if (!grub) {
@@ -838,4 +870,3 @@ async function biosOnHolders(
     {log},
   )
 }
-

@@ -354,7 +354,13 @@ export async function copyEfiAssetsFromRoot(root: string, espDir: string, log: L
   if (!files.length) return false
   await mkdir(path.join(espDir, 'EFI'), {recursive: true})
   // verbatimSymlinks + no dereference: symlinks are not followed out of the image (vfat cannot hold them anyway).
-  await cp(src, path.join(espDir, 'EFI'), {recursive: true, force: true, dereference: false, verbatimSymlinks: true, filter: async (s) => !(await lstat(s)).isSymbolicLink()})
+  await cp(src, path.join(espDir, 'EFI'), {
+    recursive: true,
+    force: true,
+    dereference: false,
+    verbatimSymlinks: true,
+    filter: async (s) => !(await lstat(s)).isSymbolicLink(),
+  })
   log.info('copied the EFI loader files of the root filesystem into the ESP', {files: files.length})
   return true
 }
@@ -552,7 +558,7 @@ export async function installBootloader(ctx: BootloaderContext, args: InstallBoo
       return null
     }
     if (!config.enableBiosBootloaderInstall) {
-      log.info('Not installing GRUB for BIOS: ipa-enable-bios-bootloader-install is off (IPA\'s default), the image must boot on its own', {device})
+      log.info("Not installing GRUB for BIOS: ipa-enable-bios-bootloader-install is off (IPA's default), the image must boot on its own", {device})
       return null
     }
     const root = await partitionByUuid(device, args.root_uuid!)
@@ -561,7 +567,9 @@ export async function installBootloader(ctx: BootloaderContext, args: InstallBoo
       async (rootDir) => {
         const bin = await imageGrubInstall(rootDir)
         if (!bin) {
-          throw new CommandExecutionError(`Cannot install GRUB for BIOS boot on ${device}: the image on ${root.device} has no grub-install or grub2-install (usr/sbin, sbin).`)
+          throw new CommandExecutionError(
+            `Cannot install GRUB for BIOS boot on ${device}: the image on ${root.device} has no grub-install or grub2-install (usr/sbin, sbin).`,
+          )
         }
         await grubInstallBios(rootDir, device, bin, log)
       },

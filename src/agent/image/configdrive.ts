@@ -58,11 +58,7 @@ function deployFailure(msg: string, log?: Logger): CommandExecutionError {
 }
 
 /** IPA's get_configdrive: the uncompressed ISO bytes from base64+gzip text or an http(s) URL. */
-export async function getConfigDrive(
-  configdrive: string,
-  nodeUuid: string,
-  opts: {info: ImageInfo; settings: DownloadSettings; log: Logger},
-): Promise<Buffer> {
+export async function getConfigDrive(configdrive: string, nodeUuid: string, opts: {info: ImageInfo; settings: DownloadSettings; log: Logger}): Promise<Buffer> {
   const isUrl = /^https?:\/\//i.test(configdrive)
   let data: Buffer | string = configdrive
   if (isUrl) {
@@ -104,15 +100,18 @@ export async function getConfigDrive(
       throw sizeError(MAX_CONFIG_DRIVE_SIZE_MB + 1, nodeUuid)
     }
     const code = (err as NodeJS.ErrnoException).code
-    const why = code === 'Z_DATA_ERROR' ? `the config drive is not gzip-compressed data (${(err as Error).message})` : code === 'Z_BUF_ERROR' ? `the gzip data is truncated (${(err as Error).message})` : (err as Error).message
+    const why =
+      code === 'Z_DATA_ERROR'
+        ? `the config drive is not gzip-compressed data (${(err as Error).message})`
+        : code === 'Z_BUF_ERROR'
+          ? `the gzip data is truncated (${(err as Error).message})`
+          : (err as Error).message
     throw deployFailure(`Encountered error while decompressing and writing config drive for node ${nodeUuid}. Error: ${why}`, opts.log)
   }
 }
 
 function sizeError(mb: number, nodeUuid: string): CommandExecutionError {
-  return new CommandExecutionError(
-    `Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${mb} MiB for node ${nodeUuid}.`,
-  )
+  return new CommandExecutionError(`Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${mb} MiB for node ${nodeUuid}.`)
 }
 
 /**
@@ -131,7 +130,9 @@ export async function createConfigDrivePartition(
   const mb = Math.ceil(iso.length / MIB)
   if (mb > MAX_CONFIG_DRIVE_SIZE_MB) throw sizeError(mb, nodeUuid)
   const fail = (err: unknown): CommandExecutionError =>
-    err instanceof CommandExecutionError ? err : deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Error: ${(err as Error).message}`, log)
+    err instanceof CommandExecutionError
+      ? err
+      : deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Error: ${(err as Error).message}`, log)
   try {
     await rescanDevice(device, log)
     let table = await partitionTable(device)
@@ -144,7 +145,10 @@ export async function createConfigDrivePartition(
     }
     if (labelled.length > 1) {
       const found = labelled.map((p) => partitionPath(device, partitionNumber(p.node)))
-      throw deployFailure(`More than one partition with label "${CONFIGDRIVE_LABEL}" exists on device ${device} for node ${nodeUuid}: ${found.join(' and ')}.`, log)
+      throw deployFailure(
+        `More than one partition with label "${CONFIGDRIVE_LABEL}" exists on device ${device} for node ${nodeUuid}: ${found.join(' and ')}.`,
+        log,
+      )
     }
     let part: PartitionEntry | undefined = labelled[0]
     if (part) {
@@ -159,12 +163,18 @@ export async function createConfigDrivePartition(
         table = (await partitionTable(device))!
         part = table.partitions.find((p) => p.uuid?.toLowerCase() === uuid)
         if (!part) {
-          throw deployFailure(`Failed to create config drive on disk ${device} for node ${nodeUuid}. Partition with UUID ${uuid} has not been found after creation.`, log)
+          throw deployFailure(
+            `Failed to create config drive on disk ${device} for node ${nodeUuid}. Partition with UUID ${uuid} has not been found after creation.`,
+            log,
+          )
         }
       } else {
         const primaries = table.partitions.filter((p) => partitionNumber(p.node) <= 4).length
         if (primaries > 3) {
-          throw deployFailure(`Config drive cannot be created for node ${nodeUuid}. Disk (${device}) uses MBR partitioning and already has ${primaries} primary partitions.`, log)
+          throw deployFailure(
+            `Config drive cannot be created for node ${nodeUuid}. Disk (${device}) uses MBR partitioning and already has ${primaries} primary partitions.`,
+            log,
+          )
         }
         // sfdisk --append rather than IPA's `parted mkpart`: parted gives the disk a new MBR
         // signature, which breaks images that boot by it (root=PARTUUID=<signature>-01, Windows).

@@ -92,14 +92,17 @@ export interface DownloadSettings {
 }
 
 /** Settings from the agent config (names as in SETTINGS). */
-export function downloadSettings(config: {
-  imageDownloadConnectionTimeout: number
-  imageDownloadConnectionRetries: number
-  imageDownloadConnectionRetryInterval: number
-  imageDownloadMaxDuration: number
-  insecure: boolean
-  cafile?: string
-}, log: Logger): DownloadSettings {
+export function downloadSettings(
+  config: {
+    imageDownloadConnectionTimeout: number
+    imageDownloadConnectionRetries: number
+    imageDownloadConnectionRetryInterval: number
+    imageDownloadMaxDuration: number
+    insecure: boolean
+    cafile?: string
+  },
+  log: Logger,
+): DownloadSettings {
   return {
     connectionTimeout: config.imageDownloadConnectionTimeout,
     retries: config.imageDownloadConnectionRetries,
@@ -120,7 +123,10 @@ class Retryable extends Error {}
 
 /** An HTTP status that is final (4xx), as IPA: "do not retry 4xx status codes". */
 class HttpStatusError extends Error {
-  constructor(readonly status: number, message: string) {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
     super(message)
   }
 }
@@ -243,7 +249,13 @@ export function httpGet(urlText: string, opts: RequestOptions): Promise<Incoming
       return
     }
     // HTTPS through the proxy: CONNECT, then TLS to the image server inside the tunnel.
-    const connect = proxyMod.request({...proxyTarget, agent: false, method: 'CONNECT', path: `${target.hostname}:${target.port}`, headers: {...proxyHeaders, Host: `${target.hostname}:${target.port}`}})
+    const connect = proxyMod.request({
+      ...proxyTarget,
+      agent: false,
+      method: 'CONNECT',
+      path: `${target.hostname}:${target.port}`,
+      headers: {...proxyHeaders, Host: `${target.hostname}:${target.port}`},
+    })
     connect.setTimeout(timeoutMs, () => connect.destroy(new Error(`proxy CONNECT timed out after ${opts.settings.connectionTimeout} s`)))
     connect.on('error', fail)
     connect.on('connect', (res, socket) => {
@@ -253,7 +265,14 @@ export function httpGet(urlText: string, opts: RequestOptions): Promise<Incoming
         return
       }
       const req = https.request(
-        {...tlsOpts, ...target, path, method: 'GET', headers, createConnection: () => tls.connect({...tlsOpts, socket, host: target.hostname, servername: isIP(target.hostname) ? undefined : target.hostname})},
+        {
+          ...tlsOpts,
+          ...target,
+          path,
+          method: 'GET',
+          headers,
+          createConnection: () => tls.connect({...tlsOpts, socket, host: target.hostname, servername: isIP(target.hostname) ? undefined : target.hostname}),
+        },
         onResponse,
       )
       req.setTimeout(timeoutMs, () => req.destroy(new Error(`timed out after ${opts.settings.connectionTimeout} s`)))
@@ -283,7 +302,12 @@ async function readBody(res: IncomingMessage, limit: number): Promise<Buffer> {
  * errors and 5xx; a 4xx (or any non-200) after the last attempt is final. Rejects with
  * ImageDownloadError(id, "Received status code …").
  */
-export async function getWithRetries(url: string, id: string, opts: RequestOptions, accept: (status: number) => boolean = (s) => s === 200): Promise<IncomingMessage> {
+export async function getWithRetries(
+  url: string,
+  id: string,
+  opts: RequestOptions,
+  accept: (status: number) => boolean = (s) => s === 200,
+): Promise<IncomingMessage> {
   const {retries, retryInterval, log} = opts.settings
   for (let attempt = 0; ; attempt++) {
     let status = 0
@@ -400,7 +424,10 @@ export async function fetchChecksum(checksum: string, info: ImageInfo, settings:
   } catch (err) {
     throw new ImageDownloadError(checksum, `cannot read the checksums file: ${(err as Error).message}`)
   }
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean)
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
   if (lines.length === 0) throw new ImageDownloadError(checksum, 'Empty checksum file')
   if (lines.length === 1 && !/\s/.test(lines[0]!)) return lines[0]!
   const expected = posix.basename(new URL(info.urls[0]!).pathname)
@@ -560,13 +587,21 @@ export class ImageDownload {
           }
           log.warn('image download interrupted, resuming', {url: redact(this.url), at: delivered, attempt: failures, of: retries, err: (err as Error).message})
           await sleep(retryInterval * 1000)
-          const res = await getWithRetries(this.url, this.info.id, {info: this.info, settings: this.settings, headers: delivered > 0 ? {Range: `bytes=${delivered}-`} : {}}, (s) => s === 200 || s === 206)
+          const res = await getWithRetries(
+            this.url,
+            this.info.id,
+            {info: this.info, settings: this.settings, headers: delivered > 0 ? {Range: `bytes=${delivered}-`} : {}},
+            (s) => s === 200 || s === 206,
+          )
           this.stats.resumes++
           if (res.statusCode === 206) {
             const cr = parseContentRange(res.headers['content-range'])
             if (!cr || cr.start !== delivered || (total !== undefined && cr.total !== undefined && cr.total !== total)) {
               res.destroy()
-              throw new ImageDownloadError(this.info.id, `the server answered a resume at byte ${delivered} with Content-Range '${res.headers['content-range'] ?? ''}'`)
+              throw new ImageDownloadError(
+                this.info.id,
+                `the server answered a resume at byte ${delivered} with Content-Range '${res.headers['content-range'] ?? ''}'`,
+              )
             }
             this.stats.rangeResumes++
             skip = 0
@@ -581,7 +616,6 @@ export class ImageDownload {
       this.actual = this.hash.digest('hex')
       this.stats.seconds = (Date.now() - this.started) / 1000
       log.info('image downloaded', {url: redact(this.url), bytes: delivered, seconds: this.stats.seconds, resumes: this.stats.resumes})
-  
     } finally {
       if (this.actual === undefined) this.close()
     }

@@ -109,7 +109,6 @@ async function listPartitions(device: string): Promise<Part[]> {
   })
 }
 
-
 /** The partition a `partition` specifier names, on the install device only. */
 export async function resolvePartition(device: string, spec: string | number): Promise<string> {
   const parts = await listPartitions(device)
@@ -200,7 +199,15 @@ export function formatUrl(url: string, node: Record<string, unknown>, ports: unk
  * The content into `tmp` (a new file next to the destination), synced. The caller renames it
  * into place, so a failing URL or bad base64 never leaves an empty or partial file behind.
  */
-async function writeContent(ctx: InjectContext, name: string, tmp: string, content: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
+async function writeContent(
+  ctx: InjectContext,
+  name: string,
+  tmp: string,
+  content: string,
+  node: Record<string, unknown>,
+  ports: unknown[],
+  verifyCa: unknown,
+): Promise<void> {
   // Decode or connect before the file exists.
   let data: Buffer | undefined
   let body: AsyncIterable<unknown> | undefined
@@ -246,7 +253,14 @@ async function syncDir(dir: string): Promise<void> {
  * then renamed over it and the directory synced. On failure nothing is left behind and an
  * existing file is unchanged.
  */
-async function writeAtomically(ctx: InjectContext, fl: InjectFile, file: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
+async function writeAtomically(
+  ctx: InjectContext,
+  fl: InjectFile,
+  file: string,
+  node: Record<string, unknown>,
+  ports: unknown[],
+  verifyCa: unknown,
+): Promise<void> {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.rdk-${randomBytes(4).toString('hex')}`)
   try {
     await writeContent(ctx, path.basename(file), tmp, fl.content!, node, ports, verifyCa)
@@ -264,7 +278,15 @@ async function writeAtomically(ctx: InjectContext, fl: InjectFile, file: string,
   await syncDir(path.dirname(file))
 }
 
-async function injectOne(ctx: InjectContext, fl: InjectFile, dir: string, rel: string, node: Record<string, unknown>, ports: unknown[], verifyCa: unknown): Promise<void> {
+async function injectOne(
+  ctx: InjectContext,
+  fl: InjectFile,
+  dir: string,
+  rel: string,
+  node: Record<string, unknown>,
+  ports: unknown[],
+  verifyCa: unknown,
+): Promise<void> {
   const {log} = ctx
   try {
     if (fl.deleted) {

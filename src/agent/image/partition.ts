@@ -65,7 +65,8 @@ function intField(info: ImageInfo, key: string, required: boolean): number {
     return 0
   }
   const n = typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : v
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new InvalidCommandParamsError(`Image '${key}' must be a non-negative integer (MiB), got ${JSON.stringify(v)}`)
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0)
+    throw new InvalidCommandParamsError(`Image '${key}' must be a non-negative integer (MiB), got ${JSON.stringify(v)}`)
   return n
 }
 
@@ -74,7 +75,8 @@ export function partitionLayout(info: ImageInfo): PartitionLayout {
   const rootMb = intField(info, 'root_mb', true)
   if (rootMb === 0) throw new InvalidCommandParamsError(`Image 'root_mb' must be at least 1 MiB`)
   const bootMode = (info.deploy_boot_mode ?? 'bios') as string
-  if (bootMode !== 'uefi' && bootMode !== 'bios') throw new InvalidCommandParamsError(`Image 'deploy_boot_mode' must be 'uefi' or 'bios', got ${JSON.stringify(bootMode)}`)
+  if (bootMode !== 'uefi' && bootMode !== 'bios')
+    throw new InvalidCommandParamsError(`Image 'deploy_boot_mode' must be 'uefi' or 'bios', got ${JSON.stringify(bootMode)}`)
   const label = info.disk_label ?? (bootMode === 'uefi' ? 'gpt' : 'msdos')
   if (label !== 'msdos' && label !== 'gpt') throw new InvalidCommandParamsError(`Image 'disk_label' must be 'msdos' or 'gpt', got ${JSON.stringify(label)}`)
   const ephemeralMb = intField(info, 'ephemeral_mb', false)
@@ -177,7 +179,9 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
   const iso = configdrive ? await getConfigDrive(configdrive, nodeUuid, {info, settings, log}) : undefined
   const configdriveMb = iso ? Math.ceil(iso.length / MIB) : 0
   if (configdriveMb > MAX_CONFIG_DRIVE_SIZE_MB) {
-    throw new CommandExecutionError(`Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${configdriveMb} MiB for node ${nodeUuid}.`)
+    throw new CommandExecutionError(
+      `Config drive size exceeds maximum limit of 64MiB. Size of the given config drive is ${configdriveMb} MiB for node ${nodeUuid}.`,
+    )
   }
   const parts = planPartitions(layout, configdriveMb)
   const diskBytes = await blockDeviceBytes(device)
@@ -264,7 +268,9 @@ export async function preparePartitionImage(ctx: PrepareContext, info: ImageInfo
     state.partitionUuids = null
     if (touched && !layout.preserveEphemeral) {
       log.error('partition image deploy failed: destroying the partial metadata', {device, err: (err as Error).message})
-      await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) => log.warn('could not wipe the partial image', {err: (e as Error).message}))
+      await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) =>
+        log.warn('could not wipe the partial image', {err: (e as Error).message}),
+      )
       await rescanDevice(device, log)
     }
     throw partitionError(device, err)

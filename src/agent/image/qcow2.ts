@@ -124,7 +124,9 @@ export function parseQcow2Header(buf: Buffer, fileSize?: number): Qcow2Header {
     throw new InvalidImage('qcow2 images with extended L2 entries (subclusters, extended_l2=on) are not supported: convert the image without extended_l2')
   }
   if (incompatible & 0x8 && compressionType !== 0) {
-    throw new InvalidImage(`qcow2 compression type ${compressionType === 1 ? 'zstd' : compressionType} is not supported (only zlib): convert the image with compression_type=zlib`)
+    throw new InvalidImage(
+      `qcow2 compression type ${compressionType === 1 ? 'zstd' : compressionType} is not supported (only zlib): convert the image with compression_type=zlib`,
+    )
   }
   if (l1Size * 8 > MAX_L1_BYTES) throw new InvalidImage(`qcow2 L1 table is too large (${l1Size} entries)`)
   const l2Coverage = clusterSize * (clusterSize / 8)
@@ -154,7 +156,8 @@ export function parseQcow2Header(buf: Buffer, fileSize?: number): Qcow2Header {
   }
   if (l1Size > 0) place('L1 table', l1Offset, l1Size * 8)
   if (refcountTableClusters === 0) corrupt('the image has no refcount table')
-  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES) corrupt(`the refcount table (${refcountTableClusters} clusters) is larger than qemu allows (8 MiB)`)
+  if (refcountTableClusters * clusterSize > MAX_REFTABLE_BYTES)
+    corrupt(`the refcount table (${refcountTableClusters} clusters) is larger than qemu allows (8 MiB)`)
   place('refcount table', refcountTableOffset, refcountTableClusters * clusterSize)
   if (nbSnapshots > 65536) corrupt(`${nbSnapshots} snapshots is more than qcow2 allows (65536)`)
   if (nbSnapshots > 0) place('snapshot table', snapshotsOffset, 1)
@@ -427,9 +430,7 @@ export class Qcow2Stream {
       this.pendingBytes += buf.length
       this.stats.maxPendingBytes = Math.max(this.stats.maxPendingBytes, this.pendingBytes)
       if (this.pendingBytes > this.pendingLimit) {
-        throw new Qcow2OrderError(
-          `more than ${this.pendingLimit / 1048576} MiB of qcow2 clusters arrived before the tables that map them`,
-        )
+        throw new Qcow2OrderError(`more than ${this.pendingLimit / 1048576} MiB of qcow2 clusters arrived before the tables that map them`)
       }
     }
     this.prev = {idx, buf}
@@ -447,7 +448,8 @@ export class Qcow2Stream {
   /** Record metadata cluster `idx` (refused if it is already something else, or past the file). */
   private claim(idx: number, what: string, ref: string): void {
     const off = idx * this.cs
-    if (this.fileSize !== undefined && off >= this.fileSize) corrupt(`${ref} points at the ${what} at offset ${off}, past the end of the image (${this.fileSize} bytes)`)
+    if (this.fileSize !== undefined && off >= this.fileSize)
+      corrupt(`${ref} points at the ${what} at offset ${off}, past the end of the image (${this.fileSize} bytes)`)
     const other = this.owners.get(idx)
     if (other) corrupt(`${ref} points at offset ${off} as a ${what}, but that cluster is the ${other}${other === what ? ' already' : ''}`)
     this.owners.set(idx, what)

@@ -199,7 +199,8 @@ async function inspectSpool(file: string, format: ImageFormat, target: Target, l
   if (data?.['data-file']) throw new InvalidImage('Security: Image failed safety check: the image uses an external data file')
   if (info.encrypted || data?.encrypt) throw new InvalidImage('Security: Image failed safety check: the image is encrypted')
   for (const e of data?.extents ?? []) {
-    if (e.filename && path.resolve(e.filename) !== path.resolve(file)) throw new InvalidImage('Security: Image failed safety check: the image references other files')
+    if (e.filename && path.resolve(e.filename) !== path.resolve(file))
+      throw new InvalidImage('Security: Image failed safety check: the image references other files')
   }
   const vsize = Number(info['virtual-size'] ?? 0)
   if (target.capacity !== undefined && vsize > target.capacity) throw new TargetFullError(target.path, vsize, target.capacity)
@@ -285,7 +286,16 @@ export async function writeImage(dl: ImageDownload, target: Target, declared: st
         dl.verify(target.path)
         const {zeroed} = await target.zeroGaps(r.header.virtualSize, log)
         const {header, ...figures} = r
-        result = {format, method: 'stream-qcow2', virtualSize: header.virtualSize, bytesWritten: target.bytesWritten, zeroed, downloaded: dl.stats.bytes, seconds: 0, qcow2: figures}
+        result = {
+          format,
+          method: 'stream-qcow2',
+          virtualSize: header.virtualSize,
+          bytesWritten: target.bytesWritten,
+          zeroed,
+          downloaded: dl.stats.bytes,
+          seconds: 0,
+          qcow2: figures,
+        }
       } catch (err) {
         if (!(err instanceof Qcow2OrderError)) throw err
         await it.return?.(undefined)

@@ -23,7 +23,10 @@ export class BufferPool {
   private free: Buffer[] = []
   private waiters: ((b: Buffer) => void)[] = []
   private made = 0
-  constructor(private readonly max = MAX_IN_FLIGHT + 2, readonly size = BLOCK_SIZE) {}
+  constructor(
+    private readonly max = MAX_IN_FLIGHT + 2,
+    readonly size = BLOCK_SIZE,
+  ) {}
 
   async get(): Promise<Buffer> {
     const b = this.free.pop()
@@ -284,7 +287,11 @@ export class Target {
 }
 
 export class TargetFullError extends Error {
-  constructor(readonly path: string, readonly needed: number, readonly capacity: number) {
+  constructor(
+    readonly path: string,
+    readonly needed: number,
+    readonly capacity: number,
+  ) {
     super(`the image needs ${needed} bytes but ${path} holds only ${capacity}`)
     this.name = 'TargetFullError'
   }

@@ -98,7 +98,9 @@ async function writeWholeDisk(ctx: PrepareContext, info: ImageInfo, device: stri
     // A half-written or unverified disk must not boot: wipe its partition tables again.
     ctx.state.cachedImageId = undefined
     log.error('image writing failed: destroying the partial image metadata', {device, err: (err as Error).message})
-    await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) => log.warn('could not wipe the partial image', {err: (e as Error).message}))
+    await destroyDiskMetadata(device, config.deviceAllowlist, log).catch((e: unknown) =>
+      log.warn('could not wipe the partial image', {err: (e as Error).message}),
+    )
     throw afterTouch(err)
   } finally {
     await target.close()
@@ -128,7 +130,9 @@ async function validatePartitioning(device: string, log: Logger): Promise<void> 
   try {
     table = await partitionTable(device)
   } catch (err) {
-    throw new CommandExecutionError(`Unable to find a valid partition table on the disk after writing the image. The image may be corrupted. Error: ${(err as Error).message}`)
+    throw new CommandExecutionError(
+      `Unable to find a valid partition table on the disk after writing the image. The image may be corrupted. Error: ${(err as Error).message}`,
+    )
   }
   if (!table || table.partitions.length === 0) {
     throw new CommandExecutionError(`No partitions found on the device ${device} after writing the image.`)

@@ -52,7 +52,10 @@ const fetchPackagesStage: Stage = {
       // What elements ask for is installed whole. Of its dependencies (minus maintainer-script
       // machinery) only the shared libraries that its programs load, directly or through each
       // other, and that the image does not have yet (from the toolset or Node) are added.
-      const resolved = await resolvePackages(extra.map((r) => r.name), {exclude: PRUNED_DEPENDENCIES})
+      const resolved = await resolvePackages(
+        extra.map((r) => r.name),
+        {exclude: PRUNED_DEPENDENCIES},
+      )
       const paths = await fetchPackages(resolved, cacheDir)
       const asked = new Map(extra.map((r) => [r.name, r.element]))
       const needed = new Set<string>()
@@ -67,7 +70,10 @@ const fetchPackagesStage: Stage = {
         const element = asked.get(p.name)
         if (!element) continue
         await ctx.tree.withSource(element, () => extractDeb(paths[i]!, ctx.tree, {source: element}))
-        await collect(ctx.tree, ctx.tree.entries().filter((e) => e.source === element))
+        await collect(
+          ctx.tree,
+          ctx.tree.entries().filter((e) => e.source === element),
+        )
         ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element})
       }
       // Until nothing new is needed: a library added may need another one from a package already
@@ -83,10 +89,15 @@ const fetchPackagesStage: Stage = {
             await extractDeb(paths[i]!, staged, {source: `dependency:${p.name}`, filter: isSharedLibrary})
             stagedTrees.set(i, staged)
           }
-          const libs = staged.entries().filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
+          const libs = staged
+            .entries()
+            .filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
           if (!libs.length) continue
           for (const e of libs) ctx.tree.insert(e)
-          await collect(ctx.tree, libs.filter((e) => e.type === 'file'))
+          await collect(
+            ctx.tree,
+            libs.filter((e) => e.type === 'file'),
+          )
           added = true
           if (!ctx.packages.some((q) => q.name === p.name)) {
             ctx.packages.push({name: p.name, version: p.version, arch: p.arch, element: '(library)'})

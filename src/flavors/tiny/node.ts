@@ -75,19 +75,34 @@ export async function sha256OfFile(path: string): Promise<string> {
 }
 
 async function defaultNode(): Promise<string> {
-  return (await stat('/usr/bin/node').then((s) => s.isFile(), () => false)) ? '/usr/bin/node' : process.execPath
+  return (await stat('/usr/bin/node').then(
+    (s) => s.isFile(),
+    () => false,
+  ))
+    ? '/usr/bin/node'
+    : process.execPath
 }
 
 /**
  * A copy of `binary` in the cache, stripped and/or with slimmed ICU data, made once per content hash
  * and variant. A slimmed binary must pass ICU_SELF_CHECK on this host before it is kept.
  */
-async function preparedCopy(binary: string, sha: string, cacheDir: string, opts: {strip: boolean; icu: 'en' | 'full'}): Promise<{path: string; icu?: IcuSlimResult}> {
+async function preparedCopy(
+  binary: string,
+  sha: string,
+  cacheDir: string,
+  opts: {strip: boolean; icu: 'en' | 'full'},
+): Promise<{path: string; icu?: IcuSlimResult}> {
   const variant = [opts.strip ? 'stripped' : 'unstripped', opts.icu === 'en' ? `icu-en${ICU_PROFILE_VERSION}` : 'icu-full'].join('.')
   const dir = join(cacheDir, 'node')
   const out = join(dir, `${sha}.${variant}`)
   const meta = `${out}.json`
-  if (await stat(out).then((s) => s.isFile(), () => false)) {
+  if (
+    await stat(out).then(
+      (s) => s.isFile(),
+      () => false,
+    )
+  ) {
     const icu = opts.icu === 'en' ? (JSON.parse(await readFile(meta, 'utf8').catch(() => 'null')) as IcuSlimResult | null) : undefined
     if (opts.icu === 'full' || icu) return {path: out, ...(icu ? {icu} : {})}
   }
@@ -112,7 +127,9 @@ async function preparedCopy(binary: string, sha: string, cacheDir: string, opts:
       await writeFile(tmp, buf, {mode: 0o755})
       const check = await run(tmp, ['-e', ICU_SELF_CHECK], {allowFailure: true})
       if (check.exitCode !== 0 || check.stdout !== 'ok') {
-        throw new Error(`Node with slimmed ICU data failed its self-check (${(check.stderr || check.stdout).trim().split('\n').slice(-3).join(' ')}); build with nodeIcu: full`)
+        throw new Error(
+          `Node with slimmed ICU data failed its self-check (${(check.stderr || check.stdout).trim().split('\n').slice(-3).join(' ')}); build with nodeIcu: full`,
+        )
       }
       await writeFile(meta, JSON.stringify(icu) + '\n')
     }
