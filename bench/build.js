@@ -434,7 +434,7 @@ function pick(r) {
 
 function marksText(r) {
   const m = Object.entries(r.marks ?? {}).sort((a, b) => a[1] - b[1])
-  return m.length ? m.map(([k, v]) => `${k} ${(v / 1000).toFixed(1)}`).join(', ') + ' s' : 'n/a'
+  return m.length ? `${m.map(([k, v]) => `${k} ${(v / 1000).toFixed(1)}`).join(', ')} s` : 'n/a'
 }
 
 main().then(

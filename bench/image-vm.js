@@ -230,19 +230,28 @@ async function main() {
       await discard()
       say(`round ${round}: dd…`)
       const dd = await timed(`wget -q -O- ${guestBase}/img.raw | dd of=/dev/vda bs=4M conv=fsync 2>/dev/null`)
-      if (round === 1 && (await diskSum()) !== rawSha256) (bad = true), say('dd: the disk differs from the raw image!')
+      if (round === 1 && (await diskSum()) !== rawSha256) {
+        bad = true
+        say('dd: the disk differs from the raw image!')
+      }
       await discard()
       await resetPeak()
       say(`round ${round}: rdk raw…`)
       const r1 = await prepareImage(vm, {id: `raw-${round}`, urls: [`${guestBase}/img.raw`], os_hash_algo: ALGO, os_hash_value: rawSum, disk_format: 'raw'})
       const r1Rss = await peakMb()
-      if (round === 1 && (await diskSum()) !== rawSha256) (bad = true), say('rdk raw: the disk differs from the raw image!')
+      if (round === 1 && (await diskSum()) !== rawSha256) {
+        bad = true
+        say('rdk raw: the disk differs from the raw image!')
+      }
       await discard()
       await resetPeak()
       say(`round ${round}: rdk qcow2…`)
       const r2 = await prepareImage(vm, {id: `qcow2-${round}`, urls: [`${guestBase}/img.qcow2`], os_hash_algo: ALGO, os_hash_value: qSum, disk_format: 'qcow2'})
       const r2Rss = await peakMb()
-      if (round === 1 && (await diskSum()) !== rawSha256) (bad = true), say('rdk qcow2: the disk differs from the raw image!')
+      if (round === 1 && (await diskSum()) !== rawSha256) {
+        bad = true
+        say('rdk qcow2: the disk differs from the raw image!')
+      }
       await discard()
       rows.push({net, dd, r1, r2, r1Rss, r2Rss})
       say(`round ${round}: net ${fmt(net)} s, dd ${fmt(dd)} s, rdk raw ${fmt(r1)} s (${fmt(r1Rss, 1)} MB), rdk qcow2 ${fmt(r2)} s (${fmt(r2Rss, 1)} MB)`)

@@ -18,7 +18,14 @@ function setup() {
     name: 'demo',
     commands: {
       hello: {async: false, params: {who: 'optional'}, run: async (params) => `hello ${params.who ?? 'world'}`},
-      slow: {async: true, params: {}, run: async () => (await gate, {done: true})},
+      slow: {
+        async: true,
+        params: {},
+        run: async () => {
+          await gate
+          return {done: true}
+        },
+      },
       boom: {
         async: false,
         params: {},

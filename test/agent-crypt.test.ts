@@ -7,7 +7,7 @@ import {describe, expect, it} from 'vitest'
 import {randomSalt, sha512Crypt} from '../src/agent/crypt.js'
 
 const openssl = (password: string, salt: string): string =>
-  execFileSync('openssl', ['passwd', '-6', '-salt', salt, '-stdin'], {input: password + '\n'})
+  execFileSync('openssl', ['passwd', '-6', '-salt', salt, '-stdin'], {input: `${password}\n`})
     .toString()
     .trim()
 

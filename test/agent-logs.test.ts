@@ -38,8 +38,8 @@ describe('log.collect_system_logs', () => {
     const r = (await logExtension.commands.collect_system_logs!.run({}, rt as never)) as {system_logs: string}
     const files = await entries(r.system_logs)
     expect(files['vendor-tool.txt']).toBe('firmware 1.2.3')
-    expect(files['proc_cmdline']).toBeTruthy()
-    expect(files['proc_partitions']).toMatch(/major\s+minor/)
+    expect(files.proc_cmdline).toBeTruthy()
+    expect(files.proc_partitions).toMatch(/major\s+minor/)
     expect(Object.keys(files)).toContain('agent.log')
     expect(files['ip_addr.txt']).toMatch(/lo/)
     // Files this host does not have (the tiny image's /run/rdk/init.log) are left out, not empty.

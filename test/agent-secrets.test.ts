@@ -224,8 +224,8 @@ describe('the agent process', () => {
     expect(ps).toMatch(/--agent-token=\*\*\*/)
     expect(ps).toMatch(/ipa-agent-token=\*\*\*/)
     expect(members['cmdline-copy']!.toString()).toContain('ipa-agent-token=*** ipa-disk-wait-attempts=0 rootpwd="***"')
-    expect(members['journal']!.toString()).toContain('Kernel command line: BOOT_IMAGE=/vmlinuz ipa-standalone=1 ipa-agent-token=***')
-    expect(members['proc_self_cmdline']!.toString()).toContain('--agent-token=***')
+    expect(members.journal!.toString()).toContain('Kernel command line: BOOT_IMAGE=/vmlinuz ipa-standalone=1 ipa-agent-token=***')
+    expect(members.proc_self_cmdline!.toString()).toContain('--agent-token=***')
     const agentLog = members['agent.log']!.toString()
     expect(agentLog).toContain('echo step text')
     expect(agentLog).toContain('refusing to run clean step ***')
@@ -295,7 +295,7 @@ describe('inspection data', () => {
         return HardwareSupport.GENERIC
       }
       collect_system_logs(io: Record<string, string>) {
-        io['journal'] = `kernel: Kernel command line: ipa-agent-token=${TOKEN} quiet`
+        io.journal = `kernel: Kernel command line: ipa-agent-token=${TOKEN} quiet`
       }
       collect_secretive() {
         return {secretive: {note: `saw ${TOKEN}`, image_server_password: 'short', url: `http://u:${TOKEN}@h/`}}
@@ -308,7 +308,7 @@ describe('inspection data', () => {
     expect(data.error).toBeNull()
     expect(data.secretive).toEqual({note: 'saw ***', image_server_password: '***', url: 'http://***@h/'})
     const members = await untar(data.logs as string)
-    expect(members['journal']!.toString()).toBe('kernel: Kernel command line: ipa-agent-token=*** quiet')
+    expect(members.journal!.toString()).toBe('kernel: Kernel command line: ipa-agent-token=*** quiet')
     for (const [name, buf] of Object.entries(members)) expect(leaks(buf.toString('latin1'), [TOKEN]), name).toEqual([])
     expect(leaks(JSON.stringify(data), [TOKEN])).toEqual([])
   })

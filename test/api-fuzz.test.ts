@@ -145,7 +145,7 @@ const QUERIES = [
   '?agent_token=%T',
   '?agent_token=T&&&&',
   '?&=&=&',
-  '?agent_token=' + 'A'.repeat(5000),
+  `?agent_token=${'A'.repeat(5000)}`,
   '?%zz=%zz',
   '?agent_token=T#frag',
   '?a=\u00fc',
@@ -265,7 +265,7 @@ function randValue(r: Rng, depth: number): unknown {
 
 function deepNest(r: Rng): string {
   const n = int(r, 1000, 150_000)
-  return chance(r, 0.5) ? '['.repeat(n) + ']'.repeat(n) : '{"a":'.repeat(n) + '1' + '}'.repeat(n)
+  return chance(r, 0.5) ? '['.repeat(n) + ']'.repeat(n) : `${'{"a":'.repeat(n)}1${'}'.repeat(n)}`
 }
 
 /** JSON text with a command, possibly mangled. `safe` limits names to SAFE_NAMES. */
@@ -323,7 +323,7 @@ function garbleJson(r: Rng, text: string): string {
       return text.slice(0, i) + pick(r, ['"', '{', '}', ',', ':', '\\', '\u0000', '\ud800', 'NaN', 'Infinity', "'"]) + text.slice(i)
     }
     case 2:
-      return '\ufeff' + text
+      return `\ufeff${text}`
     case 3:
       return text + pick(r, [' x', '}', ']', '\n\n{}', '\u0000'])
     case 4:
@@ -438,7 +438,7 @@ function exchange(
 }
 
 function httpRequest(method: string, target: string, headers: [string, string][], body?: Buffer | string, version = 'HTTP/1.1'): Buffer {
-  const head = `${method} ${target} ${version}\r\n` + headers.map(([k, v]) => `${k}: ${v}\r\n`).join('') + '\r\n'
+  const head = `${method} ${target} ${version}\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`
   const b = body === undefined ? Buffer.alloc(0) : Buffer.isBuffer(body) ? body : Buffer.from(body)
   // header text may hold non-ASCII on purpose: send it as UTF-8 bytes
   return Buffer.concat([Buffer.from(head, 'utf8'), b])
@@ -449,7 +449,7 @@ function chunked(body: Buffer, r: Rng): Buffer {
   let i = 0
   while (i < body.length) {
     const n = Math.min(body.length - i, int(r, 1, 4096))
-    out.push(Buffer.from(n.toString(16) + '\r\n'), body.subarray(i, i + n), Buffer.from('\r\n'))
+    out.push(Buffer.from(`${n.toString(16)}\r\n`), body.subarray(i, i + n), Buffer.from('\r\n'))
     i += n
   }
   out.push(Buffer.from('0\r\n\r\n'))
@@ -637,9 +637,9 @@ function makeCase(r: Rng, token: string, port: number): Case {
     const variant = int(r, 0, 3)
     const bytes =
       variant === 0
-        ? httpRequest('GET', '/v1/commands/' + randAscii(r, len), [host])
+        ? httpRequest('GET', `/v1/commands/${randAscii(r, len)}`, [host])
         : variant === 1
-          ? httpRequest('GET', '/v1/status?' + 'agent_token=x&'.repeat(len / 14), [host])
+          ? httpRequest('GET', `/v1/status?${'agent_token=x&'.repeat(len / 14)}`, [host])
           : variant === 2
             ? httpRequest('GET', '/v1/status', [host, ['X-Long', 'y'.repeat(len)]])
             : httpRequest('GET', '/v1/status', [host, ...Array.from({length: len / 20}, (_, i) => [`X-H${i}`, 'v'] as [string, string])])
@@ -735,7 +735,7 @@ describe('API fuzz', () => {
     for (let i = 0; i < LORIS_CONNECTIONS; i++) {
       const s = net.connect({host: '127.0.0.1', port: agent.port})
       s.on('error', () => undefined)
-      const text = `POST /v1/commands/?agent_token=wrong HTTP/1.1\r\nHost: 127.0.0.1\r\n` + 'X-Slow: '.padEnd(4000, 'z')
+      const text = `POST /v1/commands/?agent_token=wrong HTTP/1.1\r\nHost: 127.0.0.1\r\n${'X-Slow: '.padEnd(4000, 'z')}`
       let pos = 0
       lorisTimers.push(
         setInterval(() => {

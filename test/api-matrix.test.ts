@@ -413,7 +413,7 @@ describe('REST API matches the IPA 9.4.3 error matrix', () => {
     expectFault(await req('POST', withToken('/v1/commands/'), {headers: JSON_CT, body: 'x'.repeat(tenMb)}), 400, {prefix: DECODE_PREFIX})
   })
 
-  let typeErrorIds: string[] = []
+  const typeErrorIds: string[] = []
 
   it('row 49 (IPA bug, 500 there): an unexpected parameter to a sync command → 200 FAILED, type TypeError', async () => {
     const body = JSON.stringify({name: 'poll.get_hardware_info', params: {bogus: 1}})

@@ -54,15 +54,18 @@ describe('PXE tree', () => {
 })
 
 describe('iPXE script', () => {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: iPXE's own ${…} syntax, not a JS template
   it('uses the base URL, or URLs relative to the script; BOOTIF from ${netX/mac}', async () => {
     const rel = await ipxeScript({name: 'ipa', kernelArgs: ['ipa-debug=1']})
     expect(rel).toMatch(/^#!ipxe\n/)
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: iPXE's own ${…} syntax, not a JS template
     expect(rel).toContain('kernel ipa.kernel initrd=ipa.initramfs console=tty0 console=ttyS0,115200n8 ipa-debug=1 BOOTIF=01-${netX/mac:hexhyp}\n')
     expect(rel).toContain('initrd ipa.initramfs\nboot\n')
     const abs = await ipxeScript({name: 'ipa', baseUrl: 'http://images.example/rdk'})
     expect(abs).toContain('kernel http://images.example/rdk/ipa.kernel initrd=ipa.initramfs ')
     expect(abs).toContain('initrd http://images.example/rdk/ipa.initramfs\n')
     await expect(ipxeScript({name: 'ipa', baseUrl: 'ftp://x/'})).rejects.toThrow(/must be an http:\/\/ or https:\/\/ URL/)
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: iPXE's own ${…} syntax, not a JS template
     await expect(ipxeScript({name: 'ipa', baseUrl: 'http://x/${evil}'})).rejects.toThrow(/without spaces or '\$'/)
     await expect(writeIpxeScript(join(dir, 'missing', 'ipa.ipxe'), {name: 'ipa'})).rejects.toThrow(/missing does not exist/)
   })

@@ -37,7 +37,7 @@ import {addAgentBundle, addNodeRuntime, AGENT_BUNDLE} from '../src/flavors/tiny/
 const REPO = fileURLToPath(new URL('..', import.meta.url))
 const CACHE = join(REPO, 'node_modules', '.cache', 'rdk-test')
 const MAC = '52:54:00:12:34:56'
-const BOOTIF = '01-' + MAC.replace(/:/g, '-')
+const BOOTIF = `01-${MAC.replace(/:/g, '-')}`
 const MODULES = ['virtio_pci', 'virtio_net', 'virtio_blk', 'virtio_rng', 'efivarfs']
 const MTIME = 1704067200
 

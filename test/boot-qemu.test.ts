@@ -52,7 +52,7 @@ function args(opts: Partial<VmOptions> = {}, r: Partial<ResolvedVm> = {}): strin
   return qemuArgs({kernel: '/k/vmlinuz', initrd: '/k/initrd', ...opts}, resolved(r))
 }
 
-const after = (a: string[], flag: string) => a.filter((_, i) => a[i - 1] === flag)
+const valuesAfter = (a: string[], flag: string) => a.filter((_, i) => a[i - 1] === flag)
 
 let dir: string
 beforeAll(async () => {
@@ -73,22 +73,22 @@ describe('qemu command line', () => {
         ],
       },
     )
-    expect(after(a, '-netdev')).toEqual(['user,id=n0,hostfwd=tcp:127.0.0.1:40000-:9999,hostfwd=tcp:127.0.0.1:2222-:22'])
-    expect(after(a, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=')
+    expect(valuesAfter(a, '-netdev')).toEqual(['user,id=n0,hostfwd=tcp:127.0.0.1:40000-:9999,hostfwd=tcp:127.0.0.1:2222-:22'])
+    expect(valuesAfter(a, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=')
     expect(a.join(' ')).not.toMatch(/hostfwd=tcp::|0\.0\.0\.0/)
   })
 
   it('restricted networking, no network, a chosen MAC', () => {
-    expect(after(args({restrictNetwork: true}), '-netdev')[0]).toMatch(/^user,id=n0,restrict=on,/)
+    expect(valuesAfter(args({restrictNetwork: true}), '-netdev')[0]).toMatch(/^user,id=n0,restrict=on,/)
     expect(args({noNetwork: true}, {forwards: []})).not.toContain('-netdev')
-    expect(after(args({mac: 'AA-BB-CC-DD-EE-F0'.replace('AA', '02')}), '-device')[0]).toContain('mac=02:bb:cc:dd:ee:f0')
+    expect(valuesAfter(args({mac: 'AA-BB-CC-DD-EE-F0'.replace('AA', '02')}), '-device')[0]).toContain('mac=02:bb:cc:dd:ee:f0')
   })
 
   it('always puts the console on ttyS0, once', () => {
     expect(kernelAppend(undefined)).toBe('console=ttyS0')
     expect(kernelAppend(' ipa-debug=1 ')).toBe('ipa-debug=1 console=ttyS0')
     expect(kernelAppend('console=ttyS1,115200')).toBe('console=ttyS1,115200')
-    expect(after(args({append: 'BOOTIF=01-52-54-00-12-34-56'}), '-append')).toEqual(['BOOTIF=01-52-54-00-12-34-56 console=ttyS0'])
+    expect(valuesAfter(args({append: 'BOOTIF=01-52-54-00-12-34-56'}), '-append')).toEqual(['BOOTIF=01-52-54-00-12-34-56 console=ttyS0'])
   })
 
   it('disks: virtio by default, nvme on request, format from the name', () => {
@@ -101,31 +101,31 @@ describe('qemu command line', () => {
         ],
       },
     )
-    expect(after(a, '-drive')).toEqual([
+    expect(valuesAfter(a, '-drive')).toEqual([
       'file=/d/a.qcow2,if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap',
       'file=/d/b,,c.raw,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap',
     ])
-    expect(after(a, '-device')).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0,serial=rdk-disk0', 'nvme,drive=disk1,serial=rdk-disk1']))
+    expect(valuesAfter(a, '-device')).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0,serial=rdk-disk0', 'nvme,drive=disk1,serial=rdk-disk1']))
   })
 
   it('UEFI firmware, accelerator and CPU, memory, reboot behaviour, serial', () => {
     const a = args({memoryMiB: 512, cpus: 2}, {firmware: '/usr/share/ovmf/OVMF.fd', accel: 'kvm'})
-    expect(after(a, '-bios')).toEqual(['/usr/share/ovmf/OVMF.fd'])
-    expect(after(a, '-accel')).toEqual(['kvm'])
-    expect(after(a, '-cpu')).toEqual(['host'])
-    expect(after(a, '-m')).toEqual(['512'])
-    expect(after(a, '-smp')).toEqual(['2'])
+    expect(valuesAfter(a, '-bios')).toEqual(['/usr/share/ovmf/OVMF.fd'])
+    expect(valuesAfter(a, '-accel')).toEqual(['kvm'])
+    expect(valuesAfter(a, '-cpu')).toEqual(['host'])
+    expect(valuesAfter(a, '-m')).toEqual(['512'])
+    expect(valuesAfter(a, '-smp')).toEqual(['2'])
     expect(a).toContain('-no-reboot')
     expect(args({allowReboot: true})).not.toContain('-no-reboot')
-    expect(after(args(), '-cpu')).toEqual(['max'])
-    expect(after(args(), '-chardev')).toEqual(['stdio,id=con0,signal=off'])
+    expect(valuesAfter(args(), '-cpu')).toEqual(['max'])
+    expect(valuesAfter(args(), '-chardev')).toEqual(['stdio,id=con0,signal=off'])
     const i = args({interactive: true, serialLogFile: '/tmp/s.log'})
-    expect(after(i, '-chardev')).toEqual(['stdio,id=con0,mux=on,signal=off,logfile=/tmp/s.log'])
-    expect(after(i, '-mon')).toEqual(['chardev=con0,mode=readline'])
+    expect(valuesAfter(i, '-chardev')).toEqual(['stdio,id=con0,mux=on,signal=off,logfile=/tmp/s.log'])
+    expect(valuesAfter(i, '-mon')).toEqual(['chardev=con0,mode=readline'])
   })
 
   it('boots the kernel it resolved (the PVH ELF) and quotes the command line for a shell', () => {
-    expect(after(args({}, {kernel: '/cache/vmlinux/x.elf', pvh: true}), '-kernel')).toEqual(['/cache/vmlinux/x.elf'])
+    expect(valuesAfter(args({}, {kernel: '/cache/vmlinux/x.elf', pvh: true}), '-kernel')).toEqual(['/cache/vmlinux/x.elf'])
     expect(formatCommand(['qemu', '-append', 'a b', "it's"])).toBe(`qemu -append 'a b' 'it'\\''s'`)
   })
 })
@@ -137,21 +137,21 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     const cd = fw({kind: 'iso', path: '/o/x,y.iso', as: 'cdrom'})
     expect(cd).not.toContain('-kernel')
     expect(cd).not.toContain('-append')
-    expect(after(cd, '-drive')).toContain('file=/o/x,,y.iso,media=cdrom,if=none,id=boot0,readonly=on')
-    expect(after(cd, '-device')).toContain('ide-cd,drive=boot0,bootindex=0')
+    expect(valuesAfter(cd, '-drive')).toContain('file=/o/x,,y.iso,media=cdrom,if=none,id=boot0,readonly=on')
+    expect(valuesAfter(cd, '-device')).toContain('ide-cd,drive=boot0,bootindex=0')
     const disk = fw({kind: 'iso', path: '/o/x.iso', as: 'disk'}, {uefi: true})
-    expect(after(disk, '-drive')).toContain('file=/o/x.iso,format=raw,if=none,id=boot0,readonly=on')
-    expect(after(disk, '-device')).toContain('virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot')
+    expect(valuesAfter(disk, '-drive')).toContain('file=/o/x.iso,format=raw,if=none,id=boot0,readonly=on')
+    expect(valuesAfter(disk, '-device')).toContain('virtio-blk-pci,drive=boot0,bootindex=0,serial=rdk-boot')
     // No network boot: the NIC keeps romfile= (no option ROM).
-    expect(after(disk, '-device').find((d) => d.startsWith('virtio-net-pci'))).toMatch(/,romfile=$/)
+    expect(valuesAfter(disk, '-device').find((d) => d.startsWith('virtio-net-pci'))).toMatch(/,romfile=$/)
   })
 
   it("PXE through qemu's TFTP server and iPXE by DHCP boot-file URL; the NIC keeps its iPXE ROM", () => {
     const pxe = fw({kind: 'tftp', dir: '/o/rdk-pxe', bootfile: 'grubx64.efi'})
-    expect(after(pxe, '-netdev')[0]).toBe('user,id=n0,tftp=/o/rdk-pxe,bootfile=grubx64.efi,hostfwd=tcp:127.0.0.1:40000-:9999')
-    expect(after(pxe, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0')
+    expect(valuesAfter(pxe, '-netdev')[0]).toBe('user,id=n0,tftp=/o/rdk-pxe,bootfile=grubx64.efi,hostfwd=tcp:127.0.0.1:40000-:9999')
+    expect(valuesAfter(pxe, '-device')).toContain('virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0')
     const ipxe = fw({kind: 'ipxe', url: 'http://10.0.2.2:8080/a.ipxe'})
-    expect(after(ipxe, '-netdev')[0]).toBe('user,id=n0,bootfile=http://10.0.2.2:8080/a.ipxe,hostfwd=tcp:127.0.0.1:40000-:9999')
+    expect(valuesAfter(ipxe, '-netdev')[0]).toBe('user,id=n0,bootfile=http://10.0.2.2:8080/a.ipxe,hostfwd=tcp:127.0.0.1:40000-:9999')
   })
 
   it('the guest sees the host loopback as 10.0.2.2; other URLs stay as they are', () => {
@@ -187,9 +187,9 @@ describe('firmware boots: ISO, PXE tree, iPXE URL', () => {
     await resolveVm({accel: 'tcg', fromDisk: true, uefiVars: vars, disks: [{path: join(dir, 'd.img')}]})
     expect((await readFile(vars)).subarray(-16).toString()).toBe('guest wrote this') // not replaced
     const a = qemuArgs({fromDisk: true, uefiVars: vars}, r)
-    expect(after(a, '-machine')).toEqual(['q35'])
+    expect(valuesAfter(a, '-machine')).toEqual(['q35'])
     expect(a).not.toContain('driver=cfi.pflash01,property=secure,value=on')
-    expect(after(a, '-drive').slice(0, 2)).toEqual([
+    expect(valuesAfter(a, '-drive').slice(0, 2)).toEqual([
       `if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd`,
       `if=pflash,format=raw,unit=1,file=${vars}`,
     ])
@@ -425,9 +425,9 @@ describe('Node in the ramdisk', () => {
     const added: {kind: string; path: string; target?: string; host?: string; mode?: number}[] = []
     const sink = {
       addFileFromHost: (path: string, host: string, o?: {mode?: number}) =>
-        void added.push({kind: 'file', path: '/' + path.replace(/^\//, ''), host, mode: o?.mode}),
+        void added.push({kind: 'file', path: `/${path.replace(/^\//, '')}`, host, mode: o?.mode}),
       addFile: (path: string) => void added.push({kind: 'data', path}),
-      addSymlink: (path: string, target: string) => void added.push({kind: 'symlink', path: '/' + path.replace(/^\//, ''), target}),
+      addSymlink: (path: string, target: string) => void added.push({kind: 'symlink', path: `/${path.replace(/^\//, '')}`, target}),
       addDir: (path: string) => void added.push({kind: 'dir', path}),
     }
     const info = await addNodeRuntime(sink, {cacheDir: dir, strip: false, icu: 'full', node: process.execPath})

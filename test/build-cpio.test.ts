@@ -76,13 +76,13 @@ describe('newc writer', () => {
       expect([e.uid, e.gid]).toEqual([0, 0])
     }
     const by = Object.fromEntries(entries.map((e) => [e.name, e]))
-    expect(by['usr']!.nlink).toBe(5) // 2 + bin, lib, share
-    expect(by['tmp']!.nlink).toBe(2)
-    expect(by['tmp']!.mode).toBe(0o41777)
+    expect(by.usr!.nlink).toBe(5) // 2 + bin, lib, share
+    expect(by.tmp!.nlink).toBe(2)
+    expect(by.tmp!.mode).toBe(0o41777)
     expect(by['usr/bin/su']!.mode).toBe(0o104755)
     expect(by['dev/console']).toMatchObject({mode: 0o20600, rdevmajor: 5, rdevminor: 1})
     expect(by['dev/loop0']).toMatchObject({mode: 0o60660, rdevmajor: 7, rdevminor: 0})
-    expect(by['bin']!.data.toString()).toBe('usr/bin')
+    expect(by.bin!.data.toString()).toBe('usr/bin')
     // hard link: same inode, nlink 2, data on the last one only
     expect(by['usr/bin/sh']!.ino).toBe(by['usr/bin/busybox']!.ino)
     expect(by['usr/bin/sh']!.nlink).toBe(2)

@@ -73,7 +73,7 @@ describe('initramfs layers', () => {
     const parts = await Promise.all(layers.map((l) => cpioBytes(tree, {mtime: 7, include: l.include, firstIno: l.firstIno})))
     for (const p of parts) expect(p.length % 4).toBe(0)
     const entries = parseCpio(Buffer.concat(parts))
-    expect(entries.map((e) => '/' + e.name).sort()).toEqual(
+    expect(entries.map((e) => `/${e.name}`).sort()).toEqual(
       tree
         .entries()
         .map((e) => e.path)

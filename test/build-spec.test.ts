@@ -259,7 +259,7 @@ describe('spec errors', () => {
     expect(await specError(cwd, undefined, {'ssh-key': ['notes.txt']})).toMatch(/notes\.txt:1: not an SSH public key line/)
     writeFileSync(join(cwd, 'id'), '-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n')
     expect(await specError(cwd, undefined, {'ssh-key': ['id']})).toMatch(/this is a private key; give the public key/)
-    writeFileSync(join(cwd, 'bad.pub'), RSA_BAD + '\n')
+    writeFileSync(join(cwd, 'bad.pub'), `${RSA_BAD}\n`)
     expect(await specError(cwd, undefined, {'ssh-key': ['bad.pub']})).toMatch(/bad\.pub:1: the key data does not hold a ssh-rsa key/)
     writeFileSync(join(cwd, 'empty.pub'), '# nothing\n\n')
     expect(await specError(cwd, undefined, {'ssh-key': ['empty.pub']})).toMatch(/no SSH public keys in it/)

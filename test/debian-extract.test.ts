@@ -110,7 +110,7 @@ describe('malicious archives', () => {
     const tar = await makeTar([
       {name: './esc', type: 'symlink', linkname: outside},
       {name: './esc/pwned', body: 'pwned'},
-      {name: './rel', type: 'symlink', linkname: '../../../../../../..' + outside},
+      {name: './rel', type: 'symlink', linkname: `../../../../../../..${outside}`},
       {name: './rel/pwned2', body: 'pwned'},
     ])
     await extractTar(tar, new DirSink(root))

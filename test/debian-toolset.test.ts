@@ -107,7 +107,7 @@ describe('deploy toolset', () => {
   it.skipIf(!isRoot)('every tool runs in a chroot holding only the toolset', async () => {
     const failures: string[] = []
     for (const [tool, args] of SMOKE) {
-      const path = tool.startsWith('/') ? tool : '/' + (report.executables[tool] ?? `usr/bin/${tool}`)
+      const path = tool.startsWith('/') ? tool : `/${report.executables[tool] ?? `usr/bin/${tool}`}`
       const r = await run('chroot', [root, path, ...args], {allowFailure: true, env: {PATH: '/usr/sbin:/usr/bin'}})
       const out = r.stdout + r.stderr
       if (r.exitCode === 127 || r.exitCode === 126 || /error while loading shared libraries|not found/i.test(out))

@@ -114,7 +114,7 @@ describe('interfaces from sysfs (a fake /sys/class/net tree)', () => {
       const net = path.join(root, 'class/net')
       const iface = (name: string, files: Record<string, string>, device?: string): void => {
         mkdirSync(path.join(net, name), {recursive: true})
-        for (const [f, v] of Object.entries(files)) writeFileSync(path.join(net, name, f), v + '\n')
+        for (const [f, v] of Object.entries(files)) writeFileSync(path.join(net, name, f), `${v}\n`)
         if (device) symlinkSync(device, path.join(net, name, 'device'))
       }
       iface('lo', {address: '00:00:00:00:00:00', type: '772'})

@@ -26,7 +26,7 @@ const PDU = Buffer.concat([CHASSIS, PORT, TTL, SYSNAME, VLAN, END])
 
 const EXPECTED: [number, string][] = [
   [1, '04001c73aabbcc'],
-  [2, '05' + Buffer.from('Ethernet1/7').toString('hex')],
+  [2, `05${Buffer.from('Ethernet1/7').toString('hex')}`],
   [3, '0078'],
   [5, Buffer.from('leaf-01').toString('hex')],
   [127, '0080c2010064'],

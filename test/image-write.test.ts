@@ -390,7 +390,7 @@ describe('download', () => {
       expect(proxy.seen).toEqual([`http://127.0.0.1:${srv.port}/disk.raw`])
       const req = srv.requests.slice(before).find((r) => r.path === '/disk.raw')!
       expect(req.viaProxy).toBe(true)
-      expect(req.authorization).toBe('Basic ' + Buffer.from('user:s3cret').toString('base64'))
+      expect(req.authorization).toBe(`Basic ${Buffer.from('user:s3cret').toString('base64')}`)
       await write('disk.raw', {
         proxies: {http: proxy.url},
         no_proxy: 'localhost,127.0.0.1',

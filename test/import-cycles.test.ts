@@ -24,7 +24,7 @@ function tsFiles(dir: string): string[] {
 }
 
 /** Module specifiers a file imports: static imports, export-from, import-equals-require, dynamic import('lit'). */
-export function importSpecifiers(file: string, text: string): string[] {
+function importSpecifiers(file: string, text: string): string[] {
   const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS)
   const specs: string[] = []
   const visit = (node: ts.Node): void => {

@@ -119,7 +119,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions): Promi
     const file = join(config.autoTlsDir, 'agent-token')
     try {
       await mkdir(config.autoTlsDir, {recursive: true, mode: 0o700})
-      await writeFile(file, token + '\n', {mode: 0o600})
+      await writeFile(file, `${token}\n`, {mode: 0o600})
       log.warn('standalone mode: generated an agent token; POST /v1/commands/ needs ?agent_token=', {token_file: file})
     } catch (err) {
       log.error('standalone mode: generated an agent token but could not save it; give one with ipa-agent-token', {token_file: file, err})

@@ -15,7 +15,7 @@ import {
   CommandExecutionError,
   InvalidCommandError,
   InvalidContentError,
-  RESTError,
+  type RESTError,
   RequestedObjectNotFoundError,
   VersionMismatch,
   asRESTError,

@@ -173,9 +173,9 @@ export function findSetting(key: string): Setting | undefined {
   return (
     byParam.get(key.toLowerCase()) ??
     byOption.get(key) ??
-    byOption.get(key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) ??
+    byOption.get(key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)) ??
     byFlag.get(key) ??
-    byParam.get(('ipa-' + key).toLowerCase())
+    byParam.get(`ipa-${key}`.toLowerCase())
   )
 }
 

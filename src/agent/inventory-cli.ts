@@ -9,7 +9,7 @@ export async function collectInventory(flags: Record<string, unknown>): Promise<
   const config = resolveConfig({flags: {...flags, 'disk-wait-attempts': '1', 'disk-wait-delay': '0'}})
   // Keep stdout clean JSON: logs go to stderr only when something is wrong.
   setLogWriter((line) => {
-    if (!line.includes('"level":"info"') && !line.includes('"level":"debug"')) process.stderr.write(line + '\n')
+    if (!line.includes('"level":"info"') && !line.includes('"level":"debug"')) process.stderr.write(`${line}\n`)
   })
   const registry = new ManagerRegistry()
   await registry.load(await loadManagers(config.hardwareManagersDir, log), {config, log, registry})

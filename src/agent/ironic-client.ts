@@ -43,10 +43,7 @@ export class ConnectionError extends Error {}
 /** A small HTTP(S) client with the agent's TLS settings (CA, client cert, insecure). */
 export class HttpClient {
   private readonly tls: https.AgentOptions
-  constructor(
-    private readonly config: AgentConfig,
-    private readonly log: Logger,
-  ) {
+  constructor(private readonly config: AgentConfig) {
     this.tls = {
       rejectUnauthorized: !config.insecure,
       ca: config.cafile ? readFileSync(config.cafile) : undefined,
@@ -103,7 +100,7 @@ export class IronicClient {
     private readonly config: AgentConfig,
     private readonly log: Logger,
   ) {
-    this.http = new HttpClient(config, log)
+    this.http = new HttpClient(config)
     this.urls = config.apiUrl.map((u) => u.replace(/\/+$/, ''))
   }
 

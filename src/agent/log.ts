@@ -27,7 +27,7 @@ interface Sink {
 
 const sink: Sink = {
   minLevel: 'info',
-  write: (line) => process.stderr.write(line + '\n'),
+  write: (line) => process.stderr.write(`${line}\n`),
   recent: [],
 }
 

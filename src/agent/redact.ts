@@ -18,8 +18,8 @@
 export const MASK = '***'
 
 /** Key names whose string values are secrets. */
-const SECRET_WORD = String.raw`(?:token|passw|pwd|secret|credential|signature|authorization|api[_-]?key|private[_-]?key)`
-const SECRET_KEY = new RegExp(String.raw`${SECRET_WORD}|(?:^|[_-])sig$`, 'i')
+const SECRET_WORD = '(?:token|passw|pwd|secret|credential|signature|authorization|api[_-]?key|private[_-]?key)'
+const SECRET_KEY = new RegExp(`${SECRET_WORD}|(?:^|[_-])sig$`, 'i')
 
 /** Whether `key` names a secret (agent_token, rescue_password, temp_url_sig, X-Amz-Signature, …). */
 export function isSecretKey(key: string): boolean {

@@ -44,7 +44,7 @@ function oid(dotted: string): Buffer {
 }
 const utf8 = (s: string): Buffer => tlv(0x0c, Buffer.from(s, 'utf8'))
 function time(d: Date): Buffer {
-  const iso = d.toISOString().replace(/[-:T]/g, '').slice(0, 14) + 'Z' // YYYYMMDDHHMMSSZ
+  const iso = `${d.toISOString().replace(/[-:T]/g, '').slice(0, 14)}Z` // YYYYMMDDHHMMSSZ
   return d.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(iso.slice(2))) : tlv(0x18, Buffer.from(iso))
 }
 const bitString = (b: Buffer): Buffer => tlv(0x03, Buffer.concat([Buffer.from([0]), b]))

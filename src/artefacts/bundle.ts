@@ -87,7 +87,7 @@ async function collect(entries: readonly BundleEntry[], manifest: Record<string,
   }
   items.sort((a, b) => byBytes(a.name, b.name))
   const files: BundleFile[] = items.map((i) => ({name: i.name, size: i.size, sha256: i.sha256!}))
-  const manifestText = Buffer.from(JSON.stringify({...manifest, files}, null, 2) + '\n')
+  const manifestText = Buffer.from(`${JSON.stringify({...manifest, files}, null, 2)}\n`)
   const manifestFile = {name: 'manifest.json', size: manifestText.length, sha256: createHash('sha256').update(manifestText).digest('hex')}
   const sums = Buffer.from(sha256sums([...files, manifestFile]))
   items.push({name: 'manifest.json', source: manifestText, size: manifestText.length, sha256: manifestFile.sha256})

@@ -140,7 +140,7 @@ export async function bootFromCli(o: BootCliOptions): Promise<number> {
   const opts = await vmOptionsFromCli(o)
   if (o.dryRun) {
     const r = await resolveVm(opts, {dryRun: true})
-    process.stdout.write(formatCommand([r.qemu, ...qemuArgs(opts, r)]) + '\n')
+    process.stdout.write(`${formatCommand([r.qemu, ...qemuArgs(opts, r)])}\n`)
     return 0
   }
   const vm = await startVm({

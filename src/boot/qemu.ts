@@ -649,7 +649,7 @@ export async function startVm(opts: VmOptions): Promise<Vm> {
     const early = await vm.earlyExit(STARTUP_FAILURE_MS)
     if (early) {
       // A forwarded port taken between our probe and qemu's bind: pick new free ports, once or twice.
-      if (/host ?forward/i.test(early) && attempt < 3 && r.forwards.some((f, i) => !opts.portForwards?.[i]?.hostPort)) {
+      if (/host ?forward/i.test(early) && attempt < 3 && r.forwards.some((_, i) => !opts.portForwards?.[i]?.hostPort)) {
         for (let i = 0; i < r.forwards.length; i++) if (!opts.portForwards?.[i]?.hostPort) r.forwards[i]!.hostPort = await freeLoopbackPort()
         continue
       }

@@ -102,7 +102,7 @@ export async function assembleFromSpec(tree: FileTree, spec: BuildSpec): Promise
     if (spec.authorizedKeys.length) {
       tree.addDir('/root', 0o700)
       tree.addDir('/root/.ssh', 0o700)
-      tree.addFile('/root/.ssh/authorized_keys', spec.authorizedKeys.join('\n') + '\n', {mode: 0o600})
+      tree.addFile('/root/.ssh/authorized_keys', `${spec.authorizedKeys.join('\n')}\n`, {mode: 0o600})
       n++
     }
     for (const p of spec.hardwareManagers) {

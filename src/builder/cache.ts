@@ -91,7 +91,7 @@ export class BuildCache {
     await mkdir(tmp, {recursive: true})
     try {
       await produce(tmp)
-      await writeFile(join(tmp, '.complete'), canonicalJson({namespace, key}) + '\n')
+      await writeFile(join(tmp, '.complete'), `${canonicalJson({namespace, key})}\n`)
       try {
         await rename(tmp, final)
       } catch (err) {

@@ -69,7 +69,7 @@ interface HeaderFields {
 }
 
 function header(f: HeaderFields): Buffer {
-  const name = Buffer.from(f.name + '\0', 'utf8')
+  const name = Buffer.from(`${f.name}\0`, 'utf8')
   const head =
     '070701' +
     hex8(f.ino) +
@@ -126,7 +126,7 @@ export async function* cpioChunks(tree: FileTree, opts: CpioOptions, stats: Cpio
   const entries = opts.include ? tree.entries().filter(opts.include) : tree.entries()
   const owners = await resolveOwners(tree)
   const index = new Map<string, number>()
-  entries.forEach((e, i) => index.set(e.path, i))
+  for (const [i, e] of entries.entries()) index.set(e.path, i)
 
   // Inodes in archive order; hard links take their file's.
   const ino = new Array<number>(entries.length)

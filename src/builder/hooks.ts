@@ -76,7 +76,7 @@ export function stagedLinkTarget(linkPath: string, target: string): string {
     if (part === '..') parts.pop()
     else parts.push(part)
   }
-  return posix.relative(from, '/' + parts.join('/')) || '.'
+  return posix.relative(from, `/${parts.join('/')}`) || '.'
 }
 
 /** Write the tree to `dir` (which must exist and be empty). Returns what was written, by image path. */

@@ -236,6 +236,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions): Promise<Bui
       if (controller.signal.aborted) throw controller.signal.reason
       current = stage.name
       const t0 = process.hrtime.bigint()
+      // biome-ignore lint/suspicious/noConfusingVoidType: Stage.run() returns a note or nothing
       let note: string | void
       try {
         const skip = stage.skip?.(ctx)

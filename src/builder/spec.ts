@@ -114,7 +114,7 @@ export const SPEC_SETTINGS: readonly SpecSetting[] = [
   {key: 'formats', flag: 'format', kind: 'enumList', choices: FORMATS, repeatable: true, help: 'artefacts to write: kernel, initramfs, iso (hybrid BIOS+UEFI), pxe (TFTP tree), ipxe (script), tar (.tar.gz bundle), zip (bundle)', defaultHelp: 'kernel,initramfs', default: () => ['kernel', 'initramfs']},
   {key: 'sourceDateEpoch', flag: 'source-date-epoch', kind: 'int', help: 'timestamp (seconds) given to every file in the image', defaultHelp: `$SOURCE_DATE_EPOCH, else ${DEFAULT_SOURCE_DATE_EPOCH}`, default: (e) => sourceDateEpochFromEnv(e.env)},
   {key: 'cacheDir', flag: 'cache-dir', kind: 'path', help: 'cache of downloaded packages and stage outputs', defaultHelp: DEFAULT_CACHE_DIR_HELP, default: (e) => resolve(e.cwd, defaultCacheDir(e.env, e.home))},
-  {key: 'debianMirror', flag: 'debian-mirror', kind: 'string', help: 'Debian mirror URL', defaultHelp: "this machine's apt mirror, else " + DEFAULT_DEBIAN_MIRROR, default: (e) => mirrorFromApt(e.aptRoot)},
+  {key: 'debianMirror', flag: 'debian-mirror', kind: 'string', help: 'Debian mirror URL', defaultHelp: `this machine's apt mirror, else ${DEFAULT_DEBIAN_MIRROR}`, default: (e) => mirrorFromApt(e.aptRoot)},
   {key: 'debianSuite', flag: 'debian-suite', kind: 'string', help: 'Debian suite', defaultHelp: 'bookworm', default: () => 'bookworm'},
 ]
 

@@ -21,6 +21,7 @@ export interface Stage {
    */
   skip?(ctx: PlanContext): string | undefined
   /** Do the work; the string is a short note for the progress line. */
+  // biome-ignore lint/suspicious/noConfusingVoidType: a stage that has nothing to say returns nothing
   run(ctx: BuildContext): Promise<string | void>
 }
 

@@ -9,7 +9,6 @@ import {copyFile, rm, writeFile} from 'node:fs/promises'
 import {pipeline} from 'node:stream/promises'
 import {join} from 'node:path'
 import {assembleElement, assembleFromSpec} from './assemble.js'
-import type {BuildContext} from './context.js'
 import {compressFile, compressorVersion} from './compress.js'
 import {CPIO_FORMAT, resolveOwners, writeCpio} from './cpio.js'
 import {planLayers} from './layers.js'
@@ -194,7 +193,7 @@ export const writeArtefactsStage: Stage = {
     }
     for (const a of ctx.outputs.all()) Object.assign(a, await sha256OfFile(a.tempPath))
     const m = ctx.outputs.add('manifest', `${ctx.spec.name}.manifest.json`)
-    const text = JSON.stringify(await buildManifest(ctx), null, 2) + '\n'
+    const text = `${JSON.stringify(await buildManifest(ctx), null, 2)}\n`
     await writeFile(m.tempPath, text, {mode: 0o644})
     Object.assign(m, {size: Buffer.byteLength(text), sha256: createHash('sha256').update(text).digest('hex')})
     await ctx.outputs.commit()

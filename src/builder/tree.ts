@@ -67,7 +67,7 @@ export function normalisePath(p: string): string {
     if (part === '..') throw new TreeError(`invalid image path ${JSON.stringify(p)}: '..' is not allowed`)
     parts.push(part)
   }
-  return '/' + parts.join('/')
+  return `/${parts.join('/')}`
 }
 
 /**
@@ -193,7 +193,7 @@ function parseOwner(owner: string | undefined, path: string): {uid: number; gid:
 /** The in-memory image tree. */
 /** What a tree digest hashes of one entry: everything that reaches the archive, content by hash. */
 export function entryDigestLine(e: TreeEntry): string {
-  return [e.path, e.type, e.mode.toString(8), e.uid, e.gid, e.owner ?? '', e.hash ?? '', e.target ?? '', e.major ?? '', e.minor ?? ''].join('\0') + '\n'
+  return `${[e.path, e.type, e.mode.toString(8), e.uid, e.gid, e.owner ?? '', e.hash ?? '', e.target ?? '', e.major ?? '', e.minor ?? ''].join('\0')}\n`
 }
 
 export class FileTree {
@@ -246,7 +246,7 @@ export class FileTree {
         if (e?.type === 'symlink') {
           const t = e.target!
           const base = t.startsWith('/') ? t : `${cur}/${t}`
-          p = this.normaliseWithin(base + '/' + parts.slice(i + 1).join('/'), path)
+          p = this.normaliseWithin(`${base}/${parts.slice(i + 1).join('/')}`, path)
           changed = true
           break
         }
@@ -266,7 +266,7 @@ export class FileTree {
       if (part === '..') out.pop()
       else out.push(part)
     }
-    return '/' + out.join('/')
+    return `/${out.join('/')}`
   }
 
   private ensureParents(path: string): void {
@@ -293,7 +293,7 @@ export class FileTree {
   }
 
   private hasChildren(dir: string): boolean {
-    const prefix = dir + '/'
+    const prefix = `${dir}/`
     for (const k of this.map.keys()) if (k.startsWith(prefix)) return true
     return false
   }
@@ -391,7 +391,7 @@ export class FileTree {
   async read(path: string): Promise<Buffer> {
     let e = this.get(path)
     if (e?.type === 'hardlink') e = this.map.get(e.target!)
-    if (!e || e.type !== 'file') throw new TreeError(`${path}: not a file in the image`)
+    if (e?.type !== 'file') throw new TreeError(`${path}: not a file in the image`)
     return this.blobs.read(e.hash!)
   }
 
@@ -400,7 +400,7 @@ export class FileTree {
     const p = this.resolve(path)
     if (p === '/') throw new TreeError('cannot remove the root directory')
     if (!this.deleteEntry(p)) return false
-    const prefix = p + '/'
+    const prefix = `${p}/`
     for (const k of [...this.map.keys()]) if (k.startsWith(prefix)) this.deleteEntry(k)
     return true
   }

@@ -48,7 +48,7 @@ export abstract class RdkCommand extends Command {
     } else if (report.internal) {
       lines.push('(an internal error: run again with --debug for the stack trace, and report it)')
     }
-    process.stderr.write(lines.join('\n') + '\n')
+    process.stderr.write(`${lines.join('\n')}\n`)
     process.exitCode = report.exitCode
     return undefined
   }

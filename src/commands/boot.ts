@@ -86,7 +86,7 @@ export default class Boot extends RdkCommand {
       reboot: flags.reboot,
       qemuArgs: flags['qemu-arg'] ?? [],
       dryRun: flags['dry-run'],
-      say: (line) => process.stderr.write(line + '\n'),
+      say: (line) => process.stderr.write(`${line}\n`),
     })
   }
 }

@@ -38,7 +38,7 @@ export default class Build extends RdkCommand {
     const {config, json, 'print-spec': printSpec, 'dry-run': dryRun, debug: _debug, ...settings} = flags
     const {spec, configOrigin} = await resolveSpec({configFile: config, flags: settings})
     if (printSpec) {
-      this.log(`# from ${configOrigin} and flags\n` + stringify(spec).trimEnd())
+      this.log(`# from ${configOrigin} and flags\n${stringify(spec).trimEnd()}`)
       return
     }
     if (dryRun) {
@@ -47,7 +47,7 @@ export default class Build extends RdkCommand {
         this.log(JSON.stringify({dryRun: true, configOrigin, spec, ...plan}, null, 2))
         return
       }
-      this.log(`# rdk build --dry-run: nothing is built or written\n# spec from ${configOrigin} and flags\n` + stringify(spec).trimEnd())
+      this.log(`# rdk build --dry-run: nothing is built or written\n# spec from ${configOrigin} and flags\n${stringify(spec).trimEnd()}`)
       this.log(`# elements (${plan.elements.length}): ${plan.elements.map((e) => e.name).join(', ')}`)
       this.log(`# stages of flavor ${plan.flavor} (${plan.stages.length}), in order:`)
       const width = Math.max(...plan.stages.map((st) => st.name.length))

@@ -19,7 +19,7 @@ interface Row {
 /** The first sentence, at most 100 characters (--json has the whole description). */
 function short(text: string): string {
   const first = /^(.*?\.)(\s|$)/.exec(text)?.[1] ?? text
-  return first.length > 100 ? first.slice(0, 99) + '…' : first
+  return first.length > 100 ? `${first.slice(0, 99)}…` : first
 }
 
 export default class Elements extends RdkCommand {

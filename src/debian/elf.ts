@@ -348,7 +348,7 @@ export function elfClosure(executables: readonly string[], opts: ClosureOptions)
       try {
         const head = Buffer.alloc(4)
         readSync(fd, head, 0, 4, 0)
-        i = isElf(head) ? parse(fileReader(fd), '/' + real) : null
+        i = isElf(head) ? parse(fileReader(fd), `/${real}`) : null
       } finally {
         closeSync(fd)
       }
@@ -392,21 +392,21 @@ export function elfClosure(executables: readonly string[], opts: ClosureOptions)
         obj.script = interp
         const r = resolve(interp, true)
         if (r) queue.push({real: r, asLoaded: r, rpaths: [], role: 'executable'})
-        else scriptInterpreters.push({script: '/' + real, interpreter: interp})
+        else scriptInterpreters.push({script: `/${real}`, interpreter: interp})
         continue
       }
       if (role === 'executable') continue // data file wanted explicitly
-      throw new ElfFormatError('/' + real, 'is needed as a library but is not an ELF file')
+      throw new ElfFormatError(`/${real}`, 'is needed as a library but is not an ELF file')
     }
-    if (elf.machine !== machine) throw new ElfFormatError('/' + real, `is for ELF machine ${elf.machine}, not ${machine}`)
+    if (elf.machine !== machine) throw new ElfFormatError(`/${real}`, `is for ELF machine ${elf.machine}, not ${machine}`)
     if (elf.interpreter) {
       const r = resolve(elf.interpreter, true)
-      if (!r) throw new MissingLibraryError('/' + real, elf.interpreter, [elf.interpreter], providerHint(elf.interpreter))
+      if (!r) throw new MissingLibraryError(`/${real}`, elf.interpreter, [elf.interpreter], providerHint(elf.interpreter))
       obj.interpreter = r
       addFile(r, 'interpreter')
       if (!objects.has(r)) objects.set(r, {path: r, libraries: {}})
     }
-    const origin = posix.dirname('/' + (role === 'executable' ? real : asLoaded))
+    const origin = posix.dirname(`/${role === 'executable' ? real : asLoaded}`)
     const ownRunpath = elf.runpath.map((d) => expandOrigin(d, origin))
     const ownRpath = elf.rpath.map((d) => expandOrigin(d, origin))
     // DT_RPATH chain: this object's, then its loader's, … up to the executable; an object with
@@ -435,7 +435,7 @@ export function elfClosure(executables: readonly string[], opts: ClosureOptions)
       }
       if (!found || !foundAs) {
         if (opts.allowMissing?.includes(soname)) continue
-        throw new MissingLibraryError('/' + real, soname, dirs, providerHint(soname))
+        throw new MissingLibraryError(`/${real}`, soname, dirs, providerHint(soname))
       }
       resolve(foundAs, true) // record the symlinks on the way
       obj.libraries[soname] = found
@@ -449,7 +449,7 @@ export function elfClosure(executables: readonly string[], opts: ClosureOptions)
     const places: string[] = []
     walkTree(root, '', (p) => {
       if (posix.basename(p) !== base) return
-      places.push('/' + p)
+      places.push(`/${p}`)
       const o = opts.ownerOf?.(p)
       if (o) owners.add(o)
     })

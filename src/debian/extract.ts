@@ -121,7 +121,7 @@ export const DOC_PREFIXES = [
 
 /** A filter dropping DOC_PREFIXES. */
 export function noDocs(e: ExtractEntryInfo): boolean {
-  const p = e.type === 'directory' ? e.path + '/' : e.path
+  const p = e.type === 'directory' ? `${e.path}/` : e.path
   return !DOC_PREFIXES.some((d) => p.startsWith(d) || d === p)
 }
 

@@ -90,7 +90,7 @@ export function moduleList(extra: readonly string[] = []): string[] {
     if (!set)
       throw new KernelModuleError(
         `no module set '${m}': the sets are ${Object.keys(sets)
-          .map((k) => '@' + k)
+          .map((k) => `@${k}`)
           .join(', ')}`,
       )
     out.push(...set)

@@ -11,7 +11,6 @@
 import {createHash} from 'node:crypto'
 import {createReadStream} from 'node:fs'
 import {mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile} from 'node:fs/promises'
-import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {defaultCacheDir} from '../common/defaults.js'
 import {EXIT_FAILURE, UserError, type UserErrorOptions} from '../common/errors.js'
@@ -107,7 +106,7 @@ export function parseStanzas(text: string): Stanza[] {
       continue
     }
     if (/^\s/.test(line)) {
-      if (last) cur[last] += '\n' + line.trim()
+      if (last) cur[last] += `\n${line.trim()}`
       continue
     }
     const colon = line.indexOf(':')
@@ -484,7 +483,7 @@ async function updateCacheIndex(cacheDir: string, add: Record<string, CacheIndex
   Object.assign(index, add)
   const sorted = Object.fromEntries(Object.entries(index).sort(([a], [b]) => a.localeCompare(b)))
   const tmp = join(cacheDir, `.index.json.${process.pid}.${Date.now()}`)
-  await writeFile(tmp, JSON.stringify(sorted, null, 1) + '\n')
+  await writeFile(tmp, `${JSON.stringify(sorted, null, 1)}\n`)
   await rename(tmp, join(cacheDir, 'index.json'))
 }
 

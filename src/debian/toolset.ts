@@ -294,9 +294,9 @@ export async function buildToolset(sink: TreeSink, opts: ToolsetOptions): Promis
       const candidates = exe.includes('/') ? [exe.replace(/^\/+/, '')] : [`usr/sbin/${exe}`, `usr/bin/${exe}`]
       const found = candidates.find((c) => owner(c) === t.package)
       if (!found) {
-        const shipped = [...staged.owners].filter(([p, s]) => s === t.package && /^usr\/s?bin\//.test(p)).map(([p]) => '/' + p)
+        const shipped = [...staged.owners].filter(([p, s]) => s === t.package && /^usr\/s?bin\//.test(p)).map(([p]) => `/${p}`)
         throw new ToolsetError(
-          `package ${t.package} does not ship the executable '${exe}' (looked for ${candidates.map((c) => '/' + c).join(', ')}; it ships ${shipped.slice(0, 30).join(' ') || 'no programs'})`,
+          `package ${t.package} does not ship the executable '${exe}' (looked for ${candidates.map((c) => `/${c}`).join(', ')}; it ships ${shipped.slice(0, 30).join(' ') || 'no programs'})`,
         )
       }
       executables[exe] = found

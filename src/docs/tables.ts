@@ -20,7 +20,7 @@ export interface GeneratedBlock {
 
 /** A table cell: `|` escaped, `<name>` kept visible (not an HTML tag). */
 const cell = (s: string) => s.replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/\n/g, ' ')
-const code = (s: string) => '`' + s + '`'
+const code = (s: string) => `\`${s}\``
 
 function specValue(s: SpecSetting): string {
   const choices = s.choices?.map(code).join(' | ')
@@ -61,7 +61,7 @@ function agentDefault(v: unknown): string {
 
 export function renderAgentTable(settings: readonly Setting[] = SETTINGS): string {
   const rows = settings.map(
-    (s) => `| ${code(s.param)} | ${code('--' + flagName(s))} | ${code(s.option)} | ${s.type} | ${cell(agentDefault(s.default))} | ${cell(s.help)} |`,
+    (s) => `| ${code(s.param)} | ${code(`--${flagName(s)}`)} | ${code(s.option)} | ${s.type} | ${cell(agentDefault(s.default))} | ${cell(s.help)} |`,
   )
   return ['| kernel parameter | flag | config key | type | default | what it is |', '|---|---|---|---|---|---|', ...rows].join('\n')
 }
@@ -80,7 +80,7 @@ export function replaceBlock(text: string, file: string, id: string, content: st
   const i = text.indexOf(begin)
   const j = text.indexOf(end)
   if (i < 0 || j < i) throw new Error(`${file}: no ${begin} … ${end} markers`)
-  return text.slice(0, i + begin.length) + '\n' + content + '\n' + text.slice(j)
+  return `${text.slice(0, i + begin.length)}\n${content}\n${text.slice(j)}`
 }
 
 /** Every docs file with its generated blocks brought up to date (file → new text). */

@@ -57,7 +57,7 @@ export async function busyboxInitrd(dir: string): Promise<string> {
   ].join('\n')
   await writeFile(join(root, 'init'), init)
   await chmod(join(root, 'init'), 0o755)
-  const names = ['.', 'bin', 'bin/busybox', 'dev', 'init', 'proc', 'sys'].join('\n') + '\n'
+  const names = `${['.', 'bin', 'bin/busybox', 'dev', 'init', 'proc', 'sys'].join('\n')}\n`
   const cpio = await runBuffer('cpio', ['--quiet', '-o', '-H', 'newc', '-R', '0:0'], {input: names, cwd: root})
   const out = join(dir, 'busybox.initramfs')
   await writeFile(out, gzipSync(cpio.stdout))

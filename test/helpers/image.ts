@@ -7,7 +7,7 @@
 import {createHash, randomBytes} from 'node:crypto'
 import {createReadStream, statSync, writeFileSync} from 'node:fs'
 import http from 'node:http'
-import net from 'node:net'
+import type net from 'node:net'
 import path from 'node:path'
 import {run} from '../../src/common/exec.js'
 import type {Logger} from '../../src/agent/log.js'

@@ -177,7 +177,7 @@ export function renderIni(config: Config): string {
       out.push(`${k} = ${v}`)
     }
   }
-  return out.join('\n') + '\n'
+  return `${out.join('\n')}\n`
 }
 
 function buildConfig(p: {
@@ -388,7 +388,7 @@ export async function errorSummary(file: string): Promise<string> {
     .filter((l) => /^\S+ \S+ \d+ (ERROR|CRITICAL) \S+ \S/.test(l))
   if (errs.length === 0) return ''
   const pick = errs.length === 1 ? errs : [errs[0], errs[errs.length - 1]]
-  return pick.map((l) => `  ${l.slice(0, 400)}`).join('\n') + '\n'
+  return `${pick.map((l) => `  ${l.slice(0, 400)}`).join('\n')}\n`
 }
 
 /** Ironic's error bodies are {"error_message": "<JSON string with faultstring>"}. */

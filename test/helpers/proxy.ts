@@ -68,7 +68,7 @@ export async function startGuestProxy(): Promise<GuestProxy> {
     } catch {
       target = undefined
     }
-    if (!target || target.protocol !== 'http:') {
+    if (target?.protocol !== 'http:') {
       seen.push({method: req.method ?? '', host: '', port: 0, path: req.url ?? '', allowed: false})
       res.writeHead(400, {'Content-Type': 'text/plain', Connection: 'close'})
       res.end('test proxy: only absolute http:// URLs are proxied\n')

@@ -58,7 +58,7 @@ export async function diskIdentifier(device: string): Promise<string> {
   try {
     const buf = Buffer.alloc(4)
     await fh.read(buf, 0, 4, 440)
-    return '0x' + buf.readUInt32LE(0).toString(16).padStart(8, '0')
+    return `0x${buf.readUInt32LE(0).toString(16).padStart(8, '0')}`
   } finally {
     await fh.close()
   }

@@ -44,7 +44,7 @@ const FILES = [
 
 async function collect(rt: AgentRuntime): Promise<Record<string, Buffer>> {
   const out: Record<string, Buffer> = {}
-  out['agent.log'] = Buffer.from(recentLogLines().join('\n') + '\n')
+  out['agent.log'] = Buffer.from(`${recentLogLines().join('\n')}\n`)
   await Promise.all(
     Object.entries(COMMANDS).map(async ([name, [file, ...args]]) => {
       try {

@@ -111,7 +111,7 @@ export const rescue: Extension<AgentRuntime> = {
         const hash = p.hashed ? password : sha512Crypt(password)
         const dir = rt.config.rescueConfigDir
         await mkdir(dir, {recursive: true, mode: 0o700})
-        await writeFile(join(dir, 'ipa-rescue-password'), hash + '\n', {mode: 0o600})
+        await writeFile(join(dir, 'ipa-rescue-password'), `${hash}\n`, {mode: 0o600})
         await writeFile(join(dirname(dir), '.rescued'), '')
         rt.log.info('rescue finalised; the agent stops serving')
         setTimeout(() => void rt.stopServing(), 100)

@@ -239,6 +239,7 @@ export interface FioJobSummary {
 export function parseFioJson(text: string): FioJobSummary[] {
   const start = text.indexOf('{')
   if (start < 0) throw new CommandExecutionError(`fio printed no JSON report: ${JSON.stringify(text.slice(-500))}`)
+  // biome-ignore lint/suspicious/noExplicitAny: fio's JSON report, read field by field below
   let doc: {jobs?: Record<string, any>[]}
   try {
     doc = JSON.parse(text.slice(start))
@@ -447,6 +448,7 @@ export async function burninDisk(ctx: DiskBurninContext, node: NodeInfo | undefi
 /** The SMART self-test status string of a device (`smartctl -ja`), or null when it has none. */
 export function smartTestStatus(json: string): string | null {
   try {
+    // biome-ignore lint/suspicious/noExplicitAny: smartctl's JSON, one optional path; the result is type-checked
     const s = (JSON.parse(json) as any)?.ata_smart_data?.self_test?.status?.string
     return typeof s === 'string' ? s : null
   } catch {

@@ -65,6 +65,7 @@ export async function withMount<T>(device: string, fn: (dir: string) => Promise<
   } finally {
     const unmounted = await umount(dir, opts.log)
     if (unmounted && !opts.at) await rmdir(dir).catch(() => undefined)
+    // biome-ignore lint/correctness/noUnsafeFinally: deliberate: fn succeeded but the unmount failed, that is the error (fn's own error wins)
     if (!unmounted && !failed) throw new CommandExecutionError(`Unmounting ${device} from ${dir} failed. Attempted 3 times.`)
   }
 }
@@ -256,7 +257,7 @@ export function parseBootCsv(data: Buffer): {loader: string; label: string} {
 }
 
 function toEfiPath(rel: string): string {
-  return '\\' + rel.split('/').filter(Boolean).join('\\')
+  return `\\${rel.split('/').filter(Boolean).join('\\')}`
 }
 
 /**
@@ -287,7 +288,7 @@ export async function addUefiBootEntries(args: UefiEntryArgs): Promise<{label: s
     }
     if (args.labelSuffix) label = `${label} ${args.labelSuffix}`
     for (const rec of await bootRecords()) {
-      const sameLabel = rec.text === label || rec.text.startsWith(label + '\t') || rec.text.startsWith(label + ' ')
+      const sameLabel = rec.text === label || rec.text.startsWith(`${label}\t`) || rec.text.startsWith(`${label} `)
       const t = rec.text.toLowerCase()
       const samePlace = partId !== undefined && t.includes(`hd(${partition},`) && t.includes(partId) && t.includes(loader.toLowerCase())
       if (sameLabel || samePlace) {

@@ -147,7 +147,7 @@ export function bypassProxy(url: URL, noProxy: string | undefined | null): boole
     }
     entry = entry.replace(/^\[|\]$/g, '')
     if (host === entry) return true
-    const suffix = entry.startsWith('.') ? entry : '.' + entry
+    const suffix = entry.startsWith('.') ? entry : `.${entry}`
     if (!isIP(host) && host.endsWith(suffix)) return true
   }
   return false
@@ -162,7 +162,7 @@ export function proxyFor(url: URL, info: Pick<ImageInfo, 'proxies' | 'no_proxy'>
 }
 
 function basicAuth(user: string, password: string): string {
-  return 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64')
+  return `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`
 }
 
 /** The URL without credentials, for logs and error texts. */

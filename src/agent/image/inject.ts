@@ -176,7 +176,7 @@ export async function resolveInRoot(root: string, rel: string, create: boolean):
     done.push(comp)
   }
   const file = path.join(root, ...done)
-  if (file !== root && !file.startsWith(root.endsWith('/') ? root : root + '/')) throw new CommandExecutionError(`${rel} resolves outside the image`)
+  if (file !== root && !file.startsWith(root.endsWith('/') ? root : `${root}/`)) throw new CommandExecutionError(`${rel} resolves outside the image`)
   // The leaf directory counts as created only if it is the file's parent.
   return {file, createdDir: createdDir && path.dirname(file) === createdDir ? createdDir : undefined}
 }

@@ -212,7 +212,7 @@ async function inspectSpool(file: string, format: ImageFormat, target: Target, l
       if (!(err instanceof CommandFailedError) || err.exitCode !== 3) {
         let why = (err as Error).message
         if (err instanceof CommandFailedError) {
-          const summary = /^.*(errors? were found|could not be checked|check failed).*$/im.exec(err.stdout + '\n' + err.stderr)?.[0]
+          const summary = /^.*(errors? were found|could not be checked|check failed).*$/im.exec(`${err.stdout}\n${err.stderr}`)?.[0]
           const first = err.stderr.trim().split('\n')[0]
           why = [summary, first && first !== summary ? `first: ${first}` : ''].filter(Boolean).join('; ') || `exit code ${err.exitCode}`
         }

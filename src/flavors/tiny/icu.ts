@@ -104,7 +104,7 @@ const align16 = (n: number): number => (n + 15) & ~15
 export function repackIcu(data: Buffer, keep: (name: string, size: number) => boolean): {data: Buffer; bytes: number; kept: number; dropped: number} {
   const pkg = parseIcuPackage(data)
   const chosen = pkg.items.filter((i) => keep(i.name, i.size))
-  const names = chosen.map((i) => Buffer.from(i.name + '\0', 'latin1'))
+  const names = chosen.map((i) => Buffer.from(`${i.name}\0`, 'latin1'))
   const tocHead = 4 + chosen.length * 8
   let cursor = align16(tocHead + names.reduce((n, b) => n + b.length, 0))
   const itemOffsets = chosen.map((i) => {

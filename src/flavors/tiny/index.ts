@@ -91,7 +91,7 @@ const fetchPackagesStage: Stage = {
           }
           const libs = staged
             .entries()
-            .filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(n + '.')))
+            .filter((e) => e.type !== 'dir' && !ctx.tree.has(e.path) && [...needed].some((n) => baseOf(e.path) === n || baseOf(e.path).startsWith(`${n}.`)))
           if (!libs.length) continue
           for (const e of libs) ctx.tree.insert(e)
           await collect(

@@ -131,7 +131,7 @@ async function preparedCopy(
           `Node with slimmed ICU data failed its self-check (${(check.stderr || check.stdout).trim().split('\n').slice(-3).join(' ')}); build with nodeIcu: full`,
         )
       }
-      await writeFile(meta, JSON.stringify(icu) + '\n')
+      await writeFile(meta, `${JSON.stringify(icu)}\n`)
     }
     await rename(tmp, out)
     return {path: out, ...(icu ? {icu} : {})}
@@ -171,11 +171,11 @@ export async function addNodeRuntime(sink: NodeTreeSink, opts: NodeRuntimeOption
       if (f.role === 'executable') continue
       if (f.type === 'symlink') {
         sink.addSymlink(f.path, f.target!, {source})
-        info.libraries.push({path: '/' + f.path, type: 'symlink', target: f.target})
+        info.libraries.push({path: `/${f.path}`, type: 'symlink', target: f.target})
       } else {
-        const host = '/' + f.path
+        const host = `/${f.path}`
         await sink.addFileFromHost(f.path, host, {mode: 0o755, source})
-        info.libraries.push({path: '/' + f.path, type: 'file', hostPath: host, sha256: await sha256OfFile(host), size: (await stat(host)).size})
+        info.libraries.push({path: `/${f.path}`, type: 'file', hostPath: host, sha256: await sha256OfFile(host), size: (await stat(host)).size})
       }
     }
   }
