@@ -1,3 +1,9 @@
+/**
+ * Test files: `<area>-<what>[-vm].e2e.test.ts` for a test that starts qemu, Ironic or
+ * ironic-inspector (`-vm` when it boots qemu), `*.test.ts` for the rest; test/harness/ tests the
+ * harnesses (test/helpers/, bench/lib/). `npm test` runs lint, build and every file;
+ * `npm run test:unit` (the quick loop) leaves the e2e files out.
+ */
 import {defineConfig} from 'vitest/config'
 
 export default defineConfig({

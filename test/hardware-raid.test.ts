@@ -1,7 +1,7 @@
 /**
  * Software RAID, the pure parts (src/agent/hardware/raid.ts): IPA's validation rules and texts, the
  * partition plan per holder disk, mdadm's argv, and parsing `mdadm --detail` and /proc/mdstat.
- * The real thing runs in a VM: test/raid-vm.e2e.test.ts.
+ * The real thing runs in a VM: test/hardware-raid-vm.e2e.test.ts.
  */
 import {describe, expect, it} from 'vitest'
 import {SoftwareRAIDError} from '../src/agent/errors.js'

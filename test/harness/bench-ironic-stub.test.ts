@@ -6,11 +6,11 @@
  */
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 // @ts-expect-error -- plain ESM JavaScript (bench/), no type declarations
-import {startIronicStub} from '../bench/lib/ironic-stub.js'
-import {GenericHardwareManager} from '../src/agent/hardware/generic.js'
-import {defaultConfig} from '../src/agent/config.js'
-import {log} from '../src/agent/log.js'
-import {startAgentProcess} from './helpers/agent-process.js'
+import {startIronicStub} from '../../bench/lib/ironic-stub.js'
+import {GenericHardwareManager} from '../../src/agent/hardware/generic.js'
+import {defaultConfig} from '../../src/agent/config.js'
+import {log} from '../../src/agent/log.js'
+import {startAgentProcess} from '../helpers/agent-process.js'
 
 async function call(url: string, init: {method?: string; version?: string; body?: unknown} = {}) {
   const res = await fetch(url, {

@@ -9,7 +9,7 @@ import path from 'node:path'
 
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {startIronic, type Ironic} from './helpers/ironic.js'
+import {startIronic, type Ironic} from '../helpers/ironic.js'
 
 const MAC = '52:54:00:12:34:56'
 

@@ -6,7 +6,7 @@
 import http from 'node:http'
 import net from 'node:net'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {startGuestProxy, type GuestProxy} from './helpers/proxy.js'
+import {startGuestProxy, type GuestProxy} from '../helpers/proxy.js'
 
 interface Upstream {
   port: number
