@@ -73,6 +73,8 @@ describe('path normalisation', () => {
 })
 
 describe('malicious archives', () => {
+  // An absolute member name: an extractor that honoured it would write this file (unique per run).
+  const EVIL_ABS = join(tmpdir(), `rdk-evil-abs-${process.pid}-${Date.now()}`)
   const cases: [string, Entry[]][] = [
     [
       '../evil',
@@ -82,7 +84,7 @@ describe('malicious archives', () => {
       ],
     ],
     ['a/../../evil', [{name: './a/../../evil', body: 'pwned'}]],
-    ['/abs', [{name: '/tmp/rdk-evil-abs', body: 'pwned'}]],
+    ['/abs', [{name: EVIL_ABS, body: 'pwned'}]],
     [
       'hard link to ../',
       [
@@ -99,7 +101,7 @@ describe('malicious archives', () => {
       await expect(extractTar(tar, new DirSink(root), {archiveName: 'evil.deb'})).rejects.toThrow(/evil\.deb/)
       expect(await readdir(root)).toEqual([]) // validated before anything is written
       expect(await exists(join(work, 'evil'))).toBe(false)
-      expect(await exists('/tmp/rdk-evil-abs')).toBe(false)
+      expect(await exists(EVIL_ABS)).toBe(false)
     })
   }
 

@@ -151,6 +151,7 @@ describe('inject_files on a loop disk', () => {
 
   it('symlinks resolve inside the image, never into the ramdisk', async () => {
     const outside = join(dir, 'outside')
+    const pwn2 = `rdk-pwn2-${process.pid}-${Date.now()}` // unique: a leftover from another run cannot fail this one
     mkdirSync(outside)
     await inImage(3, async (d) => {
       await symlink(outside, join(d, 'etc/abs-link')) // absolute: means <image>/<outside>
@@ -159,14 +160,14 @@ describe('inject_files on a loop disk', () => {
     })
     await step([
       {path: '/etc/abs-link/pwn', content: b64('in image')},
-      {path: '/etc/up/tmp/pwn2', content: b64('also in image')},
+      {path: `/etc/up/tmp/${pwn2}`, content: b64('also in image')},
       {path: '/etc/file-link', content: b64('through a file link')},
     ])
     expect(existsSync(join(outside, 'pwn'))).toBe(false)
-    expect(existsSync('/tmp/pwn2')).toBe(false)
+    expect(existsSync(`/tmp/${pwn2}`)).toBe(false) // where a climbing link would land on the host
     await inImage(3, async (d) => {
       expect(await readFile(join(d, outside.slice(1), 'pwn'), 'utf8')).toBe('in image')
-      expect(await readFile(join(d, 'tmp/pwn2'), 'utf8')).toBe('also in image')
+      expect(await readFile(join(d, 'tmp', pwn2), 'utf8')).toBe('also in image')
       expect(await readFile(join(d, 'etc/hello.conf'), 'utf8')).toBe('through a file link')
     })
   })
