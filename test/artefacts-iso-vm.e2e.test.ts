@@ -150,7 +150,9 @@ describe('ISO from rdk build: boots as CD and disk under BIOS and UEFI, agent he
       times['UEFI-secure-boot'] = Date.now() - vm.startedAt
       expect(dii.agent_url).toBe(`https://127.0.0.1:${hostPort}`)
       expect(vm.serialLog()).toMatch(/Secure boot enabled/)
-      expect(/Command line: (.*)/.exec(vm.serialLog())?.[1]).toMatch(/boot_method=vmedia .*rdk\.test=secure-boot/)
+      // the whole kernel command line in the failure message (vitest cuts the received string short)
+      const cmdline = /Command line: (.*)/.exec(vm.serialLog())?.[1] ?? '(no "Command line:" on the serial console)'
+      expect(cmdline, `kernel command line: ${cmdline}`).toMatch(/boot_method=vmedia .*rdk\.test=secure-boot/)
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- serial ---\n${vm?.serialLog().slice(-3000)}`)
     } finally {
