@@ -12,7 +12,8 @@
  * - ordinary Ironic traffic (keep-alive polls, a write_image-sized command body) still works.
  */
 import {randomBytes} from 'node:crypto'
-import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {fileURLToPath} from 'node:url'
 import {readdirSync, readlinkSync} from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
@@ -24,6 +25,9 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {generateSelfSignedCert} from '../src/agent/tls.js'
 import {LINGER_BYTES, MAX_CONNECTIONS, UNAUTHENTICATED_BODY_BYTES} from '../src/agent/api/server.js'
 import {agentRequest, rssKb, startAgentProcess, type AgentProcess} from './helpers/agent-process.js'
+
+/** The test-only blocking hardware manager (step rdk_test_block waits for args.release). */
+const BLOCKING_MANAGER = fileURLToPath(new URL('./fixtures/hardware-managers-blocking/blocking.mjs', import.meta.url))
 
 // The allow-list names no real disk: skip the generic manager's wait for a root device.
 const FAST_START = ['--disk-wait-attempts', '0']
@@ -479,29 +483,6 @@ describe('agent API limits with ipa-api-client-timeout=2 and ipa-api-max-body-si
   }, 60_000)
 })
 
-/**
- * A test-only hardware manager (as in api-matrix.test.ts) whose step `rdk_test_block` stays
- * RUNNING until a release file appears.
- */
-const BLOCKING_MANAGER = `
-import {existsSync} from 'node:fs'
-export default (rdk) => new (class RdkTestBlockingManager extends rdk.HardwareManager {
-  static HARDWARE_MANAGER_NAME = 'rdk_test_blocking'
-  static HARDWARE_MANAGER_VERSION = '1.0'
-  evaluate_hardware_support() { return rdk.HardwareSupport.GENERIC }
-  // only advertised steps can run
-  get_clean_steps() { return [{step: 'rdk_test_block', priority: 0, interface: 'deploy', reboot_requested: false, abortable: true}] }
-  async rdk_test_block(node, ports, args) {
-    const deadline = Date.now() + 30000
-    while (!existsSync(args.release)) {
-      if (Date.now() > deadline) throw new Error('release file never appeared: ' + args.release)
-      await new Promise((r) => setTimeout(r, 10))
-    }
-    return {released: args.release}
-  }
-})()
-`
-
 describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
   let agent: AgentProcess
   let dir: string
@@ -514,7 +495,7 @@ describe('agent API limits over TLS (ipa-api-client-timeout=2)', () => {
     await writeFile(join(dir, 'agent.crt'), cert.certPem)
     await writeFile(join(dir, 'agent.key'), cert.keyPem, {mode: 0o600})
     await mkdir(join(dir, 'managers'))
-    await writeFile(join(dir, 'managers', 'blocking.mjs'), BLOCKING_MANAGER)
+    await copyFile(BLOCKING_MANAGER, join(dir, 'managers', 'blocking.mjs'))
     agent = await startAgentProcess({
       args: [
         ...FAST_START,

@@ -11,12 +11,16 @@
  *
  * Everything runs against the real agent bundle (dist/agent.mjs) as a child process on 127.0.0.1.
  */
-import {mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {copyFile, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {fileURLToPath} from 'node:url'
 import net from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {agentRequest, startAgentProcess, type AgentProcess, type RawResponse} from './helpers/agent-process.js'
+
+/** The test-only blocking hardware manager (step rdk_test_block waits for args.release). */
+const BLOCKING_MANAGER = fileURLToPath(new URL('./fixtures/hardware-managers-blocking/blocking.mjs', import.meta.url))
 
 const JSON_CT = {'Content-Type': 'application/json'}
 const DECODE_PREFIX = '400 Bad Request: Failed to decode JSON object: '
@@ -466,29 +470,6 @@ describe('REST API matches the IPA 9.4.3 error matrix', () => {
   })
 })
 
-/**
- * A test-only hardware manager whose step `rdk_test_block` stays RUNNING until a release file
- * appears (args.release), so the busy and wait behaviour can be tested deterministically.
- */
-const BLOCKING_MANAGER = `
-import {existsSync} from 'node:fs'
-export default (rdk) => new (class RdkTestBlockingManager extends rdk.HardwareManager {
-  static HARDWARE_MANAGER_NAME = 'rdk_test_blocking'
-  static HARDWARE_MANAGER_VERSION = '1.0'
-  evaluate_hardware_support() { return rdk.HardwareSupport.GENERIC }
-  // only advertised steps run (docs/hardware-managers.md)
-  get_clean_steps() { return [{step: 'rdk_test_block', priority: 0, interface: 'deploy', reboot_requested: false, abortable: true}] }
-  async rdk_test_block(node, ports, args) {
-    const deadline = Date.now() + 30000
-    while (!existsSync(args.release)) {
-      if (Date.now() > deadline) throw new Error('release file never appeared: ' + args.release)
-      await new Promise((r) => setTimeout(r, 10))
-    }
-    return {released: args.release}
-  }
-})()
-`
-
 describe('REST API beyond the matrix', () => {
   let agent: AgentProcess
   let dir: string
@@ -507,7 +488,7 @@ describe('REST API beyond the matrix', () => {
     dir = await mkdtemp(join(tmpdir(), 'rdk-api-matrix-'))
     const managers = join(dir, 'managers')
     await import('node:fs/promises').then((fs) => fs.mkdir(managers))
-    await writeFile(join(managers, 'blocking.mjs'), BLOCKING_MANAGER)
+    await copyFile(BLOCKING_MANAGER, join(managers, 'blocking.mjs'))
     agent = await startAgentProcess({args: [...FAST_START, '--hardware-managers-dir', managers]})
   })
   afterAll(async () => {
